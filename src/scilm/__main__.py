@@ -1,0 +1,3 @@
+from scilm.cli import main
+
+main()

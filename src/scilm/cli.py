@@ -1,0 +1,150 @@
+"""The ``scilm`` command: a thin layer over the library API (each command calls one function)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scilm.errors import ScilmError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune, evaluate and serve scientific language models (ESM-2 proteins, Text+Chem T5).",
+)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes results.json, table.md and a PNG.")
+app.add_typer(bench_app, name="bench")
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    data: Optional[str] = Opt(None, help="Training file: FASTA (DeepLoc headers), CSV/TSV, or JSONL."),
+    config: Optional[Path] = Opt(None, help="YAML file of settings; flags given here win."),
+    valid: Optional[str] = Opt(None, help="Validation file (else a stratified split)."),
+    valid_fraction: Optional[float] = Opt(None, help="Held-out share without --valid [0.2]."),
+    task: Optional[str] = Opt(None, help="FASTA label: membrane | localization [membrane]."),
+    sequence_column: Optional[str] = Opt(None, help="Table column with sequences [Sequence]."),
+    label_column: Optional[str] = Opt(None, help="Table column with labels [Membrane]."),
+    id_column: Optional[str] = Opt(None, help="Table column with ids [ACC/id if present]."),
+    split_column: Optional[str] = Opt(None, help="Table column of homology partitions, e.g. Partition."),
+    valid_split: Optional[str] = Opt(None, help="Value of --split-column that validates, e.g. 4."),
+    min_length: Optional[int] = Opt(None, help="Drop shorter sequences."),
+    max_length: Optional[int] = Opt(None, help="Drop longer sequences."),
+    truncate: Optional[int] = Opt(None, help="Residues kept per sequence [1022]."),
+    model: Optional[str] = Opt(None, help="Preset (esm2-tiny, esm2-8m..650m), local dir or hub id [esm2-tiny]."),
+    out: Optional[str] = Opt(None, help="Output directory [runs/scilm]."),
+    overwrite: Optional[bool] = Opt(None, "--overwrite", help="Replace a finished run in --out."),
+    epochs: Optional[float] = Opt(None, help="Training epochs [1]."),
+    max_steps: Optional[int] = Opt(None, help="Optimizer steps; overrides --epochs."),
+    batch_size: Optional[int] = Opt(None, help="Per-device batch size [8]."),
+    lr: Optional[float] = Opt(None, help="Learning rate [1e-4; 1e-3 with --lora]."),
+    warmup_ratio: Optional[float] = Opt(None, help="Share of steps with linear warm-up [0.1]."),
+    seed: Optional[int] = Opt(None, help="Seed for split, init, order [0]."),
+    group_by_length: Optional[bool] = Opt(None, "--group-by-length/--no-group-by-length",
+                                          help="Batch similar lengths together [on]."),
+    class_weights: Optional[bool] = Opt(None, "--class-weights", help="Class-weighted loss."),
+    grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps [1]."),
+    grad_checkpointing: Optional[bool] = Opt(None, "--grad-checkpointing", help="Gradient checkpointing."),
+    lora: Optional[bool] = Opt(None, "--lora", help="LoRA adapters (PEFT) + full classification head."),
+    lora_r: Optional[int] = Opt(None, help="LoRA rank [8]."),
+    lora_alpha: Optional[int] = Opt(None, help="LoRA alpha [16]."),
+    lora_dropout: Optional[float] = Opt(None, help="LoRA dropout [0.05]."),
+    precision: Optional[str] = Opt(None, help="auto | fp32 | bf16 | fp16 [auto: fp32 on CPU]."),
+    progress: Optional[bool] = Opt(None, "--progress/--no-progress", help="Progress bar [on]."),
+) -> None:
+    """Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json."""
+    overrides = {k: v for k, v in locals().items() if k != "config"}
+    from scilm.training import load_config
+    from scilm.training import train as run_training
+
+    metrics = run_training(load_config(config, overrides))
+    summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in sorted(metrics)
+                        if k.startswith("eval_") and isinstance(metrics[k], float) and "runtime" not in k
+                        and "per_second" not in k)
+    typer.echo(f"{summary}; train {metrics['train_runtime_s']:.0f} s, peak memory "
+               f"{metrics['peak_memory_mb']:.0f} MB; wrote {metrics['config']['out']}")
+
+
+@app.command()
+def predict(
+    model: str = Opt(..., help="Trained model directory (OUT/model) or hub id."),
+    data: str = Opt(..., help="FASTA or CSV/TSV of sequences."),
+    out: Path = Opt(Path("preds.csv"), help="Output CSV."),
+    sequence_column: str = Opt("Sequence", help="Table column with sequences."),
+    id_column: Optional[str] = Opt(None, help="Table column with ids."),
+    batch_size: int = Opt(32, help="Sequences per batch."),
+    truncate: int = Opt(1022, help="Residues kept per sequence."),
+) -> None:
+    """Class probabilities per protein: id, predicted_label, prob_<label>..."""
+    from scilm.data.protein import read_proteins
+    from scilm.inference import predict_proteins, write_predictions
+    from scilm.models.protein import load_trained_classifier
+
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, id_column=id_column)
+    net, tokenizer = load_trained_classifier(model)
+    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, truncate)
+    write_predictions(records, probabilities, out)
+    typer.echo(f"wrote {len(records)} predictions to {out}")
+
+
+@app.command()
+def embed(
+    model: str = Opt(..., help="Model directory, preset or hub id."),
+    data: str = Opt(..., help="FASTA or CSV/TSV of sequences."),
+    out: Path = Opt(Path("embeddings.npy"), help="Output: .npy (+ .ids.txt), .npz or .parquet."),
+    sequence_column: str = Opt("Sequence", help="Table column with sequences."),
+    id_column: Optional[str] = Opt(None, help="Table column with ids."),
+    batch_size: int = Opt(16, help="Sequences per batch."),
+    truncate: int = Opt(1022, help="Residues kept per sequence."),
+) -> None:
+    """Mean-pooled per-protein embeddings, with ids."""
+    from scilm.data.protein import read_proteins
+    from scilm.inference import embed_proteins, write_embeddings
+    from scilm.inference.embed import EMBEDDING_SUFFIXES
+    from scilm.models.protein import load_protein_encoder
+
+    if out.suffix.lower() not in EMBEDDING_SUFFIXES:
+        raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, id_column=id_column)
+    net, tokenizer = load_protein_encoder(model)
+    embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, truncate)
+    written = write_embeddings([r.id for r in records], embeddings, out)
+    typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {', '.join(map(str, written))}")
+
+
+@bench_app.command("efficiency")
+def bench_efficiency(
+    out: Path = Opt(Path("bench/efficiency"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="Fewer steps and epochs (under 15 minutes on 2 CPU cores)."),
+    cost_model: str = Opt("esm2-35m", help="Preset whose shape the cost rows measure."),
+) -> None:
+    """The five configurations of the published table: time, accuracy, peak memory, samples/s."""
+    from scilm.bench.efficiency import run_efficiency_bench
+
+    table = run_efficiency_bench(out, quick=quick, cost_model=cost_model)
+    typer.echo(table)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    logging.basicConfig(level=os.environ.get("SCILM_LOG_LEVEL", "INFO"), format="%(message)s")
+    try:
+        app()
+    except ScilmError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

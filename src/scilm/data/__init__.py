@@ -1,0 +1,1 @@
+"""Data readers: validated records and splits for every task scilm trains."""

@@ -1,0 +1,60 @@
+"""Mean-pooled per-protein embeddings from an ESM encoder (the most used ESM feature)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scilm.errors import ScilmError
+from scilm.inference.batching import length_sorted_batches
+
+EMBEDDING_SUFFIXES = (".npy", ".npz", ".parquet")
+
+
+@torch.inference_mode()
+def embed_proteins(model, tokenizer, sequences: list[str], batch_size: int = 16, truncate: int = 1022) -> np.ndarray:
+    """(N, hidden) float32: the mean of the last layer over residues (<cls>, <eos>, padding excluded)."""
+    device = next(model.parameters()).device
+    out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
+    for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
+        encoded = tokenizer([sequences[i] for i in batch], padding=True, truncation=True,
+                            max_length=truncate + 2, return_tensors="pt").to(device)
+        hidden = model(**encoded).last_hidden_state.float()  # (B, T, H)
+        mask = encoded["attention_mask"].clone()
+        mask[:, 0] = 0  # <cls>
+        lengths = encoded["attention_mask"].sum(dim=1)
+        mask[torch.arange(len(batch)), lengths - 1] = 0  # <eos>
+        mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        out[batch] = pooled.cpu().numpy()
+    return out
+
+
+def write_embeddings(ids: list[str], embeddings: np.ndarray, out: Path) -> list[Path]:
+    """``.npy`` (+ ``.ids.txt`` beside it), ``.npz`` (ids, embeddings) or ``.parquet`` (id, embedding)."""
+    suffix = out.suffix.lower()
+    if suffix not in EMBEDDING_SUFFIXES:
+        raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{suffix}")
+    written = [out]
+    if suffix == ".npy":
+        np.save(tmp, embeddings)
+        ids_path = out.with_suffix(".ids.txt")
+        ids_tmp = ids_path.with_name(f".{ids_path.name}.tmp-{os.getpid()}")
+        ids_tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        os.replace(ids_tmp, ids_path)
+        written.append(ids_path)
+    elif suffix == ".npz":
+        np.savez(tmp, ids=np.array(ids), embeddings=embeddings)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({"id": ids, "embedding": list(embeddings)})
+        pq.write_table(table, tmp)
+    os.replace(tmp, out)
+    return written

@@ -1,0 +1,1 @@
+"""Model builders: offline presets, hub ids and local directories; LoRA through PEFT."""

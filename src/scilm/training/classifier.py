@@ -1,0 +1,163 @@
+"""Recipe: fine-tune a protein language model as a sequence classifier.
+
+Reads top to bottom: load and check the data, build the model (LoRA chosen at construction),
+build the Hugging Face Trainer, train, evaluate, write ``model/`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import TaskType
+from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+from scilm.data import protein as pdata
+from scilm.errors import ScilmError
+from scilm.models.lora import apply_lora, save_lora_run, trainable_parameters
+from scilm.models.protein import load_protein_classifier
+from scilm.training.common import (
+    library_versions,
+    prepare_out_dir,
+    replace_dir_atomic,
+    resolve_precision,
+    training_arguments,
+    write_json_atomic,
+)
+from scilm.training.config import TrainConfig
+from scilm.training.metrics import classification_metrics, peak_memory, reset_peak_memory
+
+log = logging.getLogger(__name__)
+
+
+def load_splits(config: TrainConfig) -> tuple[list[pdata.ProteinRecord], list[pdata.ProteinRecord], list[str]]:
+    """Train and validation records and the ordered label names, every check done up front."""
+    read = dict(task=config.task, sequence_column=config.sequence_column,
+                label_column=config.label_column, id_column=config.id_column)
+    records = pdata.read_proteins(config.data, split_column=config.split_column, **read)
+    records = pdata.filter_by_length(records, config.min_length, config.max_length)
+    if not records:
+        raise ScilmError(f"{config.data}: no sequence within --min-length/--max-length")
+    if config.valid:
+        train = records
+        valid = pdata.filter_by_length(pdata.read_proteins(config.valid, **read),
+                                       config.min_length, config.max_length)
+        if not valid:
+            raise ScilmError(f"{config.valid}: no sequence within --min-length/--max-length")
+    elif config.split_column:
+        train, valid = pdata.split_by_column(records, str(config.valid_split), config.data)
+    else:
+        pdata.check_labels(records, config.data)
+        train, valid = pdata.stratified_split(records, config.valid_fraction, config.seed)
+    pdata.check_labels(train, config.data)
+    labels = pdata.label_names(train, config.task)
+    pdata.check_known_labels(valid, labels, config.valid or config.data)
+    return train, valid, labels
+
+
+def encode(records: list[pdata.ProteinRecord], tokenizer, labels: list[str], truncate: int) -> list[dict]:
+    """Token ids (with <cls>/<eos>) and the class index of each record."""
+    index = {name: i for i, name in enumerate(labels)}
+    encoded = tokenizer([r.sequence for r in records], truncation=True, max_length=truncate + 2)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": index[r.label]}
+        for ids, mask, r in zip(encoded["input_ids"], encoded["attention_mask"], records)
+    ]
+
+
+def class_weights(train: list[pdata.ProteinRecord], labels: list[str]) -> torch.Tensor:
+    """Weights n / (k * count_c): each class contributes equally to the loss ("balanced")."""
+    counts = np.array([sum(r.label == name for r in train) for name in labels], dtype=np.float64)
+    return torch.tensor(len(train) / (len(labels) * counts), dtype=torch.float32)
+
+
+def weighted_cross_entropy(weights: torch.Tensor):
+    """A Trainer ``compute_loss_func``: class-weighted CE, normalised over the accumulated batch."""
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        losses = F.cross_entropy(logits.float(), labels, weight=weights.to(logits.device), reduction="none")
+        if num_items_in_batch is None:
+            return losses.mean()
+        return losses.sum() / num_items_in_batch
+
+    return loss_fn
+
+
+def train_classifier(config: TrainConfig) -> dict[str, Any]:
+    """Fine-tune ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
+    out = prepare_out_dir(config.out, config.overwrite)
+    precision = resolve_precision(config.precision)
+    train_records, valid_records, labels = load_splits(config)
+    set_seed(config.seed)
+
+    # Model before data: the tokenizer comes with it. LoRA is chosen at construction time.
+    model, tokenizer = load_protein_classifier(config.model, labels, seed=config.seed)
+    if config.lora:
+        model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, TaskType.SEQ_CLS)
+    n_trainable, n_total = trainable_parameters(model)
+    train_set = encode(train_records, tokenizer, labels, config.truncate)
+    valid_set = encode(valid_records, tokenizer, labels, config.truncate)
+    log.info("train %d, validation %d, labels %s, %d of %d parameters trainable",
+             len(train_set), len(valid_set), labels, n_trainable, n_total)
+
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, out / "checkpoints", precision),
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_loss_func=weighted_cross_entropy(class_weights(train_records, labels)) if config.class_weights else None,
+        compute_metrics=lambda p: classification_metrics(p.predictions, p.label_ids),
+    )
+
+    reset_peak_memory()
+    started = time.perf_counter()
+    train_output = trainer.train()
+    runtime = time.perf_counter() - started
+    peak_mb, peak_method = peak_memory()
+    eval_metrics = trainer.evaluate()
+
+    samples_seen = trainer.state.global_step * config.batch_size * config.grad_accum
+    mean_tokens = float(np.mean([len(x["input_ids"]) for x in train_set]))
+    metrics = {
+        **{k: v for k, v in eval_metrics.items() if k.startswith("eval_")},
+        "train_loss": train_output.training_loss,
+        "train_runtime_s": runtime,
+        "train_samples_per_second": samples_seen / runtime,
+        "train_tokens_per_second": samples_seen * mean_tokens / runtime,
+        "peak_memory_mb": peak_mb,
+        "peak_memory_method": peak_method,
+        "global_step": trainer.state.global_step,
+        "epochs_completed": trainer.state.epoch,
+        "n_train": len(train_set),
+        "n_eval": len(valid_set),
+        "labels": labels,
+        "trainable_parameters": n_trainable,
+        "total_parameters": n_total,
+        "precision": precision,
+        "config": config.to_dict(),
+        "versions": library_versions(),
+    }
+    save_run(trainer.model, tokenizer, out, lora=config.lora)
+    write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a finished run
+    return metrics
+
+
+def save_run(model, tokenizer, out: Path, lora: bool) -> None:
+    """``out/model`` (merged if LoRA; safetensors only) and ``out/adapter``, each moved in whole."""
+    tmp_model = out / ".model.partial"
+    if lora:
+        tmp_adapter = out / ".adapter.partial"
+        model = save_lora_run(model, tmp_model, tmp_adapter)
+        replace_dir_atomic(tmp_adapter, out / "adapter")
+    else:
+        model.save_pretrained(str(tmp_model))
+    tokenizer.save_pretrained(str(tmp_model))
+    replace_dir_atomic(tmp_model, out / "model")

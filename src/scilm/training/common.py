@@ -1,0 +1,110 @@
+"""Pieces every training recipe shares: precision, Trainer arguments, run output, versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from scilm.errors import ScilmError
+from scilm.training.config import TrainConfig
+
+RUN_FILES = ("metrics.json", "model")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and not cuda:
+        raise ScilmError("--precision fp16 needs a CUDA GPU; on CPU use fp32 (or auto)")
+    if precision == "bf16" and not cuda:
+        warnings.warn("bf16 on a CPU without bf16 units is far slower than fp32", stacklevel=2)
+    return precision
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse to clobber a finished run unless asked; nothing is written here yet."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ScilmError(f"--out {out}: exists and is not a directory")
+    finished = [name for name in RUN_FILES if (out / name).exists()]
+    if finished and not overwrite:
+        raise ScilmError(f"--out {out}: already holds a finished run ({', '.join(finished)}); "
+                         "pass --overwrite to replace it or choose another --out")
+    return out
+
+
+def training_arguments(
+    config: TrainConfig, output_dir: Path, precision: str, evaluate_each_epoch: bool = True, **extra: Any
+) -> TrainingArguments:
+    """The Hugging Face TrainingArguments for ``config``: one place maps our flags to theirs."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        activation_checkpointing=config.grad_checkpointing,
+        # non-reentrant checkpointing works with frozen inputs (LoRA) and is the PyTorch default
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.grad_checkpointing else None,
+        learning_rate=config.resolved_lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=config.seed,
+        data_seed=config.seed,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        eval_strategy="epoch" if evaluate_each_epoch and not config.max_steps else "no",
+        save_strategy="no",
+        logging_steps=10,
+        logging_first_step=True,
+        report_to=[],
+        disable_tqdm=not config.progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **extra,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("scilm", "torch", "transformers", "peft", "accelerate"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    versions["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    versions["cpu_threads"] = str(torch.get_num_threads())
+    return versions
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` so that ``path`` holds either the old file or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def replace_dir_atomic(tmp: Path, final: Path) -> None:
+    """Move a finished directory into place; an older one is removed only after the swap."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
