@@ -1,0 +1,187 @@
+"""``scilm bench efficiency``: the five configurations of the published ESM-2 table, side by side.
+
+Two measurements per configuration, because no single model here is both realistic and learnable
+in minutes on a CPU:
+
+* **cost** (time per sample, peak memory) on a realistic shape (ESM-2 35M by default, random
+  weights): what the switch does to speed and memory;
+* **accuracy** on ``esm2-tiny`` that scilm first pre-trains with masked-LM on the unlabelled
+  training sequences (the published recipe fine-tunes a pretrained model), then fine-tunes on
+  the bundled membrane task with each configuration.
+
+Every row is a ``scilm train --config`` run in its own process (a clean peak-memory figure); its
+YAML is kept next to the results, so any row can be re-run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scilm.bench.report import machine_name, markdown_table, save_bar_chart
+from scilm.data.protein import filter_by_length, read_proteins
+from scilm.errors import ScilmError
+from scilm.training.common import write_json_atomic
+
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1"
+
+# row name -> switches (TrainConfig fields). "all methods" is every switch at once.
+METHODS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "+ gradient accumulation": {"grad_accum": 4},
+    "+ gradient checkpointing": {"grad_checkpointing": True},
+    "+ LoRA": {"lora": True},
+    "all methods": {"class_weights": True, "grad_accum": 4, "grad_checkpointing": True, "lora": True},
+}
+
+
+@dataclass(frozen=True)
+class EfficiencySettings:
+    """Sizes of the two measurements; ``quick`` trades precision of the figures for time."""
+
+    cost_samples: int  # training samples timed per configuration
+    cost_truncate: int  # residues per sequence in the cost runs
+    pretrain_epochs: float  # masked-LM epochs that make the warm start
+    epochs: float  # fine-tuning epochs per accuracy run
+    truncate: int  # residues per sequence in the accuracy runs
+    lr_full: float = 5e-4  # full fine-tuning
+    lr_lora: float = 2e-3  # LoRA wants a larger rate: far fewer, zero-initialised parameters
+    batch_size: int = 16
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> "EfficiencySettings":
+        if quick:
+            return cls(cost_samples=48, cost_truncate=256, pretrain_epochs=2, epochs=3, truncate=256)
+        return cls(cost_samples=256, cost_truncate=512, pretrain_epochs=6, epochs=8, truncate=512)
+
+
+def _lr(switches: dict[str, Any], settings: EfficiencySettings) -> float:
+    return settings.lr_lora if switches.get("lora") else settings.lr_full
+
+
+def _run_train(config: dict[str, Any], workdir: Path, isolate: bool = True) -> dict[str, Any]:
+    """``scilm train --config`` in a fresh process (a clean peak-memory figure); returns its metrics."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    if not isolate:  # in-process: faster, but peak memory is the whole process's
+        from scilm.training import load_config, train
+
+        return train(load_config(config_path, {}))
+    command = [sys.executable, "-m", "scilm", "train", "--config", str(config_path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    (workdir / "log.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ScilmError(f"bench run {workdir.name} failed: {tail} (log: {workdir / 'log.txt'})")
+    return json.loads((Path(config["out"]) / "metrics.json").read_text())
+
+
+def _write_fasta(path: Path, records) -> Path:
+    code = {"membrane": "Cell.membrane-M", "soluble": "Cytoplasm-S"}
+    path.write_text("".join(f">{r.id} {code[r.label]}\n{r.sequence}\n" for r in records), encoding="utf-8")
+    return path
+
+
+def run_efficiency_bench(
+    out: Path,
+    quick: bool = False,
+    cost_model: str = "esm2-35m",
+    settings: EfficiencySettings | None = None,
+    train_fasta: Path = BUNDLED / "train.fasta",
+    valid_fasta: Path = BUNDLED / "valid.fasta",
+    isolate: bool = True,
+) -> str:
+    """Run every configuration twice (cost, accuracy); write results.json, table.md, chart.png."""
+    from scilm.training.mlm import pretrain_mlm
+
+    settings = settings or EfficiencySettings.for_mode(quick)
+    out.mkdir(parents=True, exist_ok=True)
+    n_train = len(read_proteins(train_fasta))
+    n_valid = len(read_proteins(valid_fasta))
+
+    # Cost: the published length window (100-512), enough samples for a stable per-sample time.
+    cost_pool = filter_by_length(read_proteins(train_fasta), 100, 512)
+    membrane = [r for r in cost_pool if r.label == "membrane"]
+    soluble = [r for r in cost_pool if r.label == "soluble"]
+    half = settings.cost_samples // 2
+    cost_data = _write_fasta(out / "cost_train.fasta", membrane[:half] + soluble[: settings.cost_samples - half])
+    cost_valid = _write_fasta(out / "cost_valid.fasta", membrane[-8:] + soluble[-8:])
+
+    # Warm start: masked-LM on every training sequence, labelled or not (no validation data).
+    warm = out / "warm_start"
+    if not (warm / "model" / "config.json").exists():
+        sequences = [r.sequence for r in read_proteins(train_fasta, task=None)]
+        pretrain_mlm(sequences, "esm2-tiny", warm, epochs=settings.pretrain_epochs,
+                     truncate=settings.truncate, lr=1e-3, batch_size=settings.batch_size)
+    warm_metrics = json.loads((warm / "metrics.json").read_text())
+
+    rows = []
+    for name, switches in METHODS.items():
+        slug = name.strip("+ ").replace(" ", "-").lower()
+        cost_steps = max(1, settings.cost_samples // (8 * switches.get("grad_accum", 1)))
+        cost = _run_train(
+            {"data": str(cost_data), "valid": str(cost_valid), "model": cost_model, "out": str(out / "runs" / f"cost-{slug}"),
+             "overwrite": True, "batch_size": 8, "truncate": settings.cost_truncate, "max_steps": cost_steps,
+             "lr": _lr(switches, settings), "progress": False, **switches},
+            out / "runs" / f"cost-{slug}", isolate,
+        )
+        accuracy = _run_train(
+            {"data": str(train_fasta), "valid": str(valid_fasta), "model": str(warm / "model"),
+             "out": str(out / "runs" / f"acc-{slug}"), "overwrite": True, "batch_size": settings.batch_size,
+             "truncate": settings.truncate, "epochs": settings.epochs, "lr": _lr(switches, settings),
+             "progress": False, **switches},
+            out / "runs" / f"acc-{slug}", isolate,
+        )
+        rows.append({
+            "configuration": name,
+            "switches": switches,
+            "cost_model": cost_model,
+            "cost_samples_per_second": cost["train_samples_per_second"],
+            "cost_epoch_time_s": n_train / cost["train_samples_per_second"],  # one epoch of the training file
+            "cost_peak_memory_mb": cost["peak_memory_mb"],
+            "trainable_parameters": cost["trainable_parameters"],
+            "eval_accuracy": accuracy["eval_accuracy"],
+            "eval_mcc": accuracy["eval_mcc"],
+            "accuracy_run_time_s": accuracy["train_runtime_s"],
+            "accuracy_lr": accuracy["config"]["lr"],
+        })
+
+    base = rows[0]
+    for row in rows:
+        row["time_vs_base"] = row["cost_epoch_time_s"] / base["cost_epoch_time_s"]
+        row["memory_vs_base"] = row["cost_peak_memory_mb"] / base["cost_peak_memory_mb"]
+        row["accuracy_vs_base_points"] = 100 * (row["eval_accuracy"] - base["eval_accuracy"])
+
+    results = {
+        "machine": machine_name(),
+        "quick": quick,
+        "settings": settings.__dict__,
+        "warm_start": warm_metrics,
+        "peak_memory_method": cost["peak_memory_method"],
+        "rows": rows,
+        "command": f"scilm bench efficiency --out {out}" + (" --quick" if quick else ""),
+    }
+    write_json_atomic(out / "results.json", results)
+    table = markdown_table(
+        ["configuration", f"time/epoch {cost_model} (s)", "samples/s", "peak memory (MB)",
+         "eval accuracy (esm2-tiny)", "Δ accuracy (points)"],
+        [[r["configuration"], f"{r['cost_epoch_time_s']:.0f}", f"{r['cost_samples_per_second']:.2f}",
+          f"{r['cost_peak_memory_mb']:.0f}", f"{r['eval_accuracy']:.3f}", f"{r['accuracy_vs_base_points']:+.1f}"]
+         for r in rows],
+    )
+    header = (f"Machine: {results['machine']}. Cost columns: {cost_model} shape, random weights, batch 8, "
+              f"{settings.cost_samples} samples of 100-512 residues truncated at {settings.cost_truncate}; "
+              f"time/epoch projected for the {n_train:,} training proteins; peak memory = "
+              f"{cost['peak_memory_method'].replace('_', ' ')}. Accuracy: esm2-tiny pre-trained by masked LM "
+              f"({settings.pretrain_epochs:g} epochs on the training sequences), fine-tuned {settings.epochs:g} epochs, "
+              f"validated on {n_valid:,} proteins. Command: `{results['command']}`.\n\n")
+    (out / "table.md").write_text(header + table + "\n", encoding="utf-8")
+    save_bar_chart(out / "chart.png", rows, cost_model)
+    return header + table
