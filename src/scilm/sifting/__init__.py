@@ -1,1 +1,27 @@
-"""scilm.sifting"""
+"""scilm.sifting: loss-based online data selection (smart sifting), framework-agnostic.
+
+Port a SageMaker smart-sifting script by changing its imports to ``from scilm.sifting import ...``.
+"""
+
+from scilm.sifting.batching import BatchTransform, DEFAULT_PAD_VALUES, batch_size, concat, take
+from scilm.sifting.config import LossConfig, RelativeProbabilisticSiftConfig, SiftingBaseConfig
+from scilm.sifting.cost import CostVerdict, check_cost
+from scilm.sifting.dataloader import SiftingDataLoader, SiftingDataloader
+from scilm.sifting.loss import (
+    Loss,
+    Seq2SeqLoss,
+    SequenceClassificationLoss,
+    per_sample_cross_entropy,
+    per_sample_token_mean,
+)
+from scilm.sifting.reuse import ReuseLossSifter, ReuseSampler, WithIndex, record_losses, reuse_keep_probability
+from scilm.sifting.selection import LossHistory, keep_probability, percentile_in, push_losses, select_by_loss
+
+__all__ = [
+    "BatchTransform", "CostVerdict", "DEFAULT_PAD_VALUES", "Loss", "LossConfig", "LossHistory",
+    "RelativeProbabilisticSiftConfig", "ReuseLossSifter", "ReuseSampler", "Seq2SeqLoss",
+    "SequenceClassificationLoss", "SiftingBaseConfig", "SiftingDataLoader", "SiftingDataloader", "WithIndex",
+    "batch_size", "check_cost", "concat", "keep_probability", "per_sample_cross_entropy",
+    "per_sample_token_mean", "percentile_in", "push_losses", "record_losses", "reuse_keep_probability",
+    "select_by_loss", "take",
+]

@@ -1,0 +1,280 @@
+"""``SiftingDataloader``: wraps a DataLoader, scores each raw batch, yields batches of kept samples.
+
+It has no fixed length: ``len()`` raises ``TypeError`` (PyTorch's signal for "unsized"; the
+Hugging Face Trainer and Lightning catch it), so give trainers ``max_steps`` or let epochs end on
+exhaustion. Everything else about selection lives in the pure functions of ``selection.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+
+from scilm.errors import ScilmError
+from scilm.sifting.batching import BatchTransform, batch_size, concat, take, to_device
+from scilm.sifting.config import RelativeProbabilisticSiftConfig
+from scilm.sifting.cost import ON_NO_GAIN, CostVerdict, check_cost
+from scilm.sifting.loss import Loss
+from scilm.sifting.selection import LossHistory, select_by_loss
+
+logger = logging.getLogger("scilm.sifting")
+
+_PRECISIONS = {"32": None, "fp32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
+               "bf16-true": torch.bfloat16, "16": torch.float16, "fp16": torch.float16, "16-mixed": torch.float16}
+_COUNTERS = ("step", "epoch_step", "raw_in_epoch", "epochs", "samples_seen", "samples_kept", "samples_passed",
+             "sifted_steps", "scoring_seconds", "loader_seconds", "consumer_seconds", "sifted_train_seconds",
+             "sifted_train_samples")
+
+
+def _autocast_dtype(precision: str | torch.dtype | None) -> torch.dtype | None | bool:
+    """None: inherit the active autocast; False: force full precision; a dtype: autocast to it."""
+    if precision is None:
+        return None
+    if isinstance(precision, torch.dtype):
+        return False if precision == torch.float32 else precision
+    if str(precision) not in _PRECISIONS:
+        raise ScilmError(f"precision must be one of {', '.join(_PRECISIONS)} or a torch dtype, got {precision!r}")
+    return _PRECISIONS[str(precision)] or False
+
+
+class SiftingDataloader:
+    """Yield batches of the samples the selection rule keeps (the original's interface, extended).
+
+    sift_config: a RelativeProbabilisticSiftConfig (beta, history length, delay).
+    orig_dataloader: any iterable of batches (tensor, tuple/list or dict of tensors, nested).
+    loss_impl: a ``Loss`` (or callable ``(model, transformed_batch, original_batch)``) -> (n,) losses.
+    model: scored in eval mode under ``torch.inference_mode``; its modes are restored afterwards.
+    batch_transforms: a ``BatchTransform`` for custom batch objects.
+    seed: seeds the sifter's own ``torch.Generator``.
+    pad_values: pad value per dict key / tuple position for re-padding (labels -100, masks 0, others 0).
+    precision: autocast for scoring ("bf16-mixed", "16-mixed", "32", a dtype); None inherits the
+        autocast active while iterating.
+    on_no_gain: after ``cost_check_steps`` sifted steps, if scoring costs more than it saves:
+        "warn" (log a warning), "disable" (pass batches through unsifted from then on) or "ignore".
+    log_every: log the counters every this many steps (0: only at epoch ends).
+    """
+
+    def __init__(self, sift_config: RelativeProbabilisticSiftConfig, orig_dataloader: Iterable, loss_impl: Loss,
+                 model: torch.nn.Module, batch_transforms: BatchTransform | None = None, seed: int = 0,
+                 pad_values: Mapping[Any, float] | None = None, precision: str | torch.dtype | None = None,
+                 on_no_gain: str = "warn", cost_check_steps: int = 20, log_every: int = 50):
+        if isinstance(sift_config, dict):
+            sift_config = RelativeProbabilisticSiftConfig(**sift_config)
+        if not isinstance(sift_config, RelativeProbabilisticSiftConfig):
+            raise ScilmError(f"sift_config must be a RelativeProbabilisticSiftConfig, got {type(sift_config).__name__}")
+        if not (hasattr(loss_impl, "loss") or callable(loss_impl)):
+            raise ScilmError("loss_impl must be a scilm.sifting.Loss (with a .loss method) or a callable")
+        if batch_transforms is not None and not (hasattr(batch_transforms, "transform")
+                                                 and hasattr(batch_transforms, "reverse_transform")):
+            raise ScilmError("batch_transforms needs transform() and reverse_transform() methods")
+        if on_no_gain not in ON_NO_GAIN:
+            raise ScilmError(f"on_no_gain must be one of {', '.join(ON_NO_GAIN)}, got {on_no_gain!r}")
+        self.sift_config = sift_config
+        self.orig_dataloader = orig_dataloader
+        self.loss_impl = loss_impl
+        self.model = model
+        self.batch_transforms = batch_transforms or BatchTransform()
+        self.pad_values = dict(pad_values or {})
+        self._autocast = _autocast_dtype(precision)
+        self.on_no_gain = on_no_gain
+        self.cost_check_steps = cost_check_steps
+        self.log_every = log_every
+        self.generator = torch.Generator().manual_seed(seed)
+        self.history = LossHistory.empty(sift_config.loss_history_length)
+        self.cost_verdict: CostVerdict | None = None
+        self.disabled = False
+        self._batch_size: int | None = getattr(orig_dataloader, "batch_size", None)
+        self._counts: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
+        self._buffer: list = []  # kept samples not yet yielded, in transformed form
+        self._buffered = 0
+        self._resuming = False
+        self._mark = time.perf_counter()
+
+    # -- the PyTorch iterable protocol ------------------------------------------------------------
+    def __len__(self) -> int:
+        raise TypeError("a SiftingDataloader has no fixed length: the number of batches depends on the losses")
+
+    def __iter__(self) -> Iterator:
+        return self._iterate()
+
+    @property
+    def dataset(self):
+        return getattr(self.orig_dataloader, "dataset", None)
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward to the wrapped loader's sampler / batch sampler (DistributedSampler etc.)."""
+        for obj in (self.orig_dataloader, getattr(self.orig_dataloader, "sampler", None),
+                    getattr(getattr(self.orig_dataloader, "batch_sampler", None), "sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+                return
+
+    # -- iteration --------------------------------------------------------------------------------
+    def _iterate(self) -> Iterator:
+        c = self._counts
+        skip = int(c["raw_in_epoch"]) if self._resuming else 0
+        if not self._resuming:
+            c["epoch_step"] = c["raw_in_epoch"] = 0
+            self._buffer, self._buffered = [], 0
+        self._resuming = False
+        it = iter(self.orig_dataloader)
+        for _ in range(skip):  # resume mid-epoch: these raw batches were consumed before the checkpoint
+            next(it, None)
+        self._mark = time.perf_counter()
+        for raw in it:
+            c["raw_in_epoch"] += 1
+            if self.disabled or self._in_delay():
+                c["samples_passed"] += self._count(raw)
+                yield from self._emit(raw, sifted=False)
+                continue
+            batch = self.batch_transforms.transform(raw)
+            n = batch_size(batch)
+            self._batch_size = self._batch_size or n
+            started = time.perf_counter()
+            keep = select_by_loss(self._score(batch, raw, n), self.history, float(self.sift_config.beta_value),
+                                  self.generator)
+            c["scoring_seconds"] += time.perf_counter() - started
+            index = keep.nonzero().reshape(-1)
+            c["samples_seen"] += n
+            c["samples_kept"] += index.numel()
+            if index.numel():
+                self._buffer.append(take(batch, index, n))
+                self._buffered += index.numel()
+            while self._buffered >= self._batch_size:
+                yield from self._emit(self._pop(self._batch_size), sifted=True)
+        if self._buffered:  # the final partial batch of the epoch
+            yield from self._emit(self._pop(self._buffered), sifted=True)
+        c["epochs"] += 1
+        logger.info("sifting epoch done: %s", self._summary())
+
+    def _count(self, raw: Any) -> int:
+        try:
+            return batch_size(self.batch_transforms.transform(raw))
+        except TypeError:
+            return 0
+
+    def _in_delay(self) -> bool:
+        base = self.sift_config.base
+        done = self._counts["epoch_step"] if base.repeat_delay_per_epoch else self._counts["step"]
+        return done < base.sift_delay
+
+    def _pop(self, k: int) -> Any:
+        """The first ``k`` buffered samples as one batch (in the caller's batch type)."""
+        joined = concat(self._buffer, self.pad_values)
+        total = self._buffered
+        out = take(joined, torch.arange(k), total) if k < total else joined
+        self._buffer = [take(joined, torch.arange(k, total), total)] if k < total else []
+        self._buffered = total - k
+        return self.batch_transforms.reverse_transform(out), k
+
+    def _emit(self, item: Any, sifted: bool) -> Iterator:
+        """Yield one batch, timing the loader side (before) and the training side (between yields)."""
+        batch, k = item if sifted else (item, None)
+        c = self._counts
+        now = time.perf_counter()
+        c["loader_seconds"] += now - self._mark
+        c["step"] += 1
+        c["epoch_step"] += 1
+        c["sifted_steps"] += sifted
+        yield batch
+        self._mark = time.perf_counter()
+        c["consumer_seconds"] += self._mark - now
+        if sifted:
+            c["sifted_train_seconds"] += self._mark - now
+            c["sifted_train_samples"] += k
+            if self.cost_verdict is None and c["sifted_steps"] >= self.cost_check_steps:
+                self._check_cost()
+        if self.log_every and c["step"] % self.log_every == 0:
+            logger.info("sifting: %s", self._summary())
+
+    def _score(self, batch: Any, raw: Any, n: int) -> torch.Tensor:
+        """Per-sample losses without gradients, in eval mode; every module's mode is restored."""
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        modes = [(m, m.training) for m in self.model.modules()]
+        if self._autocast is None:
+            cast = contextlib.nullcontext()
+        else:
+            cast = torch.autocast(device.type, dtype=self._autocast or None, enabled=self._autocast is not False)
+        self.model.eval()
+        try:
+            with torch.inference_mode(), cast:
+                scored = to_device(batch, device)
+                fn = self.loss_impl.loss if hasattr(self.loss_impl, "loss") else self.loss_impl
+                losses = fn(self.model, scored, raw)
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        if not isinstance(losses, torch.Tensor) or losses.numel() != n:
+            shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise ScilmError(f"loss_impl must return one loss per sample ({n}), got {shape}; use reduction='none'")
+        return losses.reshape(-1)
+
+    def _check_cost(self) -> None:
+        c = self._counts
+        if not (c["samples_seen"] and c["sifted_train_samples"]):
+            return
+        self.cost_verdict = check_cost(c["scoring_seconds"] / c["samples_seen"],
+                                       c["sifted_train_seconds"] / c["sifted_train_samples"],
+                                       c["samples_kept"] / c["samples_seen"])
+        if self.cost_verdict.pays or self.on_no_gain == "ignore":
+            logger.info("sifting cost check: %s", self.cost_verdict.message)
+        elif self.on_no_gain == "warn":
+            logger.warning("sifting cost check: %s", self.cost_verdict.message)
+        else:
+            self.disabled = True
+            logger.warning("sifting cost check: %s; sifting disabled", self.cost_verdict.message)
+
+    # -- counters and checkpoints -----------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        """Counters: steps, samples seen/kept, realised keep rate, scoring share of wall time."""
+        c = self._counts
+        wall = c["loader_seconds"] + c["consumer_seconds"]
+        return {
+            "steps": int(c["step"]), "sifted_steps": int(c["sifted_steps"]), "epochs": int(c["epochs"]),
+            "samples_seen": int(c["samples_seen"]), "samples_kept": int(c["samples_kept"]),
+            "samples_passed": int(c["samples_passed"]),
+            "keep_rate": c["samples_kept"] / c["samples_seen"] if c["samples_seen"] else 1.0,
+            "scoring_seconds": c["scoring_seconds"], "wall_seconds": wall,
+            "scoring_share": c["scoring_seconds"] / wall if wall else 0.0,
+            "disabled": self.disabled,
+        }
+
+    def _summary(self) -> str:
+        s = self.stats()
+        return (f"step {s['steps']}, seen {s['samples_seen']}, kept {s['samples_kept']} "
+                f"({s['keep_rate']:.1%}), scoring {s['scoring_share']:.1%} of wall time")
+
+    def state_dict(self) -> dict:
+        """Everything that decides future selections: history, RNG, counters, pending samples."""
+        return {"history": self.history.state_dict(), "rng": self.generator.get_state(),
+                "counts": dict(self._counts), "buffer": list(self._buffer), "buffered": self._buffered,
+                "batch_size": self._batch_size, "disabled": self.disabled,
+                "cost_checked": self.cost_verdict is not None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore; the next iteration skips the raw batches the saved run had consumed this epoch.
+
+        Identical continuation needs the wrapped loader to replay the same order (no shuffle, or a
+        seeded sampler with ``set_epoch``).
+        """
+        self.history.load_state_dict(state["history"])
+        self.generator.set_state(state["rng"])
+        self._counts = {**dict.fromkeys(_COUNTERS, 0), **state["counts"]}
+        self._buffer, self._buffered = list(state["buffer"]), int(state["buffered"])
+        self._batch_size = state["batch_size"]
+        self.disabled = bool(state["disabled"])
+        if state.get("cost_checked") and self.cost_verdict is None:
+            self.cost_verdict = CostVerdict(True, float("nan"), float("nan"), float("nan"), "checked before resume")
+        self._resuming = True
+
+
+SiftingDataLoader = SiftingDataloader  # PEP 8 spelling

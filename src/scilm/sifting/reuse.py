@@ -1,0 +1,124 @@
+"""The "reuse" policy (InfoBatch-like): no scoring pass; reuse each sample's last training loss.
+
+Before an epoch, sample i is kept with probability p_i = max(percentile(its last loss among all
+last losses) ** beta, min_keep); samples never seen are always kept (p = 1). A kept sample's loss
+is multiplied by 1/p_i, so the epoch's summed loss (and gradient) is unbiased in expectation.
+``min_keep`` bounds the weights (at most 1/min_keep); it keeps slightly more than 1/(1+beta).
+
+Use: ``sifter = ReuseLossSifter(len(ds), beta_value=1)``;
+``DataLoader(WithIndex(ds), batch_size=B, sampler=ReuseSampler(sifter))``; in the step
+``loss = sifter.record(indices, per_sample_losses)`` and ``loss.backward()``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from scilm.errors import ScilmError
+from scilm.sifting.selection import keep_probability, percentile_in
+
+
+def reuse_keep_probability(last_losses: torch.Tensor, beta: float, min_keep: float = 0.1) -> torch.Tensor:
+    """(N,) last losses, NaN for never seen -> (N,) keep probabilities (1 for never seen)."""
+    seen = torch.isfinite(last_losses)
+    prob = torch.ones_like(last_losses, dtype=torch.float32)
+    if seen.any():
+        known = last_losses[seen].float()
+        prob[seen] = keep_probability(percentile_in(known, known), beta).clamp(min=min_keep)
+    return prob
+
+
+class ReuseLossSifter:
+    """Per-sample last losses, the epoch's keep plan and the 1/p weights of kept samples."""
+
+    def __init__(self, num_samples: int, beta_value: float = 1.0, min_keep: float = 0.1, seed: int = 0):
+        if num_samples < 1:
+            raise ScilmError(f"num_samples must be >= 1, got {num_samples}")
+        if not beta_value > 0:
+            raise ScilmError(f"beta_value must be > 0, got {beta_value!r}")
+        if not 0 < min_keep <= 1:
+            raise ScilmError(f"min_keep must be in (0, 1], got {min_keep!r}")
+        self.beta_value, self.min_keep = float(beta_value), float(min_keep)
+        self.last_loss = torch.full((num_samples,), float("nan"))
+        self.weights = torch.ones(num_samples)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.planned = self.kept = 0
+
+    def plan_epoch(self) -> torch.Tensor:
+        """Draw this epoch's kept indices (sorted, long) and set their weights 1/p."""
+        prob = reuse_keep_probability(self.last_loss, self.beta_value, self.min_keep)
+        keep = torch.rand(prob.numel(), generator=self.generator) < prob
+        self.weights = torch.where(keep, 1.0 / prob, torch.zeros_like(prob))
+        index = keep.nonzero().reshape(-1)
+        self.planned += prob.numel()
+        self.kept += index.numel()
+        return index
+
+    def record(self, indices: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """Store per-sample ``losses`` (n,) of dataset ``indices`` (n,); return the weighted mean loss."""
+        indices = torch.as_tensor(indices).reshape(-1).cpu()
+        losses = losses.reshape(-1)
+        if indices.numel() != losses.numel():
+            raise ScilmError(f"got {indices.numel()} indices for {losses.numel()} losses")
+        self.last_loss[indices] = losses.detach().float().cpu()
+        weight = self.weights[indices].clamp(min=1.0)  # samples outside the plan (e.g. first epoch) weigh 1
+        return (losses * weight.to(losses.device, losses.dtype)).mean()
+
+    def stats(self) -> dict[str, float]:
+        return {"samples_planned": self.planned, "samples_kept": self.kept,
+                "keep_rate": self.kept / self.planned if self.planned else 1.0}
+
+    def state_dict(self) -> dict:
+        return {"last_loss": self.last_loss.clone(), "weights": self.weights.clone(),
+                "rng": self.generator.get_state(), "planned": self.planned, "kept": self.kept}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_loss, self.weights = state["last_loss"].clone(), state["weights"].clone()
+        self.generator.set_state(state["rng"])
+        self.planned, self.kept = state["planned"], state["kept"]
+
+
+def record_losses(sifter: ReuseLossSifter, indices: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    """Function form of ``sifter.record``: store per-sample losses, return the rescaled mean loss."""
+    return sifter.record(indices, losses)
+
+
+class ReuseSampler(Sampler[int]):
+    """Yields the kept dataset indices of each epoch (shuffled by the sifter's generator)."""
+
+    def __init__(self, sifter: ReuseLossSifter, shuffle: bool = True):
+        self.sifter, self.shuffle = sifter, shuffle
+        self._plan: torch.Tensor | None = None
+
+    def _current(self) -> torch.Tensor:
+        if self._plan is None:
+            self._plan = self.sifter.plan_epoch()
+        return self._plan
+
+    def __len__(self) -> int:  # DataLoader asks before iterating; both see the same plan
+        return self._current().numel()
+
+    def __iter__(self) -> Iterator[int]:
+        plan, self._plan = self._current(), None
+        if self.shuffle:
+            plan = plan[torch.randperm(plan.numel(), generator=self.sifter.generator)]
+        return iter(plan.tolist())
+
+    def set_epoch(self, epoch: int) -> None:  # the plan already changes every epoch
+        pass
+
+
+class WithIndex(Dataset):
+    """``ds[i]`` -> ``(i, ds[i])`` so a training step knows which samples its losses belong to."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return i, self.dataset[i]

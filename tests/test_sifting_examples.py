@@ -1,0 +1,25 @@
+"""The sifting examples run end to end (each a few seconds on CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "sifting"
+
+
+@pytest.mark.parametrize("name", ["plain_pytorch.py", "hf_trainer.py", "lightning.py", "original_api.py"])
+def test_example_runs(name):
+    done = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_original_api_port_changes_only_imports():
+    code = (EXAMPLES / "original_api.py").read_text().split('"""', 2)[2]  # below the docstring
+    scilm_lines = [line for line in code.splitlines() if "scilm" in line]
+    assert len(scilm_lines) == 3 and all(line.startswith("from scilm.sifting import ") for line in scilm_lines)
