@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes results.json, table.md and a PNG.")
 app.add_typer(bench_app, name="bench")
+data_app = typer.Typer(no_args_is_help=True, help="Convert public data sets into scilm's formats.")
+app.add_typer(data_app, name="data")
 
 Opt = typer.Option
 
@@ -131,6 +133,39 @@ def bench_efficiency(
 
     table = run_efficiency_bench(out, quick=quick, cost_model=cost_model)
     typer.echo(table)
+
+
+@data_app.command("textchem")
+def data_textchem(
+    out: Path = Opt(..., help="Output directory for train/valid/test.jsonl."),
+    chebi20: Optional[Path] = Opt(None, help="ChEBI-20 TSV (CID, SMILES, description): caption + text-to-SMILES."),
+    uspto_sources: Optional[Path] = Opt(None, help="Space-tokenised USPTO products (retrosynthesis sources)."),
+    uspto_targets: Optional[Path] = Opt(None, help="Space-tokenised USPTO reactants, line-aligned."),
+    actions_src: Optional[Path] = Opt(None, help="paragraph2actions src-*.txt (sentences)."),
+    actions_tgt: Optional[Path] = Opt(None, help="paragraph2actions tgt-*.txt (action sequences)."),
+    canonicalize: bool = Opt(False, "--canonicalize", help="RDKit-canonical SMILES (unparsable ones skipped, counted)."),
+    valid_fraction: float = Opt(0.1, help="Share for valid.jsonl."),
+    test_fraction: float = Opt(0.1, help="Share for test.jsonl."),
+    seed: int = Opt(0, help="Split seed."),
+) -> None:
+    """Real sets -> Text+Chem JSONL (`source` = prompt + input, `target`), split by seed."""
+    import json
+
+    from scilm.data.textchem import convert_textchem
+
+    if (uspto_sources is None) != (uspto_targets is None):
+        raise ScilmError("--uspto-sources and --uspto-targets go together")
+    if (actions_src is None) != (actions_tgt is None):
+        raise ScilmError("--actions-src and --actions-tgt go together")
+    if not (chebi20 or uspto_sources or actions_src):
+        raise ScilmError("nothing to convert: give --chebi20, --uspto-sources/--uspto-targets or --actions-src/--actions-tgt")
+    summary = convert_textchem(
+        out, chebi20=chebi20,
+        uspto=(uspto_sources, uspto_targets) if uspto_sources else None,
+        paragraph2actions=(actions_src, actions_tgt) if actions_src else None,
+        canonicalize=canonicalize, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
+    )
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def main() -> None:
