@@ -327,3 +327,37 @@ def test_reuse_sampler_len_matches_iteration():
     order = list(sampler)
     assert len(order) == size and len(set(order)) == size
     assert sorted(order) == sorted(set(order)) and list(sampler) != order  # a new plan each epoch
+
+
+def test_seq2seq_loss_matches_model_loss_per_sample():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                                d_kv=8, decoder_start_token_id=0, pad_token_id=0)).eval()
+    ids = torch.randint(2, 32, (2, 6))
+    labels = torch.randint(2, 32, (2, 4))
+    labels[1, 2:] = -100
+    per_sample = Seq2SeqLoss().loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                            "labels": labels})
+    with torch.no_grad():
+        for i in range(2):
+            ref = model(input_ids=ids[i:i + 1], labels=labels[i:i + 1]).loss
+            assert torch.allclose(per_sample[i], ref, atol=1e-5)
+
+
+def test_precision_option_sets_scoring_autocast():
+    seen = []
+
+    class Spy(FirstColumnLoss):
+        def loss(self, model, transformed_batch, original_batch=None):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return super().loss(model, transformed_batch)
+
+    list(SiftingDataloader(config(), stream(100, 50), Spy(), KnownLossModel(), precision="bf16-mixed"))
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)
+    seen.clear()
+    list(SiftingDataloader(config(), stream(100, 50), Spy(), KnownLossModel()))
+    assert seen and not any(enabled for enabled, _ in seen)
+    with pytest.raises(ScilmError, match="precision"):
+        SiftingDataloader(config(), stream(100, 50), Spy(), KnownLossModel(), precision="fp8")
