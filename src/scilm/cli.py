@@ -60,6 +60,10 @@ def train(
     lora_alpha: Optional[int] = Opt(None, help="LoRA alpha [16]."),
     lora_dropout: Optional[float] = Opt(None, help="LoRA dropout [0.05]."),
     precision: Optional[str] = Opt(None, help="auto | fp32 | bf16 | fp16 [auto: fp32 on CPU]."),
+    sift_beta: Optional[float] = Opt(None, help="Smart sifting: keep ~1/(1+beta) of samples [off]."),
+    sift_history: Optional[int] = Opt(None, help="Sifting: losses in the percentile window [500]."),
+    sift_delay: Optional[int] = Opt(None, help="Sifting: unsifted steps first [10]."),
+    sift_policy: Optional[str] = Opt(None, help="Sifting: relative (extra scoring pass) | reuse [relative]."),
     progress: Optional[bool] = Opt(None, "--progress/--no-progress", help="Progress bar [on]."),
 ) -> None:
     """Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json."""
@@ -71,8 +75,10 @@ def train(
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in sorted(metrics)
                         if k.startswith("eval_") and isinstance(metrics[k], float) and "runtime" not in k
                         and "per_second" not in k)
+    sifting = metrics.get("sifting")
+    kept = f", sifting kept {sifting['keep_rate']:.0%}" if sifting else ""
     typer.echo(f"{summary}; train {metrics['train_runtime_s']:.0f} s, peak memory "
-               f"{metrics['peak_memory_mb']:.0f} MB; wrote {metrics['config']['out']}")
+               f"{metrics['peak_memory_mb']:.0f} MB{kept}; wrote {metrics['config']['out']}")
 
 
 @app.command()

@@ -109,6 +109,14 @@ class SiftingDataloader:
     def batch_size(self) -> int | None:
         return self._batch_size
 
+    @property
+    def epoch_progress(self) -> float:
+        """Share of the current epoch's raw batches consumed (0 when the wrapped loader has no length)."""
+        try:
+            return self._counts["raw_in_epoch"] / len(self.orig_dataloader)
+        except TypeError:
+            return 0.0
+
     def set_epoch(self, epoch: int) -> None:
         """Forward to the wrapped loader's sampler / batch sampler (DistributedSampler etc.)."""
         for obj in (self.orig_dataloader, getattr(self.orig_dataloader, "sampler", None),
@@ -153,6 +161,7 @@ class SiftingDataloader:
         if self._buffered:  # the final partial batch of the epoch
             yield from self._emit(self._pop(self._buffered), sifted=True)
         c["epochs"] += 1
+        c["raw_in_epoch"] = 0  # a finished epoch leaves nothing to skip on resume
         logger.info("sifting epoch done: %s", self._summary())
 
     def _count(self, raw: Any) -> int:

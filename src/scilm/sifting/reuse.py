@@ -87,22 +87,28 @@ def record_losses(sifter: ReuseLossSifter, indices: torch.Tensor, losses: torch.
 
 
 class ReuseSampler(Sampler[int]):
-    """Yields the kept dataset indices of each epoch (shuffled by the sifter's generator)."""
+    """Yields the kept dataset indices of each epoch (shuffled by the sifter's generator).
+
+    Each ``iter()`` draws a new plan from the losses recorded so far; ``len()`` is the size of the
+    current plan (the first one before any iteration), so loaders that ask for a length mid-epoch
+    get the epoch's real size and never trigger a plan drawn from stale losses.
+    """
 
     def __init__(self, sifter: ReuseLossSifter, shuffle: bool = True):
         self.sifter, self.shuffle = sifter, shuffle
         self._plan: torch.Tensor | None = None
+        self._served = False  # the current plan has been handed out by __iter__ already
 
-    def _current(self) -> torch.Tensor:
+    def __len__(self) -> int:
         if self._plan is None:
             self._plan = self.sifter.plan_epoch()
-        return self._plan
-
-    def __len__(self) -> int:  # DataLoader asks before iterating; both see the same plan
-        return self._current().numel()
+        return self._plan.numel()
 
     def __iter__(self) -> Iterator[int]:
-        plan, self._plan = self._current(), None
+        if self._plan is None or self._served:
+            self._plan = self.sifter.plan_epoch()
+        self._served = True
+        plan = self._plan
         if self.shuffle:
             plan = plan[torch.randperm(plan.numel(), generator=self.sifter.generator)]
         return iter(plan.tolist())

@@ -106,16 +106,20 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     log.info("train %d, validation %d, labels %s, %d of %d parameters trainable",
              len(train_set), len(valid_set), labels, n_trainable, n_total)
 
-    trainer = Trainer(
+    weights = class_weights(train_records, labels) if config.class_weights else None
+    trainer_kwargs = dict(
         model=model,
-        args=training_arguments(config, out / "checkpoints", precision),
         train_dataset=train_set,
         eval_dataset=valid_set,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_loss_func=weighted_cross_entropy(class_weights(train_records, labels)) if config.class_weights else None,
+        compute_loss_func=weighted_cross_entropy(weights) if weights is not None else None,
         compute_metrics=lambda p: classification_metrics(p.predictions, p.label_ids),
     )
+    if config.sift_beta is None:
+        trainer = Trainer(args=training_arguments(config, out / "checkpoints", precision), **trainer_kwargs)
+    else:
+        trainer = sifting_trainer(config, precision, out, weights, trainer_kwargs)
 
     reset_peak_memory()
     started = time.perf_counter()
@@ -142,12 +146,36 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
         "trainable_parameters": n_trainable,
         "total_parameters": n_total,
         "precision": precision,
+        **({"sifting": trainer.sifting_stats()} if config.sift_beta is not None else {}),
         "config": config.to_dict(),
         "versions": library_versions(),
     }
     save_run(trainer.model, tokenizer, out, lora=config.lora)
     write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
+
+
+def sifting_trainer(config: TrainConfig, precision: str, out: Path, weights, trainer_kwargs: dict) -> Trainer:
+    """The Trainer with smart sifting (``--sift-beta``): see scilm/training/sifting.py."""
+    from scilm.sifting import SequenceClassificationLoss
+    from scilm.training import sifting
+
+    extra = {}
+    if config.sift_policy == "relative" and not config.max_steps:  # a sifted loader has no length
+        extra["max_steps"] = sifting.sifted_step_budget(
+            len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
+    if config.sift_policy == "reuse":
+        trainer_kwargs["train_dataset"] = sifting.add_sample_index(trainer_kwargs["train_dataset"])
+        extra["remove_unused_columns"] = False  # keep the sample index the model does not take
+    args = training_arguments(config, out / "checkpoints", precision, **extra)
+    if extra:
+        args.num_train_epochs = config.epochs
+    settings = sifting.SiftSettings(
+        beta=config.sift_beta, history=config.sift_history, delay=config.sift_delay, policy=config.sift_policy,
+        epochs=None if config.max_steps else config.epochs, warmup_ratio=config.warmup_ratio,
+        seed=config.seed, precision=precision)
+    return sifting.SiftingTrainer(args=args, sift=settings, sift_loss=SequenceClassificationLoss(),
+                                  per_sample_loss=sifting.per_sample_classification_loss(weights), **trainer_kwargs)
 
 
 def save_run(model, tokenizer, out: Path, lora: bool) -> None:

@@ -50,8 +50,11 @@ def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
 def training_arguments(
     config: TrainConfig, output_dir: Path, precision: str, evaluate_each_epoch: bool = True, **extra: Any
 ) -> TrainingArguments:
-    """The Hugging Face TrainingArguments for ``config``: one place maps our flags to theirs."""
-    return TrainingArguments(
+    """The Hugging Face TrainingArguments for ``config``: one place maps our flags to theirs.
+
+    ``extra`` adds or overrides arguments (e.g. ``max_steps`` for a loader without a length).
+    """
+    kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
@@ -77,8 +80,8 @@ def training_arguments(
         disable_tqdm=not config.progress,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        **extra,
     )
+    return TrainingArguments(**{**kwargs, **extra})
 
 
 def library_versions() -> dict[str, str]:

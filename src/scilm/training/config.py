@@ -54,6 +54,11 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32 (never bf16 on CPU)
+    # -- smart sifting (section 2 of SOURCES.md); off unless sift_beta is set
+    sift_beta: float | None = None  # keep ~1/(1+beta) of the samples: 0.5 -> 2/3, 1 -> 1/2, 3 -> 1/4
+    sift_history: int = 500  # recent losses that rank a new one (its percentile)
+    sift_delay: int = 10  # steps before sifting starts (a fresh model's losses mean little)
+    sift_policy: str = "relative"  # relative: extra scoring pass; reuse: last epoch's own losses, no extra pass
     # -- logging
     progress: bool = True  # progress bar
     extra: dict[str, Any] = field(default_factory=dict)  # reserved for recipe-specific settings
@@ -85,6 +90,13 @@ class TrainConfig:
             raise ScilmError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
         if not 0 <= self.lora_dropout < 1:
             raise ScilmError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
+        if self.sift_beta is not None:
+            if not self.sift_beta > 0:
+                raise ScilmError(f"--sift-beta must be positive (got {self.sift_beta})")
+            if self.sift_policy not in ("relative", "reuse"):
+                raise ScilmError(f"--sift-policy must be relative or reuse (got {self.sift_policy!r})")
+            if self.sift_history < 2 or self.sift_delay < 0:
+                raise ScilmError("--sift-history must be at least 2 and --sift-delay at least 0")
         if (self.split_column is None) != (self.valid_split is None):
             raise ScilmError("--split-column and --valid-split go together")
         if self.valid and self.split_column:

@@ -1,0 +1,158 @@
+"""Smart sifting inside the Hugging Face Trainer: the ``--sift-*`` switches of ``scilm train``.
+
+* ``relative`` (the original's rule): the Trainer's own train loader is wrapped in a
+  :class:`~scilm.sifting.SiftingDataloader`, which scores each raw batch with an extra forward pass.
+* ``reuse`` (InfoBatch-like): no extra pass; each sample's last training loss decides whether the
+  next epoch loads it, and kept losses are re-weighted by 1/p so the gradient stays unbiased.
+
+A sifted epoch has no fixed number of steps, so the learning rate follows the share of the
+*data* consumed (warm-up, then linear decay to 0 at the last epoch's end), not the step count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, TrainerCallback
+
+from scilm.sifting import (
+    LossConfig,
+    RelativeProbabilisticSiftConfig,
+    ReuseLossSifter,
+    ReuseSampler,
+    SiftingBaseConfig,
+    SiftingDataloader,
+)
+from scilm.sifting.loss import Loss
+
+SIFT_POLICIES = ("relative", "reuse")
+INDEX_KEY = "sample_index"  # added to each training example under the reuse policy
+
+
+@dataclass(frozen=True)
+class SiftSettings:
+    beta: float
+    history: int
+    delay: int
+    policy: str
+    epochs: float | None  # None: the run is bounded by max_steps instead
+    warmup_ratio: float
+    seed: int
+    precision: str  # the training precision, used for scoring too
+
+
+class _StopAfterEpochs(TrainerCallback):
+    """Ends training when the sifted data has been seen ``epochs`` times."""
+
+    def __init__(self, trainer: "SiftingTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.data_progress() >= 1.0:
+            control.should_training_stop = True
+
+    on_epoch_end = on_step_end
+
+
+class SiftingTrainer(Trainer):
+    """A Trainer whose training data goes through smart sifting; everything else is unchanged."""
+
+    def __init__(self, *args: Any, sift: SiftSettings, sift_loss: Loss, per_sample_loss, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.sift = sift
+        self.sift_loss = sift_loss  # scoring loss of the relative policy
+        self.per_sample_loss = per_sample_loss  # (outputs, labels) -> (n,) losses, for the reuse policy
+        self.sifting_loader: SiftingDataloader | None = None
+        self.reuse = (ReuseLossSifter(len(self.train_dataset), sift.beta, seed=sift.seed)
+                      if sift.policy == "reuse" else None)
+        self.add_callback(_StopAfterEpochs(self))
+
+    # -- data ---------------------------------------------------------------------------------------
+    def _get_train_sampler(self, *args: Any, **kwargs: Any):
+        if self.reuse is not None:
+            return ReuseSampler(self.reuse)
+        return super()._get_train_sampler(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        if self.sift.policy != "relative":
+            return loader
+        config = RelativeProbabilisticSiftConfig(
+            beta_value=self.sift.beta, loss_history_length=self.sift.history,
+            loss_based_sift_config=LossConfig(sift_config=SiftingBaseConfig(sift_delay=self.sift.delay)))
+        precision = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.sift.precision, "32")
+        self.sifting_loader = SiftingDataloader(
+            sift_config=config, orig_dataloader=loader, loss_impl=self.sift_loss, model=self.model,
+            seed=self.sift.seed, precision=precision,
+            pad_values={"input_ids": getattr(self.processing_class, "pad_token_id", 0) or 0})
+        return self.sifting_loader
+
+    def data_progress(self) -> float:
+        """Share of the planned data passes done, in [0, 1] (of max_steps when that bounds the run)."""
+        if self.sift.epochs is None:
+            return min(self.state.global_step / max(1, self.args.max_steps), 1.0)
+        if self.sifting_loader is not None:
+            done = self.sifting_loader.stats()["epochs"] + self.sifting_loader.epoch_progress
+        else:
+            done = self.state.epoch or 0.0
+        return min(done / self.sift.epochs, 1.0)
+
+    # -- loss (reuse policy) ------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        indices = inputs.pop(INDEX_KEY, None)
+        if self.reuse is None or not model.training or indices is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = self.reuse.record(indices, self.per_sample_loss(outputs, labels))
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(INDEX_KEY, None)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    # -- schedule -----------------------------------------------------------------------------------
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Linear warm-up then linear decay, both measured in data consumed."""
+        if self.lr_scheduler is None:
+            warmup = self.sift.warmup_ratio
+
+            def factor(_: int) -> float:
+                progress = self.data_progress()
+                if progress < warmup:
+                    return max(progress / warmup, 1e-3)
+                return max(0.0, (1.0 - progress) / max(1e-8, 1.0 - warmup))
+
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def sifting_stats(self) -> dict[str, Any]:
+        stats = self.sifting_loader.stats() if self.sifting_loader is not None else self.reuse.stats()
+        return {"policy": self.sift.policy, "beta": self.sift.beta, "history": self.sift.history,
+                "delay": self.sift.delay, **stats}
+
+
+def sifted_step_budget(n_train: int, batch_size: int, grad_accum: int, epochs: float) -> int:
+    """An upper bound on optimizer steps (as if nothing were dropped): the Trainer's ``max_steps``."""
+    return max(1, math.ceil(math.ceil(epochs * math.ceil(n_train / batch_size)) / grad_accum) + 1)
+
+
+def add_sample_index(examples: list[dict]) -> list[dict]:
+    """Tag each training example with its position, so the reuse policy knows whose loss it sees."""
+    return [{**example, INDEX_KEY: i} for i, example in enumerate(examples)]
+
+
+def per_sample_classification_loss(weights: torch.Tensor | None = None):
+    """(outputs, labels) -> (n,) cross-entropy, optionally class-weighted."""
+
+    def loss(outputs, labels):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        w = weights.to(logits.device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w, reduction="none")
+
+    return loss
