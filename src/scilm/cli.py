@@ -63,7 +63,7 @@ def train(
     sift_beta: Optional[float] = Opt(None, help="Smart sifting: keep ~1/(1+beta) of samples [off]."),
     sift_history: Optional[int] = Opt(None, help="Sifting: losses in the percentile window [500]."),
     sift_delay: Optional[int] = Opt(None, help="Sifting: unsifted steps first [10]."),
-    sift_policy: Optional[str] = Opt(None, help="Sifting: relative (extra scoring pass) | reuse [relative]."),
+    sift_policy: Optional[str] = Opt(None, help="Sifting: relative (extra scoring pass) | reuse | random (control) [relative]."),
     progress: Optional[bool] = Opt(None, "--progress/--no-progress", help="Progress bar [on]."),
 ) -> None:
     """Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json."""

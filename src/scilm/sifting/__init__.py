@@ -9,6 +9,7 @@ from scilm.sifting.cost import CostVerdict, check_cost
 from scilm.sifting.dataloader import SiftingDataLoader, SiftingDataloader
 from scilm.sifting.loss import (
     Loss,
+    RandomLoss,
     Seq2SeqLoss,
     SequenceClassificationLoss,
     per_sample_cross_entropy,
@@ -19,7 +20,7 @@ from scilm.sifting.selection import LossHistory, keep_probability, percentile_in
 
 __all__ = [
     "BatchTransform", "CostVerdict", "DEFAULT_PAD_VALUES", "Loss", "LossConfig", "LossHistory",
-    "RelativeProbabilisticSiftConfig", "ReuseLossSifter", "ReuseSampler", "Seq2SeqLoss",
+    "RandomLoss", "RelativeProbabilisticSiftConfig", "ReuseLossSifter", "ReuseSampler", "Seq2SeqLoss",
     "SequenceClassificationLoss", "SiftingBaseConfig", "SiftingDataLoader", "SiftingDataloader", "WithIndex",
     "batch_size", "check_cost", "concat", "keep_probability", "per_sample_cross_entropy",
     "per_sample_token_mean", "percentile_in", "push_losses", "record_losses", "reuse_keep_probability",

@@ -83,3 +83,16 @@ class Seq2SeqLoss(Loss):
         if self.causal:
             logits, labels = logits[:, :-1], labels[:, 1:]
         return per_sample_token_mean(logits, labels, self.ignore_index)
+
+
+class RandomLoss(Loss):
+    """A control, not a method: uniform random "losses" (no forward pass), so the selection rule
+    drops samples at the same expected rate, 1/(1+beta), but independently of how hard they are."""
+
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def loss(self, model, transformed_batch, original_batch=None):
+        from scilm.sifting.batching import batch_size
+
+        return torch.rand(batch_size(transformed_batch), generator=self.generator)

@@ -21,6 +21,7 @@ from scilm.data import protein as pdata
 from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, save_lora_run, trainable_parameters
 from scilm.models.protein import load_protein_classifier
+from scilm.training.callbacks import EvalHistory
 from scilm.training.common import (
     library_versions,
     prepare_out_dir,
@@ -121,6 +122,8 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     else:
         trainer = sifting_trainer(config, precision, out, weights, trainer_kwargs)
 
+    history = EvalHistory()
+    trainer.add_callback(history)
     reset_peak_memory()
     started = time.perf_counter()
     train_output = trainer.train()
@@ -140,6 +143,7 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
         "peak_memory_method": peak_method,
         "global_step": trainer.state.global_step,
         "epochs_completed": trainer.state.epoch,
+        "eval_history": history.history,
         "n_train": len(train_set),
         "n_eval": len(valid_set),
         "labels": labels,
@@ -161,7 +165,7 @@ def sifting_trainer(config: TrainConfig, precision: str, out: Path, weights, tra
     from scilm.training import sifting
 
     extra = {}
-    if config.sift_policy == "relative" and not config.max_steps:  # a sifted loader has no length
+    if config.sift_policy != "reuse" and not config.max_steps:  # a sifted loader has no length
         extra["max_steps"] = sifting.sifted_step_budget(
             len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
     if config.sift_policy == "reuse":

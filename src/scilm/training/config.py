@@ -12,6 +12,7 @@ import yaml
 from scilm.errors import ScilmError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SIFT_POLICIES = ("relative", "reuse", "random")  # random: a control that drops at the same rate, blindly
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TrainConfig:
     sift_beta: float | None = None  # keep ~1/(1+beta) of the samples: 0.5 -> 2/3, 1 -> 1/2, 3 -> 1/4
     sift_history: int = 500  # recent losses that rank a new one (its percentile)
     sift_delay: int = 10  # steps before sifting starts (a fresh model's losses mean little)
-    sift_policy: str = "relative"  # relative: extra scoring pass; reuse: last epoch's own losses, no extra pass
+    sift_policy: str = "relative"  # relative: extra scoring pass; reuse: last epoch's own losses; random: control
     # -- logging
     progress: bool = True  # progress bar
     extra: dict[str, Any] = field(default_factory=dict)  # reserved for recipe-specific settings
@@ -93,8 +94,8 @@ class TrainConfig:
         if self.sift_beta is not None:
             if not self.sift_beta > 0:
                 raise ScilmError(f"--sift-beta must be positive (got {self.sift_beta})")
-            if self.sift_policy not in ("relative", "reuse"):
-                raise ScilmError(f"--sift-policy must be relative or reuse (got {self.sift_policy!r})")
+            if self.sift_policy not in SIFT_POLICIES:
+                raise ScilmError(f"--sift-policy must be relative, reuse or random (got {self.sift_policy!r})")
             if self.sift_history < 2 or self.sift_delay < 0:
                 raise ScilmError("--sift-history must be at least 2 and --sift-delay at least 0")
         if (self.split_column is None) != (self.valid_split is None):

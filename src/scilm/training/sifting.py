@@ -2,6 +2,7 @@
 
 * ``relative`` (the original's rule): the Trainer's own train loader is wrapped in a
   :class:`~scilm.sifting.SiftingDataloader`, which scores each raw batch with an extra forward pass.
+* ``random``: a control that drops samples at the same expected rate, blind to their losses.
 * ``reuse`` (InfoBatch-like): no extra pass; each sample's last training loss decides whether the
   next epoch loads it, and kept losses are re-weighted by 1/p so the gradient stays unbiased.
 
@@ -21,6 +22,7 @@ from transformers import Trainer, TrainerCallback
 
 from scilm.sifting import (
     LossConfig,
+    RandomLoss,
     RelativeProbabilisticSiftConfig,
     ReuseLossSifter,
     ReuseSampler,
@@ -29,7 +31,6 @@ from scilm.sifting import (
 )
 from scilm.sifting.loss import Loss
 
-SIFT_POLICIES = ("relative", "reuse")
 INDEX_KEY = "sample_index"  # added to each training example under the reuse policy
 
 
@@ -79,14 +80,15 @@ class SiftingTrainer(Trainer):
 
     def get_train_dataloader(self):
         loader = super().get_train_dataloader()
-        if self.sift.policy != "relative":
+        if self.sift.policy not in ("relative", "random"):
             return loader
         config = RelativeProbabilisticSiftConfig(
             beta_value=self.sift.beta, loss_history_length=self.sift.history,
             loss_based_sift_config=LossConfig(sift_config=SiftingBaseConfig(sift_delay=self.sift.delay)))
         precision = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.sift.precision, "32")
         self.sifting_loader = SiftingDataloader(
-            sift_config=config, orig_dataloader=loader, loss_impl=self.sift_loss, model=self.model,
+            sift_config=config, orig_dataloader=loader, model=self.model,
+            loss_impl=RandomLoss(self.sift.seed) if self.sift.policy == "random" else self.sift_loss,
             seed=self.sift.seed, precision=precision,
             pad_values={"input_ids": getattr(self.processing_class, "pad_token_id", 0) or 0})
         return self.sifting_loader

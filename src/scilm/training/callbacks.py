@@ -1,0 +1,33 @@
+"""Trainer callbacks of our own (everything else is the Trainer's)."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+
+class EvalHistory(TrainerCallback):
+    """Each evaluation with the *training* wall time so far (evaluation time excluded).
+
+    ``history`` rows: ``{"step", "epoch", "train_seconds", "eval_accuracy", ...}``: the accuracy
+    against wall-time curve that benchmarks compare.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+        self._started = 0.0
+        self._eval_seconds = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+        self._eval_seconds = 0.0
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        self._eval_seconds += metrics.get("eval_runtime", 0.0)
+        row = {"step": state.global_step, "epoch": state.epoch,
+               "train_seconds": time.perf_counter() - self._started - self._eval_seconds}
+        row.update({k: v for k, v in metrics.items() if k.startswith("eval_") and "runtime" not in k
+                    and "per_second" not in k})
+        self.history.append(row)
