@@ -174,6 +174,17 @@ def data_textchem(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@bench_app.command("sifting")
+def bench_sifting(
+    out: Path = Opt(Path("bench/sifting"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="Fewer epochs and shorter sequences (under 20 minutes on 2 CPU cores)."),
+) -> None:
+    """Sifting (several betas, reuse policy, random control) against an unsifted baseline: accuracy vs wall time."""
+    from scilm.bench.sifting import run_sifting_bench
+
+    typer.echo(run_sifting_bench(out, quick=quick))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     logging.basicConfig(level=os.environ.get("SCILM_LOG_LEVEL", "INFO"), format="%(message)s")

@@ -16,20 +16,14 @@ YAML is kept next to the results, so any row can be re-run alone.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scilm.bench.report import machine_name, markdown_table, save_bar_chart
+from scilm.bench.runner import BUNDLED, mlm_warm_start, run_train, write_fasta
 from scilm.data.protein import filter_by_length, read_proteins
-from scilm.errors import ScilmError
 from scilm.training.common import write_json_atomic
-
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1"
 
 # row name -> switches (TrainConfig fields). "all methods" is every switch at once.
 METHODS: dict[str, dict[str, Any]] = {
@@ -65,30 +59,6 @@ def _lr(switches: dict[str, Any], settings: EfficiencySettings) -> float:
     return settings.lr_lora if switches.get("lora") else settings.lr_full
 
 
-def _run_train(config: dict[str, Any], workdir: Path, isolate: bool = True) -> dict[str, Any]:
-    """``scilm train --config`` in a fresh process (a clean peak-memory figure); returns its metrics."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    if not isolate:  # in-process: faster, but peak memory is the whole process's
-        from scilm.training import load_config, train
-
-        return train(load_config(config_path, {}))
-    command = [sys.executable, "-m", "scilm", "train", "--config", str(config_path)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    (workdir / "log.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ScilmError(f"bench run {workdir.name} failed: {tail} (log: {workdir / 'log.txt'})")
-    return json.loads((Path(config["out"]) / "metrics.json").read_text())
-
-
-def _write_fasta(path: Path, records) -> Path:
-    code = {"membrane": "Cell.membrane-M", "soluble": "Cytoplasm-S"}
-    path.write_text("".join(f">{r.id} {code[r.label]}\n{r.sequence}\n" for r in records), encoding="utf-8")
-    return path
-
-
 def run_efficiency_bench(
     out: Path,
     quick: bool = False,
@@ -99,8 +69,6 @@ def run_efficiency_bench(
     isolate: bool = True,
 ) -> str:
     """Run every configuration twice (cost, accuracy); write results.json, table.md, chart.png."""
-    from scilm.training.mlm import pretrain_mlm
-
     settings = settings or EfficiencySettings.for_mode(quick)
     out.mkdir(parents=True, exist_ok=True)
     n_train = len(read_proteins(train_fasta))
@@ -111,28 +79,25 @@ def run_efficiency_bench(
     membrane = [r for r in cost_pool if r.label == "membrane"]
     soluble = [r for r in cost_pool if r.label == "soluble"]
     half = settings.cost_samples // 2
-    cost_data = _write_fasta(out / "cost_train.fasta", membrane[:half] + soluble[: settings.cost_samples - half])
-    cost_valid = _write_fasta(out / "cost_valid.fasta", membrane[-8:] + soluble[-8:])
+    cost_data = write_fasta(out / "cost_train.fasta", membrane[:half] + soluble[: settings.cost_samples - half])
+    cost_valid = write_fasta(out / "cost_valid.fasta", membrane[-8:] + soluble[-8:])
 
     # Warm start: masked-LM on every training sequence, labelled or not (no validation data).
     warm = out / "warm_start"
-    if not (warm / "model" / "config.json").exists():
-        sequences = [r.sequence for r in read_proteins(train_fasta, task=None)]
-        pretrain_mlm(sequences, "esm2-tiny", warm, epochs=settings.pretrain_epochs,
-                     truncate=settings.truncate, lr=1e-3, batch_size=settings.batch_size)
+    mlm_warm_start(warm, train_fasta, settings.pretrain_epochs, settings.truncate, settings.batch_size)
     warm_metrics = json.loads((warm / "metrics.json").read_text())
 
     rows = []
     for name, switches in METHODS.items():
         slug = name.strip("+ ").replace(" ", "-").lower()
         cost_steps = max(1, settings.cost_samples // (8 * switches.get("grad_accum", 1)))
-        cost = _run_train(
+        cost = run_train(
             {"data": str(cost_data), "valid": str(cost_valid), "model": cost_model, "out": str(out / "runs" / f"cost-{slug}"),
              "overwrite": True, "batch_size": 8, "truncate": settings.cost_truncate, "max_steps": cost_steps,
              "lr": _lr(switches, settings), "progress": False, **switches},
             out / "runs" / f"cost-{slug}", isolate,
         )
-        accuracy = _run_train(
+        accuracy = run_train(
             {"data": str(train_fasta), "valid": str(valid_fasta), "model": str(warm / "model"),
              "out": str(out / "runs" / f"acc-{slug}"), "overwrite": True, "batch_size": settings.batch_size,
              "truncate": settings.truncate, "epochs": settings.epochs, "lr": _lr(switches, settings),

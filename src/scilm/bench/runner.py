@@ -1,0 +1,55 @@
+"""What the benchmarks share: a row is a ``scilm train --config`` run, and a warm start to begin from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scilm.data.protein import ProteinRecord, read_proteins
+from scilm.errors import ScilmError
+
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1"
+
+
+def run_train(config: dict[str, Any], workdir: Path, isolate: bool = True) -> dict[str, Any]:
+    """Write ``workdir/config.yaml`` and train from it; returns the run's metrics.
+
+    ``isolate`` runs ``scilm train --config`` in a fresh process, so peak memory is the run's own;
+    in-process is faster (tests). Either way the YAML re-runs the row alone.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    if not isolate:
+        from scilm.training import load_config, train
+
+        return train(load_config(config_path, {}))
+    command = [sys.executable, "-m", "scilm", "train", "--config", str(config_path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    (workdir / "log.txt").write_text(result.stdout + result.stderr, encoding="utf-8")
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ScilmError(f"bench run {workdir.name} failed: {tail} (log: {workdir / 'log.txt'})")
+    return json.loads((Path(config["out"]) / "metrics.json").read_text())
+
+
+def write_fasta(path: Path, records: list[ProteinRecord]) -> Path:
+    """Labelled records back to DeepLoc FASTA (membrane/soluble headers)."""
+    code = {"membrane": "Cell.membrane-M", "soluble": "Cytoplasm-S"}
+    path.write_text("".join(f">{r.id} {code[r.label]}\n{r.sequence}\n" for r in records), encoding="utf-8")
+    return path
+
+
+def mlm_warm_start(out: Path, train_fasta: Path, epochs: float, truncate: int, batch_size: int = 16) -> Path:
+    """esm2-tiny pre-trained by masked LM on every training sequence (labels unused); cached in ``out``."""
+    from scilm.training.mlm import pretrain_mlm
+
+    if not (out / "model" / "config.json").exists():
+        sequences = [r.sequence for r in read_proteins(train_fasta, task=None)]
+        pretrain_mlm(sequences, "esm2-tiny", out, epochs=epochs, truncate=truncate, lr=1e-3, batch_size=batch_size)
+    return out / "model"
