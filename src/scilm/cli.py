@@ -64,6 +64,13 @@ def train(
     sift_history: Optional[int] = Opt(None, help="Sifting: losses in the percentile window [500]."),
     sift_delay: Optional[int] = Opt(None, help="Sifting: unsifted steps first [10]."),
     sift_policy: Optional[str] = Opt(None, help="Sifting: relative (extra scoring pass) | reuse | random (control) [relative]."),
+    lr_decay: Optional[float] = Opt(None, help="Per-epoch multiplicative lr decay, e.g. 0.99 [linear schedule]."),
+    eval_steps: Optional[int] = Opt(None, help="Validate every N steps [every epoch]."),
+    eval_max_batches: Optional[int] = Opt(None, help="Validate on at most M batches [all]."),
+    keep_best: Optional[bool] = Opt(None, "--keep-best", help="Keep the checkpoint with the lowest validation loss."),
+    max_source_length: Optional[int] = Opt(None, help="Seq2seq: source tokens kept [512]."),
+    max_target_length: Optional[int] = Opt(None, help="Seq2seq: target tokens kept [512]."),
+    tokenizer_vocab_size: Optional[int] = Opt(None, help="t5-tiny: vocabulary of the tokenizer trained on the data [1000]."),
     progress: Optional[bool] = Opt(None, "--progress/--no-progress", help="Progress bar [on]."),
 ) -> None:
     """Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json."""
@@ -128,6 +135,81 @@ def embed(
     typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {', '.join(map(str, written))}")
 
 
+@app.command()
+def generate(
+    inputs: list[str] = typer.Argument(None, help="Inputs (without the prompt); or use --input-file."),
+    model: str = Opt(..., help="Seq2seq model directory (OUT/model) or hub id."),
+    task: str = Opt(..., help="forward-prediction | retrosynthesis | paragraph-to-actions | text-to-smiles | smiles-to-caption"),
+    input_file: Optional[Path] = Opt(None, help="One input per line."),
+    num_beams: int = Opt(10, help="Beam width (the published demo: 10)."),
+    max_length: int = Opt(512, help="Maximum generated tokens."),
+    batch_size: int = Opt(8, help="Inputs per batch."),
+    out: Optional[Path] = Opt(None, help="JSON lines output [stdout]."),
+) -> None:
+    """Generate for one of the five Text+Chem tasks; JSON lines out (SMILES: canonical form + validity)."""
+    from scilm.inference.generate import generate_command
+
+    generate_command(model=model, task=task, inputs=list(inputs or []), input_file=input_file,
+                     num_beams=num_beams, max_length=max_length, batch_size=batch_size, out=out)
+
+
+@app.command()
+def evaluate(
+    model: str = Opt(..., help="Seq2seq model directory (OUT/model) or hub id."),
+    data: Path = Opt(..., help="Text+Chem JSONL (source, target)."),
+    out: Path = Opt(Path("metrics.json"), help="Per-task metrics (JSON)."),
+    predictions: Optional[Path] = Opt(None, help="Per-example predictions (JSONL) [next to --out]."),
+    num_beams: int = Opt(10, help="Beam width."),
+    max_length: int = Opt(512, help="Maximum generated tokens."),
+    batch_size: int = Opt(8, help="Inputs per batch."),
+) -> None:
+    """Generate for every example and score per task: molecules by RDKit, captions and actions by text metrics."""
+    from scilm.inference.generate import evaluate_command
+
+    evaluate_command(model=model, data=data, out=out, predictions=predictions, num_beams=num_beams,
+                     max_length=max_length, batch_size=batch_size)
+
+
+@app.command()
+def serve(
+    model: str = Opt(..., help="Trained model directory (classifier or seq2seq)."),
+    host: str = Opt("127.0.0.1", help="Interface to bind (loopback by default)."),
+    port: int = Opt(8000, help="Port."),
+    max_batch_size: int = Opt(32, help="Micro-batching: most inputs run together."),
+    max_wait_ms: float = Opt(5.0, help="Micro-batching: longest wait for a batch to fill."),
+    max_queue: int = Opt(256, help="Queued inputs before answering 503."),
+    batching: bool = Opt(True, "--batching/--no-batching", help="Dynamic micro-batching [on]."),
+    api_key_env: Optional[str] = Opt(None, help="Environment variable holding the API key (else no auth)."),
+) -> None:
+    """A real-time HTTP endpoint (Hugging Face inference payloads) and a web page at /."""
+    from scilm.serving.server import serve as run_server
+
+    run_server(model=model, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+               max_queue=max_queue, batching=batching, api_key_env=api_key_env)
+
+
+@app.command()
+def pretrain(
+    data: str = Opt(..., help="FASTA or CSV/TSV of sequences (labels unused)."),
+    model: str = Opt("esm2-tiny", help="Preset, local directory or hub id to continue from."),
+    out: Path = Opt(Path("runs/pretrain"), help="Output directory (OUT/model)."),
+    epochs: float = Opt(10.0, help="Epochs of masked-LM training."),
+    lr: float = Opt(2e-3, help="Learning rate."),
+    batch_size: int = Opt(32, help="Batch size."),
+    truncate: int = Opt(1022, help="Residues kept per sequence."),
+    sequence_column: str = Opt("Sequence", help="Table column with sequences."),
+    seed: int = Opt(0, help="Seed."),
+) -> None:
+    """Masked-LM (continued) pre-training of an ESM-2 model on your sequences, as ESM-2 was trained."""
+    from scilm.data.protein import read_proteins
+    from scilm.training.mlm import pretrain_mlm
+
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None)
+    path = pretrain_mlm([r.sequence for r in records], model, out, epochs=epochs, batch_size=batch_size, lr=lr,
+                        truncate=truncate, seed=seed, progress=True)
+    typer.echo(f"wrote {path}")
+
+
 @bench_app.command("efficiency")
 def bench_efficiency(
     out: Path = Opt(Path("bench/efficiency"), help="Output directory."),
@@ -183,6 +265,18 @@ def bench_sifting(
     from scilm.bench.sifting import run_sifting_bench
 
     typer.echo(run_sifting_bench(out, quick=quick))
+
+
+@bench_app.command("serve")
+def bench_serve(
+    out: Path = Opt(Path("bench/serve"), help="Output directory."),
+    model: Optional[str] = Opt(None, help="Model directory to serve [a classifier trained on the spot]."),
+    quick: bool = Opt(False, "--quick", help="Fewer requests per level."),
+) -> None:
+    """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
+    from scilm.serving.bench import run_serve_bench
+
+    typer.echo(run_serve_bench(out, model=model, quick=quick))
 
 
 def main() -> None:

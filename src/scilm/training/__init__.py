@@ -8,10 +8,18 @@ from scilm.training.config import TrainConfig, load_config
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run the recipe that fits ``config.data`` and return its metrics."""
+    """Run the recipe that fits ``config.data`` and return its metrics.
+
+    JSONL (``source``/``target``) trains a seq2seq model (Text+Chem); FASTA/CSV/TSV a classifier.
+    """
+    config.validate()
+    if config.data.lower().endswith(".jsonl"):
+        from scilm.training.seq2seq import train_seq2seq
+
+        return train_seq2seq(config)
     from scilm.training.classifier import train_classifier
 
-    return train_classifier(config.validate())
+    return train_classifier(config)
 
 
 __all__ = ["TrainConfig", "load_config", "train"]

@@ -32,6 +32,10 @@ class TrainConfig:
     min_length: int | None = None  # drop shorter sequences (published recipe: 100)
     max_length: int | None = None  # drop longer sequences (published recipe: 512)
     truncate: int = 1022  # residues kept per sequence (ESM-2 sees at most 1022 + 2 specials)
+    # -- seq2seq (Text+Chem JSONL); ignored by protein classification
+    max_source_length: int = 512  # tokens kept of each source (prompt + input)
+    max_target_length: int = 512  # tokens kept of each target
+    tokenizer_vocab_size: int = 1000  # t5-tiny only: size of the tokenizer trained on the corpus
     # -- model
     model: str = "esm2-tiny"  # preset, local directory or hub id
     out: str = "runs/scilm"
@@ -46,6 +50,10 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     seed: int = 0
     group_by_length: bool = True  # batches of similar length: less padding, faster
+    lr_decay: float | None = None  # per-epoch multiplicative decay instead of linear (the original T5: 0.99)
+    eval_steps: int | None = None  # validate every N steps (default: every epoch)
+    eval_max_batches: int | None = None  # validate on at most M batches (the original: 500)
+    keep_best: bool = False  # at the end, keep the checkpoint with the lowest validation loss
     # -- efficiency switches (section 1 of SOURCES.md)
     class_weights: bool = False  # loss weights inversely proportional to class frequency
     grad_accum: int = 1  # optimizer step every N micro-batches
