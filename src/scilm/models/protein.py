@@ -75,12 +75,19 @@ def is_preset(name: str) -> bool:
     return name in PROTEIN_PRESETS
 
 
-def _check_source(name_or_path: str) -> None:
-    """A string that looks like a local path must exist; anything else is tried as a hub id."""
-    path = Path(name_or_path)
+# Checkpoints trained by scilm itself and shipped with it (each folder's README says how).
+SHIPPED_MODELS = {"esm2-tiny-mlm": "esm2-tiny-mlm"}
+
+
+def resolve_source(name_or_path: str) -> str:
+    """A shipped checkpoint's directory, an existing local directory, or a hub id (checked as such)."""
+    if name_or_path in SHIPPED_MODELS:
+        return str(Path(__file__).resolve().parent / "pretrained" / SHIPPED_MODELS[name_or_path])
+    path = Path(name_or_path).expanduser()
     looks_local = name_or_path.startswith((".", "/", "~")) or path.exists() or name_or_path.count("/") > 1
     if looks_local and not path.is_dir():
         raise ScilmError(f"--model {name_or_path}: no such model directory")
+    return str(path) if looks_local else name_or_path
 
 
 def _label_maps(labels: list[str]) -> dict:
@@ -99,7 +106,7 @@ def load_protein_classifier(
         torch.manual_seed(seed)  # the random init is part of the run's seed
         model = EsmForSequenceClassification(esm2_config(name_or_path, **_label_maps(labels)))
         return model, esm2_tokenizer()
-    _check_source(name_or_path)
+    name_or_path = resolve_source(name_or_path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, use_safetensors=True, ignore_mismatched_sizes=True, **_label_maps(labels)
@@ -112,7 +119,7 @@ def load_protein_classifier(
 
 def load_trained_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A classifier saved by ``scilm train`` (or any local/hub classifier), in eval mode."""
-    _check_source(path)
+    path = resolve_source(path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -125,7 +132,7 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
     """The bare ESM encoder (no head) of a preset, a trained classifier directory or a hub id."""
     if is_preset(name_or_path):
         return EsmModel(esm2_config(name_or_path), add_pooling_layer=False).eval(), esm2_tokenizer()
-    _check_source(name_or_path)
+    name_or_path = resolve_source(name_or_path)
     try:
         model = AutoModel.from_pretrained(name_or_path, use_safetensors=True, add_pooling_layer=False)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -137,3 +144,8 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_source(name_or_path: str) -> None:
+    """Deprecated spelling of :func:`resolve_source` that only checks (kept for seq2seq.py)."""
+    resolve_source(name_or_path)

@@ -19,7 +19,7 @@ from transformers import (
     set_seed,
 )
 
-from scilm.models.protein import _check_source, esm2_config, esm2_tokenizer, is_preset
+from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
 from scilm.training.common import replace_dir_atomic, write_json_atomic
 
 
@@ -39,9 +39,9 @@ def pretrain_mlm(
     if is_preset(model):
         net, tokenizer = EsmForMaskedLM(esm2_config(model)), esm2_tokenizer()
     else:
-        _check_source(model)
         from transformers import AutoTokenizer
 
+        model = resolve_source(model)
         net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model)
     out = Path(out)
