@@ -9,7 +9,7 @@ from scilm.bench.efficiency import METHODS, EfficiencySettings, run_efficiency_b
 
 def test_efficiency_bench_writes_every_row(tmp_path, tiny_fastas):
     train_fasta, valid_fasta = tiny_fastas
-    settings = EfficiencySettings(cost_samples=16, cost_truncate=48, pretrain_epochs=0.3, epochs=0.3,
+    settings = EfficiencySettings(cost_samples=16, cost_truncate=48, epochs=0.3,
                                   truncate=64, batch_size=8)
     table = run_efficiency_bench(tmp_path, cost_model="esm2-tiny", settings=settings,
                                  train_fasta=train_fasta, valid_fasta=valid_fasta, isolate=False)

@@ -15,7 +15,7 @@ def test_time_to_reach_takes_the_first_evaluation_at_target():
 
 
 def test_sifting_bench_writes_every_run(tmp_path, tiny_fastas):
-    settings = SiftingSettings(pretrain_epochs=0.3, warm_epochs=0.5, epochs=1, truncate=32, batch_size=8,
+    settings = SiftingSettings(warm_epochs=0.5, epochs=1, truncate=32, batch_size=8,
                                sift_delay=1, sift_history=50, betas=(1.0, 3.0), reuse_beta=1.0)
     table = run_sifting_bench(tmp_path, settings=settings, train_fasta=tiny_fastas[0],
                               valid_fasta=tiny_fastas[1], isolate=False)

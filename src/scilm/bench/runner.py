@@ -1,4 +1,4 @@
-"""What the benchmarks share: a row is a ``scilm train --config`` run, and a warm start to begin from."""
+"""What the benchmarks share: a row is a ``scilm train --config`` run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from scilm.data.protein import ProteinRecord, read_proteins
+from scilm.data.protein import ProteinRecord
 from scilm.errors import ScilmError
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1"
@@ -43,13 +43,3 @@ def write_fasta(path: Path, records: list[ProteinRecord]) -> Path:
     code = {"membrane": "Cell.membrane-M", "soluble": "Cytoplasm-S"}
     path.write_text("".join(f">{r.id} {code[r.label]}\n{r.sequence}\n" for r in records), encoding="utf-8")
     return path
-
-
-def mlm_warm_start(out: Path, train_fasta: Path, epochs: float, truncate: int, batch_size: int = 16) -> Path:
-    """esm2-tiny pre-trained by masked LM on every training sequence (labels unused); cached in ``out``."""
-    from scilm.training.mlm import pretrain_mlm
-
-    if not (out / "model" / "config.json").exists():
-        sequences = [r.sequence for r in read_proteins(train_fasta, task=None)]
-        pretrain_mlm(sequences, "esm2-tiny", out, epochs=epochs, truncate=truncate, lr=1e-3, batch_size=batch_size)
-    return out / "model"

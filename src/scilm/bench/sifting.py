@@ -1,8 +1,8 @@
 """``scilm bench sifting``: does loss-based sifting reach the baseline's accuracy in less wall time?
 
 Sifting is for fine-tuning a model that can already tell easy from hard (a random model's losses
-mean nothing). So every run here starts from the same warm start: esm2-tiny pre-trained by masked
-LM on the training sequences, then fine-tuned for ``warm_epochs`` on the membrane task. From there
+mean nothing). So every run here starts from the same warm start: ``esm2-tiny-mlm`` (esm2-tiny
+pre-trained by masked LM on the training sequences), fine-tuned for ``warm_epochs`` on the task. From there
 each run trains ``epochs`` more epochs with the same data, seed and learning rate: an unsifted
 baseline, the relative policy at several betas, the reuse policy, and a random-dropping control at
 the keep rate of the best relative run. Accuracy is recorded against *training* wall time
@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from scilm.bench.report import machine_name, markdown_table
-from scilm.bench.runner import BUNDLED, mlm_warm_start, run_train
+from scilm.bench.runner import BUNDLED, run_train
 from scilm.training.common import write_json_atomic
 
 
 @dataclass(frozen=True)
 class SiftingSettings:
-    pretrain_epochs: float  # masked-LM epochs of the warm start
     warm_epochs: float  # task epochs before the compared runs start
     epochs: float  # epochs of every compared run
     truncate: int
@@ -33,12 +32,13 @@ class SiftingSettings:
     sift_delay: int = 10
     betas: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
     reuse_beta: float = 2.0
+    warm_model: str = "esm2-tiny-mlm"
 
     @classmethod
     def for_mode(cls, quick: bool) -> "SiftingSettings":
         if quick:
-            return cls(pretrain_epochs=2, warm_epochs=1, epochs=3, truncate=256)
-        return cls(pretrain_epochs=6, warm_epochs=2, epochs=6, truncate=512)
+            return cls(warm_epochs=1, epochs=3, truncate=256)
+        return cls(warm_epochs=1, epochs=6, truncate=512)
 
 
 def time_to_reach(history: list[dict[str, float]], target: float) -> float | None:
@@ -82,12 +82,10 @@ def run_sifting_bench(
               "batch_size": settings.batch_size, "lr": settings.lr, "seed": 0, "overwrite": True,
               "progress": False}
 
-    # The warm start: masked LM, then a short fine-tune on the task (cached between invocations).
-    mlm = mlm_warm_start(out / "warm_mlm", train_fasta, settings.pretrain_epochs, settings.truncate,
-                         settings.batch_size)
+    # The warm start: a short fine-tune of the pretrained model on the task (cached between runs).
     warm_dir = out / "runs" / "warm"
     if not (warm_dir / "metrics.json").exists():
-        run_train({**common, "model": str(mlm), "out": str(warm_dir), "epochs": settings.warm_epochs},
+        run_train({**common, "model": settings.warm_model, "out": str(warm_dir), "epochs": settings.warm_epochs},
                   warm_dir, isolate)
     warm_model = str(warm_dir / "model")
 
@@ -136,8 +134,8 @@ def run_sifting_bench(
           f"{r['scoring_share']:.0%}", f"{r['final_accuracy']:.3f}", fmt(r["seconds_to_target"], ".0f"),
           fmt(r["time_to_target_vs_baseline"], ".2f")] for r in rows.values()],
     )
-    header = (f"Machine: {results['machine']}. Every run starts from esm2-tiny pre-trained by masked LM "
-              f"({settings.pretrain_epochs:g} epochs on the training sequences) and fine-tuned "
+    header = (f"Machine: {results['machine']}. Every run starts from {settings.warm_model} (esm2-tiny pre-trained "
+              f"by masked LM on the training sequences) fine-tuned "
               f"{settings.warm_epochs:g} epoch(s) on the task (accuracy {results['warm_start_accuracy']:.3f}), "
               f"then trains {settings.epochs:g} epochs, lr {settings.lr:g}, batch {settings.batch_size}, "
               f"truncation {settings.truncate}; sift delay {settings.sift_delay} steps, history "
