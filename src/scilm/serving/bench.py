@@ -1,0 +1,224 @@
+"""``scilm bench serve``: a bounded load test of ``scilm serve`` on loopback, batching on vs off.
+
+For each mode a real server process is started on 127.0.0.1; closed-loop clients (1, 8, 32 at
+a time, each sending its next request when the last one is answered) send a fixed number of
+single-protein requests; throughput, p50/p99 latency, errors and the server's mean micro-batch
+size (from /metrics) are recorded, and the server's RSS is sampled over the whole run. Nothing
+runs open-ended: every level sends a fixed request count, each request has a timeout.
+
+Without ``--model`` a classifier with the esm2-8m shape (random weights) is saved first: the
+per-forward cost of the smallest released ESM-2, so the numbers mean something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from scilm.bench.report import machine_name, markdown_table
+
+LEVELS = (1, 8, 32)
+MAX_RESIDUES = 512  # the published recipe keeps proteins up to 512 residues
+BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1" / "train.fasta"
+
+
+def save_random_classifier(out: Path, preset: str = "esm2-8m", labels=("soluble", "membrane"), seed: int = 0) -> Path:
+    """An ESM-2 classifier of ``preset``'s shape with random weights, saved like ``scilm train`` does."""
+    import torch
+    from transformers import EsmForSequenceClassification
+
+    from scilm.models.protein import esm2_config, esm2_tokenizer
+
+    torch.manual_seed(seed)
+    config = esm2_config(preset, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                         label2id={name: i for i, name in enumerate(labels)})
+    model = EsmForSequenceClassification(config)
+    model.save_pretrained(str(out))  # safetensors
+    esm2_tokenizer().save_pretrained(str(out))
+    return out
+
+
+def bench_sequences(n: int, seed: int = 0) -> list[str]:
+    """``n`` real proteins (bundled DeepLoc-1), cut to MAX_RESIDUES, in a seeded random order."""
+    from scilm.data.protein import read_proteins
+
+    sequences = [r.sequence[:MAX_RESIDUES] for r in read_proteins(BUNDLED, task="membrane")]
+    random.Random(seed).shuffle(sequences)
+    return (sequences * (n // len(sequences) + 1))[:n]
+
+
+class RssSampler:
+    """The server process's resident memory every ``every`` seconds, in a thread."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        self.process, self.every, self.samples = psutil.Process(pid), every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self.process.memory_info().rss / 2**20)
+            except psutil.Error:
+                return
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _batch_stats(metrics_text: str) -> tuple[float, float]:
+    """(model calls, inputs) so far, from the server's Prometheus text."""
+    def value(name: str) -> float:
+        match = re.search(rf"^{name} ([0-9.e+]+)$", metrics_text, re.M)
+        return float(match.group(1)) if match else 0.0
+    return value("scilm_batch_size_count"), value("scilm_batch_size_sum")
+
+
+async def _load(url: str, clients: int, n_requests: int, sequences: list[str]) -> dict:
+    """``clients`` closed-loop clients share ``n_requests`` requests; latencies in ms."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    queue = list(range(n_requests))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def one_client():
+            while queue:
+                i = queue.pop()
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/predict", json={"inputs": sequences[i % len(sequences)]})
+                    if response.status_code != 200:
+                        errors.append(f"{response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    latencies.sort()
+    return {"requests": n_requests, "errors": len(errors), "error_examples": errors[:3],
+            "seconds": round(seconds, 3), "throughput_rps": round(n_requests / seconds, 2),
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
+
+
+def _requests_at(clients: int, quick: bool) -> int:
+    return max(24, clients * 4) if quick else max(64, clients * 16)
+
+
+def _memory_summary(warm: float, samples: list[float]) -> dict:
+    """Flat: the last quarter's peak within 10 % (or 64 MiB) of the peak after warm-up.
+
+    The warm-up runs the largest level once, so the allocator has already grown to the biggest
+    batches; growth after that is what a leak would look like.
+    """
+    last = max(samples[-max(1, len(samples) // 4):])
+    return {"rss_start_mb": round(warm, 1), "rss_end_mb": round(last, 1), "rss_peak_mb": round(max(samples), 1),
+            "rss_flat": last - warm <= max(0.10 * warm, 64.0), "rss_samples": len(samples)}
+
+
+def _bench_mode(model: Path, batching: bool, quick: bool, sequences: list[str], out: Path) -> list[dict]:
+    from scilm.serving.local import server_process
+
+    mode = "on" if batching else "off"
+    args = ("--max-batch-size", "32", "--max-wait-ms", "5") if batching else ("--no-batching",)
+    rows = []
+    with server_process(model, args=args, log=out / f"server-batching-{mode}.log") as (url, process):
+        with RssSampler(process.pid) as warm_up:  # the largest level once, not measured
+            asyncio.run(_load(url, LEVELS[-1], _requests_at(LEVELS[-1], True), sequences))
+        with RssSampler(process.pid) as sampler:
+            for clients in LEVELS:
+                calls_before, inputs_before = _batch_stats(httpx.get(f"{url}/metrics").text)
+                row = asyncio.run(_load(url, clients, _requests_at(clients, quick), sequences))
+                calls, inputs = _batch_stats(httpx.get(f"{url}/metrics").text)
+                row.update(batching=mode, clients=clients,
+                           mean_batch=round((inputs - inputs_before) / max(1.0, calls - calls_before), 2))
+                rows.append(row)
+        memory = _memory_summary(max(warm_up.samples), sampler.samples)
+    for row in rows:
+        row.update(memory)
+    return rows
+
+
+def save_chart(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for mode, color in (("on", "#3b7dd8"), ("off", "#777")):
+        picked = [r for r in rows if r["batching"] == mode]
+        clients = [r["clients"] for r in picked]
+        axes[0].plot(clients, [r["throughput_rps"] for r in picked], "o-", color=color, label=f"batching {mode}")
+        axes[1].plot(clients, [r["p99_ms"] for r in picked], "o-", color=color, label=f"batching {mode}")
+    for ax, title in zip(axes, ("throughput (requests/s)", "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(LEVELS), [str(c) for c in LEVELS])
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_serve_bench(out: Path, model: str | None = None, quick: bool = False) -> str:
+    """Run the load test; write results.json, table.md and serve.png into ``out``; return the table."""
+    import logging
+
+    import torch
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()  # the server process starts with the same environment
+    model_path = Path(model) if model else save_random_classifier(out / "model-esm2-8m-random")
+    sequences = bench_sequences(256)
+    load_cpu = psutil.cpu_percent(interval=1.0)  # how busy the machine was before we started
+    rows = _bench_mode(model_path, True, quick, sequences, out) + _bench_mode(model_path, False, quick, sequences, out)
+
+    by = {(r["batching"], r["clients"]): r for r in rows}
+    speedup = by[("on", 32)]["throughput_rps"] / by[("off", 32)]["throughput_rps"]
+    errors = sum(r["errors"] for r in rows)
+    results = {"machine": machine_name(), "model": str(model) if model else "esm2-8m shape, random weights",
+               "quick": quick, "cpu_busy_before_percent": load_cpu, "torch_threads": threads,
+               "median_residues": statistics.median(len(s) for s in sequences),
+               "speedup_at_32_clients": round(speedup, 2), "errors": errors, "rows": rows}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save_chart(out / "serve.png", rows)
+
+    header = ["batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
+              "mean batch", "server RSS after warm-up -> end (MiB)"]
+    table_rows = [[r["batching"], r["clients"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
+                   f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['mean_batch']:.1f}",
+                   f"{r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} ({'flat' if r['rss_flat'] else 'GROWING'})"]
+                  for r in rows]
+    table = "\n".join([
+        f"Machine: {results['machine']}; server torch threads: {threads}; "
+        f"CPU {load_cpu:.0f}% busy before the run (other work on the machine).",
+        f"Model: {results['model']}; one protein per request, real DeepLoc-1 sequences cut to {MAX_RESIDUES} "
+        f"residues (median {results['median_residues']:.0f}).",
+        "",
+        markdown_table(header, table_rows),
+        "",
+        f"Batching at 32 clients: {speedup:.2f}x the unbatched throughput; {errors} errors in all.",
+    ])
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    return table

@@ -1,0 +1,81 @@
+"""Real servers on loopback for tests and the load benchmark: in a thread, or as ``scilm serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url/ready`` until it answers 200 (or the process dies, or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def server_thread(app, port: int | None = None) -> Iterator[str]:
+    """uvicorn serving ``app`` on 127.0.0.1 in a background thread; yields the base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=30)
+        yield url
+    finally:
+        server.should_exit = True  # what SIGTERM does: stop accepting, finish in-flight requests
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def server_process(model: str | Path, port: int | None = None, args: tuple[str, ...] = (),
+                   log: Path | None = None, env: dict | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``python -m scilm serve --model MODEL`` on 127.0.0.1; yields (base URL, process)."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "scilm", "serve", "--model", str(model), "--host", "127.0.0.1",
+               "--port", str(port), *args]
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=120, process=process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if log:
+            out.close()

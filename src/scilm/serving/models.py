@@ -1,0 +1,277 @@
+"""The served model, of either kind, behind one interface the server and the batcher use.
+
+The kind comes from the saved ``config.json``: ``*ForSequenceClassification`` is a classifier
+(proteins in, ``[{"label", "score"}]`` out); ``model_type: t5`` or ``*ForConditionalGeneration``
+is a seq2seq model (Text+Chem prompts in, ``[{"generated_text"}]`` out). Weights load from
+safetensors only: a directory with nothing but a pickled ``pytorch_model.bin`` is refused.
+
+Per request, ``prepare`` validates inputs and says how they may be batched (a ``group`` key:
+inputs of one group can share a model call); ``run_batch`` is the model call, run by the
+batcher's thread; ``respond`` turns the results into the HF payload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
+from scilm.errors import ScilmError
+from scilm.inference.batching import length_sorted_batches
+from scilm.serving.limits import (
+    MAX_BEAMS,
+    MAX_NEW_TOKENS,
+    Payload,
+    RequestError,
+    clean_protein,
+    clean_source,
+    int_parameter,
+    task_parameter,
+)
+
+_HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e30
+
+
+def model_kind(path: str | Path) -> str:
+    """``"classifier"`` or ``"seq2seq"``, from ``path/config.json``."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ScilmError(f"--model {path}: no config.json (expected a directory saved by scilm train)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ScilmError(f"--model {path}: config.json is not valid JSON ({exc})") from None
+    architectures = config.get("architectures") or []
+    if config.get("model_type") == "t5" or any(a.endswith("ForConditionalGeneration") for a in architectures):
+        return "seq2seq"
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "classifier"
+    raise ScilmError(
+        f"--model {path}: cannot serve architectures {architectures or 'none'} "
+        "(a *ForSequenceClassification classifier or a T5 seq2seq model)"
+    )
+
+
+def _require_safetensors(path: Path) -> None:
+    if not any(path.glob("*.safetensors")):
+        raise ScilmError(f"--model {path}: no *.safetensors weights (scilm serves safetensors only, never pickles)")
+
+
+def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ScilmError(f"--model {path}: no such model directory")
+    kind = model_kind(path)
+    _require_safetensors(path)
+    if kind == "classifier":
+        from scilm.models.protein import load_trained_classifier
+
+        model, tokenizer = load_trained_classifier(str(path))
+        return ServedClassifier(model, tokenizer, path)
+    load, generate, from_sources = seq2seq_functions()
+    model, tokenizer = load(str(path))
+    return ServedSeq2Seq(model.eval(), tokenizer, path, generate, from_sources)
+
+
+# -- classifier -------------------------------------------------------------------------------
+
+_FUNCTIONS = ("softmax", "sigmoid", "none")
+
+
+@dataclass
+class ServedClassifier:
+    model: Any
+    tokenizer: Any
+    path: Path
+    kind: str = "classifier"
+
+    def __post_init__(self):
+        config = self.model.config
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions and config.model_type == "esm":
+            positions -= 2  # ESM offsets positions past the padding index: 1026 -> 1024 tokens
+        known = [n for n in (positions, self.tokenizer.model_max_length) if n and n < _HUGE]
+        self.max_residues = (min(known) if known else 1024) - 2  # <cls> ... <eos>
+        multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+        self.default_function = "sigmoid" if multi_label or config.num_labels == 1 else "softmax"
+
+    def info(self) -> dict:
+        return {"kind": self.kind, "labels": self.labels, "max_residues": self.max_residues}
+
+    def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
+        params = payload.parameters
+        unknown = set(params) - {"top_k", "function_to_apply", "truncation"}
+        if unknown:
+            raise RequestError(422, f"unknown parameter(s) {sorted(unknown)} for a classifier "
+                                    "(top_k, function_to_apply, truncation)")
+        int_parameter(params, "top_k", None, 1, len(self.labels))
+        if params.get("function_to_apply", self.default_function) not in _FUNCTIONS:
+            raise RequestError(422, f"parameters.function_to_apply: one of {', '.join(_FUNCTIONS)}")
+        limit = _HUGE if params.get("truncation") else self.max_residues
+        sequences = []
+        for i, raw in enumerate(payload.inputs):
+            where = "input" if payload.single else f"inputs[{i}]"
+            sequences.append(clean_protein(raw, where, limit)[: self.max_residues])
+        return None, sequences
+
+    @torch.inference_mode()
+    def run_batch(self, group: Hashable, sequences: list[str]) -> list[list[float]]:
+        """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward."""
+        logits: list[list[float]] = [[] for _ in sequences]
+        for batch in tight_batches([len(s) for s in sequences]):
+            encoded = self.tokenizer([sequences[i] for i in batch], padding=True, return_tensors="pt")
+            out = self.model(**encoded).logits.float()  # (B, num_labels)
+            for row, i in enumerate(batch):
+                logits[i] = out[row].tolist()
+        return logits
+
+    def respond(self, payload: Payload, logits: list[list[float]]) -> list:
+        """One list of ``{"label", "score"}`` per input, best first (the HF Inference API shape)."""
+        function = payload.parameters.get("function_to_apply", self.default_function)
+        top_k = payload.parameters.get("top_k") or len(self.labels)
+        answers = []
+        for row in logits:
+            scores = _apply(function, row)
+            ranked = sorted(zip(self.labels, scores), key=lambda pair: -pair[1])[:top_k]
+            answers.append([{"label": label, "score": score} for label, score in ranked])
+        return answers
+
+
+def tight_batches(lengths: list[int], max_padding: float = 0.1, max_tokens: int = 8192) -> list[list[int]]:
+    """Length-sorted batches with padding under ``max_padding`` of the real tokens, ``max_tokens`` at most.
+
+    On a CPU the forward is compute-bound (per-sequence cost is flat from batch 1 to 32 at one
+    thread), so padded positions are pure loss: a 1000-residue protein padding 31 short ones
+    would cost more than running them apart. Batches past a few thousand tokens gain nothing
+    and only hold every request in them longer.
+    """
+    batches: list[list[int]] = []
+    for index in (i for batch in length_sorted_batches(lengths, len(lengths) or 1) for i in batch):
+        batch = batches[-1] if batches else None
+        if batch:
+            longest, real = lengths[batch[0]], sum(lengths[i] for i in batch) + lengths[index]
+            padded = longest * (len(batch) + 1)
+            if padded <= max_tokens and padded <= (1 + max_padding) * real:
+                batch.append(index)
+                continue
+        batches.append([index])
+    return batches
+
+
+def _apply(function: str, row: list[float]) -> list[float]:
+    if function == "sigmoid":
+        return [1 / (1 + math.exp(-x)) for x in row]
+    if function == "none":
+        return list(row)
+    top = max(row)
+    exps = [math.exp(x - top) for x in row]
+    return [e / sum(exps) for e in exps]
+
+
+# -- seq2seq ----------------------------------------------------------------------------------
+
+DEFAULT_BEAMS = 1  # greedy: CPU-friendly; the Text+Chem demo used 10 (ask with parameters.num_beams)
+DEFAULT_MAX_LENGTH = 256
+
+
+def seq2seq_functions():
+    """(load, generate_texts, generate_from_sources): ``scilm.inference.generate``'s, else a plain fallback."""
+    try:
+        from scilm.inference import generate
+    except ImportError:
+        return _load_seq2seq, _generate_texts, _generate_from_sources
+    from_sources = getattr(generate, "generate_from_sources", _generate_from_sources)
+    return generate.load_seq2seq, generate.generate_texts, from_sources
+
+
+def _load_seq2seq(path: str):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise ScilmError(f"--model {path}: cannot load ({str(exc).splitlines()[0]})") from None
+    return model.eval(), tokenizer
+
+
+@torch.inference_mode()
+def _generate_from_sources(model, tokenizer, sources, smiles, num_beams, max_length, batch_size) -> list[str]:
+    texts: list[str] = [""] * len(sources)
+    for batch in length_sorted_batches([len(s) for s in sources], batch_size):
+        encoded = tokenizer([sources[i] for i in batch], padding=True, return_tensors="pt")
+        out = model.generate(**encoded, num_beams=num_beams, max_length=max_length, do_sample=False)
+        for i, text in zip(batch, tokenizer.batch_decode(out, skip_special_tokens=True)):
+            texts[i] = text.strip()
+    return texts
+
+
+def _generate_texts(model, tokenizer, task, inputs, num_beams, max_length, batch_size) -> list[str]:
+    sources = [f"{PROMPTS[task]} {text}" for text in inputs]
+    return _generate_from_sources(model, tokenizer, sources, task in MOLECULE_TASKS, num_beams, max_length,
+                                  batch_size)
+
+
+@dataclass
+class ServedSeq2Seq:
+    model: Any
+    tokenizer: Any
+    path: Path
+    generate: Any  # generate_texts(model, tokenizer, task, inputs, num_beams, max_length, batch_size)
+    from_sources: Any  # generate_from_sources(model, tokenizer, sources, smiles, num_beams, max_length, batch_size)
+    kind: str = "seq2seq"
+
+    def __post_init__(self):
+        n = self.tokenizer.model_max_length
+        self.max_source_tokens = n if n and n < _HUGE else 512
+
+    def info(self) -> dict:
+        return {"kind": self.kind, "tasks": list(PROMPTS), "molecule_tasks": list(MOLECULE_TASKS),
+                "max_source_tokens": self.max_source_tokens}
+
+    def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
+        params = payload.parameters
+        unknown = set(params) - {"task", "num_beams", "max_length", "max_new_tokens"}
+        if unknown:
+            raise RequestError(422, f"unknown parameter(s) {sorted(unknown)} for a seq2seq model "
+                                    "(task, num_beams, max_length, max_new_tokens)")
+        named = task_parameter(params)
+        beams = int_parameter(params, "num_beams", DEFAULT_BEAMS, 1, MAX_BEAMS)
+        length = int_parameter(params, "max_new_tokens", None, 1, MAX_NEW_TOKENS)
+        length = length or int_parameter(params, "max_length", DEFAULT_MAX_LENGTH, 1, MAX_NEW_TOKENS)
+        values = []
+        for i, raw in enumerate(payload.inputs):
+            where = "input" if payload.single else f"inputs[{i}]"
+            source = clean_source(raw, where, named)
+            n_tokens = len(self.tokenizer(source)["input_ids"])
+            if n_tokens > self.max_source_tokens:
+                raise RequestError(422, f"{where}: {n_tokens} tokens (prompt included) is over the model's "
+                                        f"limit of {self.max_source_tokens}")
+            values.append((task_of(source), source))  # a written prompt counts as naming its task
+        return (beams, length), values
+
+    def run_batch(self, group: Hashable, values: list[tuple[str | None, str]]) -> list[str]:
+        """One generate call per task in the micro-batch (tasks decode SMILES differently)."""
+        beams, length = group
+        outputs: list[str] = [""] * len(values)
+        for task in dict.fromkeys(task for task, _ in values):
+            index = [i for i, (t, _) in enumerate(values) if t == task]
+            if task is None:
+                texts = self.from_sources(self.model, self.tokenizer, [values[i][1] for i in index], False,
+                                          beams, length, len(index))
+            else:
+                inputs = [values[i][1][len(PROMPTS[task]) + 1:] for i in index]
+                texts = self.generate(self.model, self.tokenizer, task, inputs, beams, length, len(index))
+            for i, text in zip(index, texts):
+                outputs[i] = text
+        return outputs
+
+    def respond(self, payload: Payload, texts: list[str]) -> list:
+        return [{"generated_text": text} for text in texts]

@@ -1,0 +1,338 @@
+"""scilm serve over real HTTP: uvicorn on a free loopback port, called with httpx and InferenceClient.
+
+Models are tiny and random (an esm2-tiny classifier, a one-layer T5 with a BPE tokenizer trained
+on a few strings), built once per module, so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from scilm.errors import ScilmError
+from scilm.serving.bench import save_random_classifier
+from scilm.serving.local import server_process, server_thread
+from scilm.serving.models import load_served_model, model_kind
+from scilm.serving.server import create_app, serve
+
+PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    return save_random_classifier(tmp_path_factory.mktemp("served") / "classifier", preset="esm2-tiny")
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    """A one-layer T5 and a 200-token BPE tokenizer trained on the Text+Chem prompts, offline."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    from scilm.data.textchem import PROMPTS
+
+    corpus = [*PROMPTS.values(), "CCO", "CC(=O)O", "c1ccccc1", "The molecule is an alcohol.", "[Na+]~[OH-]"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>", model_max_length=128)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=8, num_layers=1, num_decoder_layers=1,
+                      num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("served") / "t5"
+    T5ForConditionalGeneration(config).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_dir):
+    return load_served_model(classifier_dir)
+
+
+@pytest.fixture(scope="module")
+def url(classifier):
+    """One classifier server for the module; 20 ms wait so concurrent requests reliably coalesce."""
+    with server_thread(create_app(classifier, max_batch_size=32, max_wait_ms=20)) as base:
+        yield base
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def raw_status(base: str, request: bytes) -> int:
+    """Send bytes no HTTP client would and return the response status."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        head = sock.recv(4096).split(b"\r\n", 1)[0]
+    return int(head.split()[1])
+
+
+# -- the HF payloads -----------------------------------------------------------------------------
+
+def test_predict_speaks_hf_payloads(url):
+    single = httpx.post(f"{url}/predict", json={"inputs": PROTEIN}).json()
+    assert len(single) == 1 and [d["label"] for d in single[0]] != []
+    scores = [d["score"] for d in single[0]]
+    assert {d["label"] for d in single[0]} == {"soluble", "membrane"}
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0)
+
+    many = httpx.post(f"{url}/predict", json={"inputs": [PROTEIN, PROTEIN[:20].lower(), "MKT*"]}).json()
+    assert len(many) == 3 and all(len(answer) == 2 for answer in many)
+    assert many[0] == single[0]  # same sequence, same scores, batched or not
+
+    top = httpx.post(f"{url}/predict", json={"inputs": PROTEIN, "parameters": {"top_k": 1}}).json()
+    assert top == [single[0][:1]]
+    raw = httpx.post(f"{url}/predict", json={"inputs": PROTEIN, "parameters": {"function_to_apply": "none"}}).json()
+    assert sum(d["score"] for d in raw[0]) != pytest.approx(1.0)
+
+
+def test_huggingface_inference_client(url, monkeypatch):
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)  # a local URL is not the Hub
+    client = InferenceClient(model=f"{url}/predict")
+    answer = client.text_classification(PROTEIN)
+    assert {a.label for a in answer} == {"soluble", "membrane"}
+    assert client.text_classification(PROTEIN, top_k=1)[0].label == answer[0].label
+    assert InferenceClient(base_url=f"{url}/predict").text_classification(PROTEIN)[0].label == answer[0].label
+    with pytest.raises(HfHubHTTPError, match="position 3"):
+        client.text_classification("MK1")
+
+
+# -- bad and hostile input -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"inputs": "MKTJAY"}, 422, "invalid residue 'J' .* at position 4"),
+    ({"inputs": ["MKT", "MKT АY"]}, 422, r"inputs\[1\]: invalid residue 'А' \(U\+0410 CYRILLIC CAPITAL LETTER A\) at position 4"),
+    ({"inputs": "MKTıY"}, 422, "DOTLESS I"),  # 'ı'.upper() == 'I': must not slip through
+    ({"inputs": "MK\u200bT"}, 422, "ZERO WIDTH SPACE"),
+    ({"inputs": "   "}, 422, "empty sequence"),
+    ({"inputs": []}, 422, "empty list"),
+    ({"inputs": "M" * 1023}, 422, "1023 residues is over the model's limit of 1022"),
+    ({"inputs": ["MKT"] * 65}, 413, "too many inputs: 65"),
+    ({"inputs": 5}, 422, "string or a list"),
+    ({"inputs": ["MKT", None]}, 422, r"inputs\[1\] is NoneType"),
+    ({"text": "MKT"}, 422, '"inputs"'),
+    ({"inputs": "MKT", "parameters": {"top_k": 9}}, 422, "top_k"),
+    ({"inputs": "MKT", "parameters": {"temperature": 1}}, 422, "unknown parameter"),
+])
+def test_bad_inputs_are_clear_4xx(url, body, status, message):
+    response = httpx.post(f"{url}/predict", json=body)
+    assert response.status_code == status, response.text
+    assert re.search(message, response.json()["error"]), response.json()
+
+
+def test_hostile_inputs_get_4xx_and_the_server_stays_healthy(url):
+    huge = b'{"inputs": "' + b"A" * 2_000_000 + b'"}'
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    many = json.dumps({"inputs": ["MKT"] * 100_000}).encode()
+
+    def chunked():  # no Content-Length: the limit must hold while the body streams in
+        for _ in range(40):
+            yield b"A" * 65536
+
+    cases = {
+        "huge body": httpx.post(f"{url}/predict", content=huge),
+        "huge streamed body": httpx.post(f"{url}/predict", content=chunked()),
+        "deep JSON": httpx.post(f"{url}/predict", content=deep),
+        "binary junk": httpx.post(f"{url}/predict", content=bytes(range(256)) * 64),
+        "10^5 sequences": httpx.post(f"{url}/predict", content=many),
+        "look-alike letters": httpx.post(f"{url}/predict", json={"inputs": "МКТАУ"}),  # all Cyrillic
+        "not JSON": httpx.post(f"{url}/predict", content=b"inputs=MKT"),
+        "huge number": httpx.post(f"{url}/predict", content=b'{"inputs": ' + b"9" * 50_000 + b"}"),
+    }
+    statuses = {name: r.status_code for name, r in cases.items()}
+    statuses["bad Content-Length"] = raw_status(url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n{}")
+    statuses["garbage request line"] = raw_status(url, bytes(range(1, 256)) + b"\r\n\r\n")
+    assert statuses["huge body"] == statuses["huge streamed body"] == 413
+    assert all(400 <= s < 500 for s in statuses.values()), statuses
+    for name, response in cases.items():
+        if response.headers.get("content-type", "").startswith("application/json"):
+            assert "Traceback" not in response.text and "error" in response.json(), name
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    assert httpx.post(f"{url}/predict", json={"inputs": PROTEIN}).status_code == 200
+    assert 'status="500"' not in httpx.get(f"{url}/metrics").text
+
+
+# -- batching, queue, auth -----------------------------------------------------------------------
+
+def test_concurrent_requests_share_forward_calls(url):
+    calls_before = metric(url, "scilm_batch_size_count")
+    inputs_before = metric(url, "scilm_batch_size_sum")
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"inputs": PROTEIN[: 20 + i]})
+                                          for i in range(16)))
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    calls = metric(url, "scilm_batch_size_count") - calls_before
+    assert metric(url, "scilm_batch_size_sum") - inputs_before == 16
+    assert calls < 8, f"16 concurrent requests took {calls} model calls"
+    text = httpx.get(f"{url}/metrics").text
+    for name in ("scilm_requests_total", "scilm_request_latency_seconds_bucket", "scilm_queue_depth",
+                 "scilm_errors_total", "scilm_batch_size_bucket"):
+        assert name in text
+
+
+def test_full_queue_answers_503_with_retry_after(classifier):
+    app = create_app(classifier, max_batch_size=4, max_wait_ms=500, max_queue=3)
+
+    async def overload(base):
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            first = asyncio.create_task(client.post("/predict", json={"inputs": ["MKT", "MKV", "MKL"]}))
+            await asyncio.sleep(0.2)  # the first request now fills the queue, waiting for its batch
+            second = await client.post("/predict", json={"inputs": "MKT"})
+            return await first, second
+
+    with server_thread(app) as base:
+        first, second = asyncio.run(overload(base))
+        assert first.status_code == 200
+        assert second.status_code == 503 and int(second.headers["Retry-After"]) >= 1
+        assert "overloaded" in second.json()["error"]
+        assert httpx.post(f"{base}/predict", json={"inputs": ["MKT"] * 4}).status_code == 413  # > max_queue
+
+
+def test_no_batching_runs_one_input_per_forward(classifier):
+    with server_thread(create_app(classifier, batching=False)) as base:
+        assert httpx.post(f"{base}/predict", json={"inputs": [PROTEIN, "MKT", "MKV"]}).status_code == 200
+        assert metric(base, "scilm_batch_size_count") == 3
+        assert httpx.get(f"{base}/info").json()["batching"] is False
+
+
+def test_api_key(classifier, monkeypatch):
+    from huggingface_hub import InferenceClient, constants
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    with server_thread(create_app(classifier, api_key="s3cret")) as base:
+        assert httpx.post(f"{base}/predict", json={"inputs": "MKT"}).status_code == 401
+        wrong = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+        good = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200
+        assert InferenceClient(model=f"{base}/predict", token="s3cret").text_classification("MKT")
+        assert httpx.get(f"{base}/metrics").status_code == 401
+        assert httpx.get(f"{base}/health").status_code == httpx.get(f"{base}/ready").status_code == 200
+        assert httpx.get(f"{base}/").status_code == 200
+
+
+def test_serve_refuses_unsafe_settings(classifier_dir, monkeypatch, caplog):
+    monkeypatch.delenv("SCILM_TEST_KEY", raising=False)
+    with pytest.raises(ScilmError, match="SCILM_TEST_KEY"):
+        serve(str(classifier_dir), api_key_env="SCILM_TEST_KEY")
+    with pytest.raises(ScilmError, match="no such model directory"), caplog.at_level("WARNING"):
+        serve("/nonexistent/model", host="0.0.0.0")
+    assert "without an API key" in caplog.text
+
+
+# -- model kinds -----------------------------------------------------------------------------------
+
+def test_model_kind_and_safetensors_only(classifier_dir, t5_dir, tmp_path):
+    assert model_kind(classifier_dir) == "classifier" and model_kind(t5_dir) == "seq2seq"
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((classifier_dir / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ScilmError, match="safetensors only"):
+        load_served_model(pickled)
+    (pickled / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    with pytest.raises(ScilmError, match="cannot serve"):
+        load_served_model(pickled)
+
+
+@pytest.mark.parametrize("backend", ["scilm.inference.generate", "fallback"])
+def test_seq2seq_endpoint_and_draw(t5_dir, backend, monkeypatch):
+    from scilm.serving import models
+
+    if backend == "fallback":  # what serves when scilm.inference.generate is absent
+        trio = (models._load_seq2seq, models._generate_texts, models._generate_from_sources)
+        monkeypatch.setattr(models, "seq2seq_functions", lambda: trio)
+    with server_thread(create_app(load_served_model(t5_dir), max_wait_ms=5)) as base:
+        task = {"task": "retrosynthesis", "max_new_tokens": 6}
+        one = httpx.post(f"{base}/predict", json={"inputs": "CCO", "parameters": task})
+        assert one.status_code == 200 and isinstance(one.json()[0]["generated_text"], str) and len(one.json()) == 1
+        two = httpx.post(f"{base}/predict", json={"inputs": ["CCO", "c1ccccc1"], "parameters": {**task, "num_beams": 2}})
+        assert len(two.json()) == 2
+        prompt = httpx.post(f"{base}/predict", json={"inputs": "Caption the following SMILES: CCO",
+                                                     "parameters": {"max_new_tokens": 4}})
+        assert prompt.status_code == 200
+
+        def error(body):
+            response = httpx.post(f"{base}/predict", json=body)
+            assert response.status_code == 422, response.text
+            return response.json()["error"]
+
+        assert "invalid SMILES character ' ' (U+0020 SPACE) at position 3" in error(
+            {"inputs": "CC O", "parameters": {"task": "forward-prediction"}})
+        assert "unknown task" in error({"inputs": "CCO", "parameters": {"task": "translate"}})
+        assert "over the model's limit of 128" in error({"inputs": "word " * 300})
+        assert "num_beams" in error({"inputs": "CCO", "parameters": {"num_beams": 50}})
+        assert "empty input" in error({"inputs": " "})
+        assert "control character" in error({"inputs": "CC\x00O"})
+
+        drawn = httpx.post(f"{base}/draw", json={"smiles": "OCC"}).json()
+        assert drawn["canonical"] == "CCO" and drawn["svg"].lstrip().startswith("<?xml")
+        assert httpx.post(f"{base}/draw", json={"smiles": "CC(=O)O.OCC>>CC(=O)OCC"}).status_code == 200
+        bad = httpx.post(f"{base}/draw", json={"smiles": "C1CC"})
+        assert bad.status_code == 422 and "cannot parse" in bad.json()["error"]
+        assert httpx.get(f"{base}/info").json()["kind"] == "seq2seq"
+
+
+# -- the CLI process: startup, and graceful shutdown with a request in flight -----------------------
+
+def test_cli_serve_finishes_in_flight_requests_on_sigterm(classifier_dir, tmp_path):
+    log = tmp_path / "server.log"
+    with server_process(classifier_dir, args=("--max-wait-ms", "1500"), log=log) as (base, process):
+        result = {}
+
+        def slow_request():  # waits 1.5 s for its batch to fill: in flight when SIGTERM lands
+            result["response"] = httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30)
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
+    assert result["response"].status_code == 200, result["response"].text
+    assert len(result["response"].json()[0]) == 2
+    assert "serving the classifier" in log.read_text()
+
+
+def test_bench_load_loop_counts_requests_and_batches(url):
+    from scilm.serving.bench import _batch_stats, _load, _memory_summary, bench_sequences
+
+    sequences = [s[:60] for s in bench_sequences(8)]
+    before = _batch_stats(httpx.get(f"{url}/metrics").text)
+    row = asyncio.run(_load(url, 4, 12, sequences))
+    after = _batch_stats(httpx.get(f"{url}/metrics").text)
+    assert row["requests"] == 12 and row["errors"] == 0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert after[1] - before[1] == 12 and after[0] - before[0] <= 12
+    assert _memory_summary(500.0, [480, 510, 505, 520])["rss_flat"]
+    assert not _memory_summary(500.0, [500, 700, 900, 1100])["rss_flat"]
+
+
+def test_cli_serve_user_errors_are_one_line(run_cli, tmp_path):
+    missing = run_cli("serve", "--model", tmp_path / "nope")
+    assert missing.exit_code == 2 and "no such model directory" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "config.json").write_text("{}")
+    unknown = run_cli("serve", "--model", tmp_path)
+    assert unknown.exit_code == 2 and "cannot serve" in unknown.stderr
