@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def save_bar_chart(path: Path, rows: list[dict[str, Any]], cost_model: str) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["configuration"].replace("+ ", "+\n") for r in rows]
+    names = [textwrap.fill(r["configuration"], 13) for r in rows]
     panels = [("cost_epoch_time_s", f"time / epoch, {cost_model} (s)"),
               ("cost_peak_memory_mb", f"peak memory, {cost_model} (MB)"),
               ("eval_accuracy", "eval accuracy, esm2-tiny")]
