@@ -361,3 +361,16 @@ def test_precision_option_sets_scoring_autocast():
     assert seen and not any(enabled for enabled, _ in seen)
     with pytest.raises(ScilmError, match="precision"):
         SiftingDataloader(config(), stream(100, 50), Spy(), KnownLossModel(), precision="fp8")
+
+
+def test_random_control_drops_at_the_expected_rate():
+    """The control must not share the selector's random stream (which would keep everything)."""
+    import torch
+
+    from scilm.sifting import LossHistory, RandomLoss, select_by_loss
+
+    control, generator = RandomLoss(seed=0), torch.Generator().manual_seed(0)
+    history = LossHistory.empty(500)
+    kept = sum(int(select_by_loss(control.loss(None, torch.zeros(64, 1)), history, 1.0, generator).sum())
+               for _ in range(200))
+    assert abs(kept / (200 * 64) - 0.5) < 0.03

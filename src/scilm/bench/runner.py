@@ -20,11 +20,16 @@ def run_train(config: dict[str, Any], workdir: Path, isolate: bool = True) -> di
     """Write ``workdir/config.yaml`` and train from it; returns the run's metrics.
 
     ``isolate`` runs ``scilm train --config`` in a fresh process, so peak memory is the run's own;
-    in-process is faster (tests). Either way the YAML re-runs the row alone.
+    in-process is faster (tests). Either way the YAML re-runs the row alone. A row whose identical
+    YAML already finished is not run again (delete its folder to re-measure it).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    text = yaml.safe_dump(config, sort_keys=False)
+    metrics_path = Path(config["out"]) / "metrics.json"
+    if config_path.exists() and config_path.read_text(encoding="utf-8") == text and metrics_path.exists():
+        return json.loads(metrics_path.read_text())  # this exact row already ran: re-use it
+    config_path.write_text(text, encoding="utf-8")
     if not isolate:
         from scilm.training import load_config, train
 

@@ -90,7 +90,9 @@ class RandomLoss(Loss):
     drops samples at the same expected rate, 1/(1+beta), but independently of how hard they are."""
 
     def __init__(self, seed: int = 0):
-        self.generator = torch.Generator().manual_seed(seed)
+        # Offset: with the selector's own seed, both streams would run in lockstep and the rule
+        # rand < percentile**beta would keep almost everything.
+        self.generator = torch.Generator().manual_seed(seed + 7919)
 
     def loss(self, model, transformed_batch, original_batch=None):
         from scilm.sifting.batching import batch_size
