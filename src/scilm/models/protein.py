@@ -145,7 +145,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
-
-def _check_source(name_or_path: str) -> None:
-    """Deprecated spelling of :func:`resolve_source` that only checks (kept for seq2seq.py)."""
-    resolve_source(name_or_path)

@@ -33,7 +33,7 @@ from transformers import (
 
 from scilm.chem.tokenize import SMILES_REGEX
 from scilm.errors import ScilmError
-from scilm.models.protein import _check_source, _first_line
+from scilm.models.protein import _first_line, resolve_source
 
 # name -> T5Config shape. Dropout 0: a tiny model on tiny data underfits, it does not overfit.
 SEQ2SEQ_PRESETS: dict[str, dict] = {
@@ -113,7 +113,7 @@ def load_trained_seq2seq(path: str) -> tuple[PreTrainedModel, PreTrainedTokenize
 
 
 def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    _check_source(name_or_path)
+    name_or_path = resolve_source(name_or_path)
     if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").exists():
         raise ScilmError(f"--model {name_or_path}: no config.json (expected OUT/model of a seq2seq run)")
     try:

@@ -164,22 +164,8 @@ def sifting_trainer(config: TrainConfig, precision: str, out: Path, weights, tra
     from scilm.sifting import SequenceClassificationLoss
     from scilm.training import sifting
 
-    extra = {}
-    if config.sift_policy != "reuse" and not config.max_steps:  # a sifted loader has no length
-        extra["max_steps"] = sifting.sifted_step_budget(
-            len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
-    if config.sift_policy == "reuse":
-        trainer_kwargs["train_dataset"] = sifting.add_sample_index(trainer_kwargs["train_dataset"])
-        extra["remove_unused_columns"] = False  # keep the sample index the model does not take
-    args = training_arguments(config, out / "checkpoints", precision, **extra)
-    if extra:
-        args.num_train_epochs = config.epochs
-    settings = sifting.SiftSettings(
-        beta=config.sift_beta, history=config.sift_history, delay=config.sift_delay, policy=config.sift_policy,
-        epochs=None if config.max_steps else config.epochs, warmup_ratio=config.warmup_ratio,
-        seed=config.seed, precision=precision)
-    return sifting.SiftingTrainer(args=args, sift=settings, sift_loss=SequenceClassificationLoss(),
-                                  per_sample_loss=sifting.per_sample_classification_loss(weights), **trainer_kwargs)
+    return sifting.build_sifting_trainer(config, precision, out, trainer_kwargs, SequenceClassificationLoss(),
+                                         sifting.per_sample_classification_loss(weights))
 
 
 def save_run(model, tokenizer, out: Path, lora: bool) -> None:

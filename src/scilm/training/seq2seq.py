@@ -242,19 +242,5 @@ def sifting_trainer(config: TrainConfig, precision: str, out: Path, trainer_kwar
     from scilm.sifting import Seq2SeqLoss
     from scilm.training import sifting
 
-    extra = dict(args_extra)
-    if config.sift_policy != "reuse" and not config.max_steps:  # a sifted loader has no length
-        extra["max_steps"] = sifting.sifted_step_budget(
-            len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
-    if config.sift_policy == "reuse":
-        trainer_kwargs["train_dataset"] = sifting.add_sample_index(trainer_kwargs["train_dataset"])
-        extra["remove_unused_columns"] = False  # keep the sample index the model does not take
-    args = training_arguments(config, out / "checkpoints", precision, **extra)
-    if "max_steps" in extra and not config.max_steps:
-        args.num_train_epochs = config.epochs
-    settings = sifting.SiftSettings(
-        beta=config.sift_beta, history=config.sift_history, delay=config.sift_delay, policy=config.sift_policy,
-        epochs=None if config.max_steps else config.epochs, warmup_ratio=config.warmup_ratio,
-        seed=config.seed, precision=precision)
-    return sifting.SiftingTrainer(args=args, sift=settings, sift_loss=Seq2SeqLoss(),
-                                  per_sample_loss=per_sample_seq2seq_loss, **trainer_kwargs)
+    return sifting.build_sifting_trainer(config, precision, out, trainer_kwargs, Seq2SeqLoss(),
+                                         per_sample_seq2seq_loss, args_extra)

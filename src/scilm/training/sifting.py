@@ -139,6 +139,29 @@ class SiftingTrainer(Trainer):
                 "delay": self.sift.delay, **stats}
 
 
+def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sift_loss: Loss, per_sample_loss,
+                          args_extra: dict[str, Any] | None = None) -> SiftingTrainer:
+    """The Trainer of a ``--sift-beta`` run, for any recipe: its scoring and per-sample losses differ."""
+    from scilm.training.common import training_arguments
+
+    extra = dict(args_extra or {})
+    if config.sift_policy != "reuse" and not config.max_steps:  # a sifted loader has no length
+        extra["max_steps"] = sifted_step_budget(
+            len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
+    if config.sift_policy == "reuse":
+        trainer_kwargs["train_dataset"] = add_sample_index(trainer_kwargs["train_dataset"])
+        extra["remove_unused_columns"] = False  # keep the sample index the model does not take
+    args = training_arguments(config, out / "checkpoints", precision, **extra)
+    if "max_steps" in extra and not config.max_steps:
+        args.num_train_epochs = config.epochs
+    settings = SiftSettings(
+        beta=config.sift_beta, history=config.sift_history, delay=config.sift_delay, policy=config.sift_policy,
+        epochs=None if config.max_steps else config.epochs, warmup_ratio=config.warmup_ratio,
+        seed=config.seed, precision=precision)
+    return SiftingTrainer(args=args, sift=settings, sift_loss=sift_loss, per_sample_loss=per_sample_loss,
+                          **trainer_kwargs)
+
+
 def sifted_step_budget(n_train: int, batch_size: int, grad_accum: int, epochs: float) -> int:
     """An upper bound on optimizer steps (as if nothing were dropped): the Trainer's ``max_steps``."""
     return max(1, math.ceil(math.ceil(epochs * math.ceil(n_train / batch_size)) / grad_accum) + 1)
