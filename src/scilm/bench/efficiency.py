@@ -15,7 +15,6 @@ YAML is kept next to the results, so any row can be re-run alone.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -7,7 +7,6 @@ build the Hugging Face Trainer, train, evaluate, write ``model/`` and ``metrics.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,16 @@ from scilm.data import protein as pdata
 from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, save_lora_run, trainable_parameters
 from scilm.models.protein import load_protein_classifier
-from scilm.training.callbacks import EvalHistory
 from scilm.training.common import (
-    library_versions,
     prepare_out_dir,
     replace_dir_atomic,
     resolve_precision,
+    train_and_measure,
     training_arguments,
     write_json_atomic,
 )
 from scilm.training.config import TrainConfig
-from scilm.training.metrics import classification_metrics, peak_memory, reset_peak_memory
+from scilm.training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,38 +120,10 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     else:
         trainer = sifting_trainer(config, precision, out, weights, trainer_kwargs)
 
-    history = EvalHistory()
-    trainer.add_callback(history)
-    reset_peak_memory()
-    started = time.perf_counter()
-    train_output = trainer.train()
-    runtime = time.perf_counter() - started
-    peak_mb, peak_method = peak_memory()
-    eval_metrics = trainer.evaluate()
-
-    samples_seen = trainer.state.global_step * config.batch_size * config.grad_accum
     mean_tokens = float(np.mean([len(x["input_ids"]) for x in train_set]))
-    metrics = {
-        **{k: v for k, v in eval_metrics.items() if k.startswith("eval_")},
-        "train_loss": train_output.training_loss,
-        "train_runtime_s": runtime,
-        "train_samples_per_second": samples_seen / runtime,
-        "train_tokens_per_second": samples_seen * mean_tokens / runtime,
-        "peak_memory_mb": peak_mb,
-        "peak_memory_method": peak_method,
-        "global_step": trainer.state.global_step,
-        "epochs_completed": trainer.state.epoch,
-        "eval_history": history.history,
-        "n_train": len(train_set),
-        "n_eval": len(valid_set),
-        "labels": labels,
-        "trainable_parameters": n_trainable,
-        "total_parameters": n_total,
-        "precision": precision,
-        **({"sifting": trainer.sifting_stats()} if config.sift_beta is not None else {}),
-        "config": config.to_dict(),
-        "versions": library_versions(),
-    }
+    metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
+                                (n_trainable, n_total))
+    metrics["labels"] = labels
     save_run(trainer.model, tokenizer, out, lora=config.lora)
     write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -82,6 +83,43 @@ def training_arguments(
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     return TrainingArguments(**{**kwargs, **extra})
+
+
+def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int, n_eval: int,
+                      mean_tokens: float, parameters: tuple[int, int], eval_dataset=None) -> dict[str, Any]:
+    """Train, evaluate once more, and return the metrics every recipe reports (timing, memory, counts)."""
+    from scilm.training.callbacks import EvalHistory
+    from scilm.training.metrics import peak_memory, reset_peak_memory
+
+    history = EvalHistory()
+    trainer.add_callback(history)
+    reset_peak_memory()
+    started = time.perf_counter()
+    train_output = trainer.train()
+    runtime = time.perf_counter() - started
+    peak_mb, peak_method = peak_memory()
+    eval_metrics = trainer.evaluate(eval_dataset=eval_dataset)
+    samples_seen = trainer.state.global_step * config.batch_size * config.grad_accum
+    return {
+        **{k: v for k, v in eval_metrics.items() if k.startswith("eval_")},
+        "train_loss": train_output.training_loss,
+        "train_runtime_s": runtime,
+        "train_samples_per_second": samples_seen / runtime,
+        "train_tokens_per_second": samples_seen * mean_tokens / runtime,
+        "peak_memory_mb": peak_mb,
+        "peak_memory_method": peak_method,
+        "global_step": trainer.state.global_step,
+        "epochs_completed": trainer.state.epoch,
+        "eval_history": history.history,
+        "n_train": n_train,
+        "n_eval": n_eval,
+        "trainable_parameters": parameters[0],
+        "total_parameters": parameters[1],
+        "precision": precision,
+        **({"sifting": trainer.sifting_stats()} if config.sift_beta is not None else {}),
+        "config": config.to_dict(),
+        "versions": library_versions(),
+    }
 
 
 def library_versions() -> dict[str, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,15 @@ from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, trainable_parameters
 from scilm.models.seq2seq import is_seq2seq_preset, load_seq2seq_model
 from scilm.sifting import per_sample_token_mean
-from scilm.training.callbacks import EvalHistory
 from scilm.training.classifier import save_run
 from scilm.training.common import (
-    library_versions,
     prepare_out_dir,
     resolve_precision,
+    train_and_measure,
     training_arguments,
     write_json_atomic,
 )
 from scilm.training.config import TrainConfig
-from scilm.training.metrics import peak_memory, reset_peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -170,42 +167,15 @@ def train_seq2seq(config: TrainConfig) -> dict[str, Any]:
         trainer.lr_scheduler = epoch_decay_schedule(
             trainer.optimizer, math.ceil(config.warmup_ratio * total), steps_per_epoch, config.lr_decay)
 
-    history = EvalHistory()
-    trainer.add_callback(history)
-    reset_peak_memory()
-    started = time.perf_counter()
-    train_output = trainer.train()
-    runtime = time.perf_counter() - started
-    peak_mb, peak_method = peak_memory()
-    eval_metrics = trainer.evaluate(eval_dataset=valid_set)
-
-    samples_seen = trainer.state.global_step * config.batch_size * config.grad_accum
     mean_tokens = float(np.mean([len(x["input_ids"]) + len(x["labels"]) for x in train_set]))
+    metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
+                                (n_trainable, n_total), eval_dataset=valid_set)
     counts_train, counts_valid = task_counts(train_examples), task_counts(valid_examples)
-    metrics = {
-        **{k: v for k, v in eval_metrics.items() if k.startswith("eval_")},
-        "train_loss": train_output.training_loss,
-        "train_runtime_s": runtime,
-        "train_samples_per_second": samples_seen / runtime,
-        "train_tokens_per_second": samples_seen * mean_tokens / runtime,
-        "peak_memory_mb": peak_mb,
-        "peak_memory_method": peak_method,
-        "global_step": trainer.state.global_step,
-        "epochs_completed": trainer.state.epoch,
-        "eval_history": history.history,
-        "n_train": len(train_set),
-        "n_eval": len(valid_set),
-        "tasks": {task: {"n_train": counts_train.get(task, 0), "n_eval": counts_valid.get(task, 0)}
-                  for task in TASKS if task in counts_train or task in counts_valid},
-        "vocab_size": len(tokenizer),
-        "trainable_parameters": n_trainable,
-        "total_parameters": n_total,
-        "precision": precision,
-        **({"best_checkpoint": best_checkpoint(trainer)} if config.keep_best else {}),
-        **({"sifting": trainer.sifting_stats()} if config.sift_beta is not None else {}),
-        "config": config.to_dict(),
-        "versions": library_versions(),
-    }
+    metrics["tasks"] = {task: {"n_train": counts_train.get(task, 0), "n_eval": counts_valid.get(task, 0)}
+                        for task in TASKS if task in counts_train or task in counts_valid}
+    metrics["vocab_size"] = len(tokenizer)
+    if config.keep_best:
+        metrics["best_checkpoint"] = best_checkpoint(trainer)
     save_run(trainer.model, tokenizer, out, lora=config.lora)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the best one is model/ now
     write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a finished run
