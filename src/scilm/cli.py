@@ -71,14 +71,29 @@ def train(
     max_source_length: Optional[int] = Opt(None, help="Seq2seq: source tokens kept [512]."),
     max_target_length: Optional[int] = Opt(None, help="Seq2seq: target tokens kept [512]."),
     tokenizer_vocab_size: Optional[int] = Opt(None, help="t5-tiny: vocabulary of the tokenizer trained on the data [1000]."),
+    nproc: Optional[int] = Opt(None, help="Data-parallel processes on this machine (starts torchrun) [1]."),
+    fsdp: Optional[str] = Opt(None, help='FSDP options for the Trainer, e.g. "full_shard auto_wrap".'),
+    fsdp_config: Optional[str] = Opt(None, help="FSDP config file (JSON/YAML)."),
+    deepspeed: Optional[str] = Opt(None, help="DeepSpeed config file (JSON), e.g. configs/deepspeed/zero3.json."),
+    save_every: Optional[int] = Opt(None, help="Checkpoint every N optimizer steps [off; always on SIGTERM]."),
+    keep_checkpoints: Optional[int] = Opt(None, help="Complete checkpoints kept [2]."),
+    resume: Optional[bool] = Opt(None, "--resume", help="Continue from the latest complete checkpoint in --out."),
+    skip_nonfinite: Optional[bool] = Opt(None, "--skip-nonfinite", help="Skip batches with a NaN/inf loss [stop]."),
     progress: Optional[bool] = Opt(None, "--progress/--no-progress", help="Progress bar [on]."),
 ) -> None:
     """Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json."""
     overrides = {k: v for k, v in locals().items() if k != "config"}
     from scilm.training import load_config
     from scilm.training import train as run_training
+    from scilm.training.distributed import is_main_process, launch_torchrun, launched_by_torchrun, strip_option
 
-    metrics = run_training(load_config(config, overrides))
+    run_config = load_config(config, overrides)
+    if run_config.nproc > 1 and not launched_by_torchrun():
+        argv = sys.argv[sys.argv.index("train") + 1:]
+        raise typer.Exit(launch_torchrun(run_config.nproc, strip_option(argv, "--nproc")))
+    metrics = run_training(run_config)
+    if not is_main_process():
+        return
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in sorted(metrics)
                         if k.startswith("eval_") and isinstance(metrics[k], float) and "runtime" not in k
                         and "per_second" not in k)
@@ -286,7 +301,7 @@ def main() -> None:
         app()
     except ScilmError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -3,8 +3,18 @@
 Port a SageMaker smart-sifting script by changing its imports to ``from scilm.sifting import ...``.
 """
 
-from scilm.sifting.batching import BatchTransform, DEFAULT_PAD_VALUES, batch_size, concat, take
-from scilm.sifting.config import LossConfig, RelativeProbabilisticSiftConfig, SiftingBaseConfig
+from scilm.sifting.batching import (
+    DEFAULT_PAD_VALUES,
+    BatchTransform,
+    batch_size,
+    concat,
+    take,
+)
+from scilm.sifting.config import (
+    LossConfig,
+    RelativeProbabilisticSiftConfig,
+    SiftingBaseConfig,
+)
 from scilm.sifting.cost import CostVerdict, check_cost
 from scilm.sifting.dataloader import SiftingDataLoader, SiftingDataloader
 from scilm.sifting.loss import (
@@ -15,8 +25,20 @@ from scilm.sifting.loss import (
     per_sample_cross_entropy,
     per_sample_token_mean,
 )
-from scilm.sifting.reuse import ReuseLossSifter, ReuseSampler, WithIndex, record_losses, reuse_keep_probability
-from scilm.sifting.selection import LossHistory, keep_probability, percentile_in, push_losses, select_by_loss
+from scilm.sifting.reuse import (
+    ReuseLossSifter,
+    ReuseSampler,
+    WithIndex,
+    record_losses,
+    reuse_keep_probability,
+)
+from scilm.sifting.selection import (
+    LossHistory,
+    keep_probability,
+    percentile_in,
+    push_losses,
+    select_by_loss,
+)
 
 __all__ = [
     "BatchTransform", "CostVerdict", "DEFAULT_PAD_VALUES", "Loss", "LossConfig", "LossHistory",

@@ -18,6 +18,7 @@ from scilm.errors import ScilmError
 from scilm.sifting.batching import BatchTransform, batch_size, concat, take, to_device
 from scilm.sifting.config import RelativeProbabilisticSiftConfig
 from scilm.sifting.cost import ON_NO_GAIN, CostVerdict, check_cost
+from scilm.sifting.distributed import active_world, all_reduce_sum, gather_losses
 from scilm.sifting.loss import Loss
 from scilm.sifting.selection import LossHistory, select_by_loss
 
@@ -56,12 +57,23 @@ class SiftingDataloader:
     on_no_gain: after ``cost_check_steps`` sifted steps, if scoring costs more than it saves:
         "warn" (log a warning), "disable" (pass batches through unsifted from then on) or "ignore".
     log_every: log the counters every this many steps (0: only at epoch ends).
+    distributed: under ``torch.distributed`` (None: detect), rank losses against a global history
+        and keep all ranks in lockstep (see below).
+
+    Data parallelism: each rank wraps its own shard loader (same batch size, same number of
+    batches, as DistributedSampler / Accelerate give). Every rank gathers all ranks' losses, pushes
+    them into the same history and draws the keep decisions for the whole global batch with the
+    same seeded generator, so every rank knows every rank's kept count. A batch is yielded when
+    *every* rank has a full one; at an epoch's end each rank yields its first m leftover samples,
+    m the smallest leftover of any rank, and carries the rest into the next epoch. So ranks never
+    yield different numbers of batches, and the reported counts and keep rate are global.
     """
 
     def __init__(self, sift_config: RelativeProbabilisticSiftConfig, orig_dataloader: Iterable, loss_impl: Loss,
                  model: torch.nn.Module, batch_transforms: BatchTransform | None = None, seed: int = 0,
                  pad_values: Mapping[Any, float] | None = None, precision: str | torch.dtype | None = None,
-                 on_no_gain: str = "warn", cost_check_steps: int = 20, log_every: int = 50):
+                 on_no_gain: str = "warn", cost_check_steps: int = 20, log_every: int = 50,
+                 distributed: bool | None = None):
         if isinstance(sift_config, dict):
             sift_config = RelativeProbabilisticSiftConfig(**sift_config)
         if not isinstance(sift_config, RelativeProbabilisticSiftConfig):
@@ -91,6 +103,11 @@ class SiftingDataloader:
         self._counts: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
         self._buffer: list = []  # kept samples not yet yielded, in transformed form
         self._buffered = 0
+        rank, world = active_world()
+        if distributed is False:
+            rank, world = 0, 1
+        self._rank, self._world = rank, world
+        self._pending = [0] * world  # every rank's buffered count (the same list on every rank)
         self._resuming = False
         self._mark = time.perf_counter()
 
@@ -118,7 +135,12 @@ class SiftingDataloader:
             return 0.0
 
     def set_epoch(self, epoch: int) -> None:
-        """Forward to the wrapped loader's sampler / batch sampler (DistributedSampler etc.)."""
+        """Forward the epoch to the wrapped loader's sampler (DistributedSampler etc.).
+
+        The loader's own epoch count wins over ``epoch``: a trainer resumed mid-run may restart its
+        count at 0 (an unsized loader is one "epoch" per pass to it), the data order must not.
+        """
+        epoch = max(int(epoch), int(self._counts["epochs"]))
         for obj in (self.orig_dataloader, getattr(self.orig_dataloader, "sampler", None),
                     getattr(getattr(self.orig_dataloader, "batch_sampler", None), "sampler", None)):
             if obj is not None and hasattr(obj, "set_epoch"):
@@ -131,7 +153,6 @@ class SiftingDataloader:
         skip = int(c["raw_in_epoch"]) if self._resuming else 0
         if not self._resuming:
             c["epoch_step"] = c["raw_in_epoch"] = 0
-            self._buffer, self._buffered = [], 0
         self._resuming = False
         it = iter(self.orig_dataloader)
         for _ in range(skip):  # resume mid-epoch: these raw batches were consumed before the checkpoint
@@ -147,22 +168,37 @@ class SiftingDataloader:
             n = batch_size(batch)
             self._batch_size = self._batch_size or n
             started = time.perf_counter()
-            keep = select_by_loss(self._score(batch, raw, n), self.history, float(self.sift_config.beta_value),
-                                  self.generator)
+            keep = self._select(self._score(batch, raw, n))
             c["scoring_seconds"] += time.perf_counter() - started
             index = keep.nonzero().reshape(-1)
-            c["samples_seen"] += n
-            c["samples_kept"] += index.numel()
             if index.numel():
                 self._buffer.append(take(batch, index, n))
                 self._buffered += index.numel()
-            while self._buffered >= self._batch_size:
+            while min(self._pending) >= self._batch_size:
                 yield from self._emit(self._pop(self._batch_size), sifted=True)
-        if self._buffered:  # the final partial batch of the epoch
-            yield from self._emit(self._pop(self._buffered), sifted=True)
+        final = min(self._pending)  # the final partial batch (of the same size on every rank)
+        if final:
+            yield from self._emit(self._pop(final), sifted=True)
         c["epochs"] += 1
         c["raw_in_epoch"] = 0  # a finished epoch leaves nothing to skip on resume
         logger.info("sifting epoch done: %s", self._summary())
+
+    def _select(self, losses: torch.Tensor) -> torch.Tensor:
+        """This rank's keep mask; updates the history, the global counters and every rank's pending count."""
+        beta, c = float(self.sift_config.beta_value), self._counts
+        if self._world == 1:
+            keep = select_by_loss(losses, self.history, beta, self.generator)
+            parts = [keep]
+        else:
+            gathered = gather_losses(losses, self._batch_size)
+            keep_all = select_by_loss(torch.cat(gathered), self.history, beta, self.generator)
+            parts = list(torch.split(keep_all, [part.numel() for part in gathered]))
+            keep = parts[self._rank]
+        for r, part in enumerate(parts):
+            self._pending[r] += int(part.sum())
+        c["samples_seen"] += sum(part.numel() for part in parts)
+        c["samples_kept"] += sum(int(part.sum()) for part in parts)
+        return keep
 
     def _count(self, raw: Any) -> int:
         try:
@@ -182,6 +218,7 @@ class SiftingDataloader:
         out = take(joined, torch.arange(k), total) if k < total else joined
         self._buffer = [take(joined, torch.arange(k, total), total)] if k < total else []
         self._buffered = total - k
+        self._pending = [pending - k for pending in self._pending]
         return self.batch_transforms.reverse_transform(out), k
 
     def _emit(self, item: Any, sifted: bool) -> Iterator:
@@ -204,10 +241,13 @@ class SiftingDataloader:
         if self.log_every and c["step"] % self.log_every == 0:
             logger.info("sifting: %s", self._summary())
 
+    def _device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
     def _score(self, batch: Any, raw: Any, n: int) -> torch.Tensor:
         """Per-sample losses without gradients, in eval mode; every module's mode is restored."""
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = self._device()
         modes = [(m, m.training) for m in self.model.modules()]
         if self._autocast is None:
             cast = contextlib.nullcontext()
@@ -229,10 +269,12 @@ class SiftingDataloader:
 
     def _check_cost(self) -> None:
         c = self._counts
-        if not (c["samples_seen"] and c["sifted_train_samples"]):
+        # timings summed over ranks, so every rank reaches the same verdict (and stays in lockstep)
+        scoring, train_seconds, train_samples = all_reduce_sum(
+            [c["scoring_seconds"], c["sifted_train_seconds"], c["sifted_train_samples"]], self._device())
+        if not (c["samples_seen"] and train_samples):
             return
-        self.cost_verdict = check_cost(c["scoring_seconds"] / c["samples_seen"],
-                                       c["sifted_train_seconds"] / c["sifted_train_samples"],
+        self.cost_verdict = check_cost(scoring / c["samples_seen"], train_seconds / train_samples,
                                        c["samples_kept"] / c["samples_seen"])
         if self.cost_verdict.pays or self.on_no_gain == "ignore":
             logger.info("sifting cost check: %s", self.cost_verdict.message)
@@ -254,7 +296,8 @@ class SiftingDataloader:
             "keep_rate": c["samples_kept"] / c["samples_seen"] if c["samples_seen"] else 1.0,
             "scoring_seconds": c["scoring_seconds"], "wall_seconds": wall,
             "scoring_share": c["scoring_seconds"] / wall if wall else 0.0,
-            "disabled": self.disabled,
+            "disabled": self.disabled, "world_size": self._world,
+            "samples_pending": int(sum(self._pending)),  # kept but not yet trained on (carried over)
         }
 
     def _summary(self) -> str:
@@ -264,8 +307,10 @@ class SiftingDataloader:
 
     def state_dict(self) -> dict:
         """Everything that decides future selections: history, RNG, counters, pending samples."""
+        buffer = [dict(b) if isinstance(b, Mapping) else b for b in self._buffer]  # plain types: weights_only load
         return {"history": self.history.state_dict(), "rng": self.generator.get_state(),
-                "counts": dict(self._counts), "buffer": list(self._buffer), "buffered": self._buffered,
+                "counts": dict(self._counts), "buffer": buffer, "buffered": self._buffered,
+                "pending": list(self._pending), "world_size": self._world,
                 "batch_size": self._batch_size, "disabled": self.disabled,
                 "cost_checked": self.cost_verdict is not None}
 
@@ -278,7 +323,11 @@ class SiftingDataloader:
         self.history.load_state_dict(state["history"])
         self.generator.set_state(state["rng"])
         self._counts = {**dict.fromkeys(_COUNTERS, 0), **state["counts"]}
+        if int(state.get("world_size", 1)) != self._world:
+            raise ScilmError(f"sifting state saved by {state.get('world_size', 1)} processes cannot resume in "
+                             f"{self._world}; resume with the same number of processes")
         self._buffer, self._buffered = list(state["buffer"]), int(state["buffered"])
+        self._pending = list(state.get("pending", [self._buffered]))
         self._batch_size = state["batch_size"]
         self.disabled = bool(state["disabled"])
         if state.get("cost_checked") and self.cost_verdict is None:

@@ -16,8 +16,17 @@ class EvalHistory(TrainerCallback):
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
-        self._started = 0.0
+        self._started = time.perf_counter()
         self._eval_seconds = 0.0
+        self._before = 0.0  # training seconds of earlier segments of a resumed run
+
+    def restore(self, history: list[dict[str, float]], train_seconds: float) -> None:
+        """Continue a resumed run's curve: its earlier rows and training time."""
+        self.history, self._before = list(history), float(train_seconds)
+
+    def train_seconds(self) -> float:
+        """Training wall time so far (evaluation excluded, earlier segments included)."""
+        return self._before + time.perf_counter() - self._started - self._eval_seconds
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
@@ -27,7 +36,7 @@ class EvalHistory(TrainerCallback):
         metrics = metrics or {}
         self._eval_seconds += metrics.get("eval_runtime", 0.0)
         row = {"step": state.global_step, "epoch": state.epoch,
-               "train_seconds": time.perf_counter() - self._started - self._eval_seconds}
+               "train_seconds": self.train_seconds()}
         row.update({k: v for k, v in metrics.items() if k.startswith("eval_") and "runtime" not in k
                     and "per_second" not in k})
         self.history.append(row)

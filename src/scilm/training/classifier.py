@@ -14,22 +14,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import TaskType
-from transformers import DataCollatorWithPadding, Trainer, set_seed
+from transformers import DataCollatorWithPadding, set_seed
 
 from scilm.data import protein as pdata
 from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, save_lora_run, trainable_parameters
 from scilm.models.protein import load_protein_classifier
 from scilm.training.common import (
+    finish_run,
     prepare_out_dir,
     replace_dir_atomic,
     resolve_precision,
     train_and_measure,
+    trainer_options,
     training_arguments,
-    write_json_atomic,
+    with_sample_index,
 )
 from scilm.training.config import TrainConfig
 from scilm.training.metrics import classification_metrics
+from scilm.training.trainer import ScilmTrainer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ def weighted_cross_entropy(weights: torch.Tensor):
 
 def train_classifier(config: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
-    out = prepare_out_dir(config.out, config.overwrite)
+    out = prepare_out_dir(config.out, config.overwrite, config.resume)
     precision = resolve_precision(config.precision)
     train_records, valid_records, labels = load_splits(config)
     set_seed(config.seed)
@@ -108,15 +111,16 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     weights = class_weights(train_records, labels) if config.class_weights else None
     trainer_kwargs = dict(
         model=model,
-        train_dataset=train_set,
+        train_dataset=with_sample_index(train_set),
         eval_dataset=valid_set,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_loss_func=weighted_cross_entropy(weights) if weights is not None else None,
         compute_metrics=lambda p: classification_metrics(p.predictions, p.label_ids),
+        **trainer_options(config, [r.id for r in train_records]),
     )
     if config.sift_beta is None:
-        trainer = Trainer(args=training_arguments(config, out / "checkpoints", precision), **trainer_kwargs)
+        trainer = ScilmTrainer(args=training_arguments(config, out / "checkpoints", precision), **trainer_kwargs)
     else:
         trainer = sifting_trainer(config, precision, out, weights, trainer_kwargs)
 
@@ -124,12 +128,11 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
                                 (n_trainable, n_total))
     metrics["labels"] = labels
-    save_run(trainer.model, tokenizer, out, lora=config.lora)
-    write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a finished run
+    finish_run(trainer, metrics, out, lambda: save_run(trainer.model, tokenizer, out, lora=config.lora))
     return metrics
 
 
-def sifting_trainer(config: TrainConfig, precision: str, out: Path, weights, trainer_kwargs: dict) -> Trainer:
+def sifting_trainer(config: TrainConfig, precision: str, out: Path, weights, trainer_kwargs: dict) -> ScilmTrainer:
     """The Trainer with smart sifting (``--sift-beta``): see scilm/training/sifting.py."""
     from scilm.sifting import SequenceClassificationLoss
     from scilm.training import sifting

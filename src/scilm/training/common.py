@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -17,7 +18,11 @@ import torch
 from transformers import TrainingArguments
 
 from scilm.errors import ScilmError
+from scilm.training import checkpoints
 from scilm.training.config import TrainConfig
+from scilm.training.distributed import is_main_process, world_size
+
+log = logging.getLogger(__name__)
 
 RUN_FILES = ("metrics.json", "model")
 
@@ -36,15 +41,30 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse to clobber a finished run unless asked; nothing is written here yet."""
+def prepare_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Check ``out`` against the run's intent: a new run, ``--overwrite`` or ``--resume``.
+
+    Never clobbers a finished run or an unfinished one's checkpoints unless asked. Only rank 0
+    deletes (old checkpoints on ``--overwrite``, half-written ones always).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScilmError(f"--out {out}: exists and is not a directory")
     finished = [name for name in RUN_FILES if (out / name).exists()]
-    if finished and not overwrite:
-        raise ScilmError(f"--out {out}: already holds a finished run ({', '.join(finished)}); "
-                         "pass --overwrite to replace it or choose another --out")
+    if finished and (resume or not overwrite):
+        what = "it is finished" if resume else "pass --overwrite to replace it or choose another --out"
+        raise ScilmError(f"--out {out}: already holds a finished run ({', '.join(finished)}); {what}")
+    root = out / "checkpoints"
+    if is_main_process():
+        if overwrite and root.exists():
+            shutil.rmtree(root)
+        checkpoints.remove_incomplete(root)
+    latest = checkpoints.latest_complete(root)
+    if resume and latest is None:
+        raise ScilmError(f"--resume: no complete checkpoint in {root}; nothing to resume")
+    if not resume and not overwrite and latest is not None:
+        raise ScilmError(f"--out {out}: holds an unfinished run (checkpoint at step {checkpoints.checkpoint_step(latest)}); "
+                         "pass --resume to continue it or --overwrite to start over")
     return out
 
 
@@ -74,41 +94,83 @@ def training_arguments(
         data_seed=config.seed,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         eval_strategy="epoch" if evaluate_each_epoch and not config.max_steps else "no",
-        save_strategy="no",
+        save_strategy="steps" if config.save_every else "no",
+        save_steps=config.save_every or 500,
+        save_total_limit=None,  # scilm rotates, after a new checkpoint is complete (checkpoints.py)
+        fsdp=config.fsdp or "",
+        fsdp_config=config.fsdp_config,
+        deepspeed=config.deepspeed,
         logging_steps=10,
         logging_first_step=True,
         report_to=[],
         disable_tqdm=not config.progress,
         dataloader_num_workers=0,
+        remove_unused_columns=False,  # keep each example's sample_index (ScilmTrainer pops it)
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    return TrainingArguments(**{**kwargs, **extra})
+    if config.deepspeed:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ScilmError("--deepspeed needs the deepspeed package (pip install deepspeed) and, "
+                             "for ZeRO-3 at scale, CUDA GPUs") from None
+    try:
+        return TrainingArguments(**{**kwargs, **extra})
+    except (ValueError, TypeError) as exc:
+        raise ScilmError(f"Trainer settings rejected: {str(exc).splitlines()[0]}") from None
+
+
+def trainer_options(config: TrainConfig, sample_names: list[str] | None = None) -> dict[str, Any]:
+    """ScilmTrainer keyword arguments that come from the run's configuration."""
+    return {"skip_nonfinite": config.skip_nonfinite, "keep_checkpoints": config.keep_checkpoints,
+            "sample_names": sample_names}
+
+
+def with_sample_index(examples: list[dict]) -> list[dict]:
+    """Tag each training example with its position: bad batches and the reuse policy name samples by it."""
+    from scilm.training.trainer import INDEX_KEY
+
+    return [{**example, INDEX_KEY: i} for i, example in enumerate(examples)]
 
 
 def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int, n_eval: int,
                       mean_tokens: float, parameters: tuple[int, int], eval_dataset=None) -> dict[str, Any]:
-    """Train, evaluate once more, and return the metrics every recipe reports (timing, memory, counts)."""
-    from scilm.training.callbacks import EvalHistory
+    """Train (or resume), evaluate once more, and return the metrics every recipe reports.
+
+    Raises :class:`RunInterrupted` (after the checkpoint is saved) when SIGTERM/Ctrl-C stopped the run.
+    """
     from scilm.training.metrics import peak_memory, reset_peak_memory
 
-    history = EvalHistory()
-    trainer.add_callback(history)
+    resume = checkpoints.latest_complete(Path(trainer.args.output_dir)) if config.resume else None
+    processes = world_size()
+    if is_main_process():
+        log.info("training in %d process%s%s", processes, "es" if processes > 1 else "",
+                 f", resuming from {resume}" if resume else "")
     reset_peak_memory()
     started = time.perf_counter()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=resume)
     runtime = time.perf_counter() - started
+    if trainer.interrupted_by:
+        raise_interrupted(trainer)
     peak_mb, peak_method = peak_memory()
     eval_metrics = trainer.evaluate(eval_dataset=eval_dataset)
-    samples_seen = trainer.state.global_step * config.batch_size * config.grad_accum
+    resumed_step = checkpoints.checkpoint_step(resume) if resume else None
+    steps_run = trainer.state.global_step - (resumed_step or 0)
+    samples_seen = steps_run * config.batch_size * config.grad_accum * processes
+    history = trainer.eval_history
     return {
         **{k: v for k, v in eval_metrics.items() if k.startswith("eval_")},
-        "train_loss": train_output.training_loss,
+        "train_loss": trainer.run_train_loss(train_output.training_loss),
         "train_runtime_s": runtime,
         "train_samples_per_second": samples_seen / runtime,
         "train_tokens_per_second": samples_seen * mean_tokens / runtime,
         "peak_memory_mb": peak_mb,
         "peak_memory_method": peak_method,
         "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_step,
+        "train_seconds_total": history.train_seconds(),  # all segments of a resumed run
+        "processes": processes,
+        "nonfinite_batches_skipped": trainer.nonfinite_skipped,
         "epochs_completed": trainer.state.epoch,
         "eval_history": history.history,
         "n_train": n_train,
@@ -120,6 +182,27 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
         "config": config.to_dict(),
         "versions": library_versions(),
     }
+
+
+def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
+    """Rank 0 writes the model, then metrics.json (its presence marks a finished run), then drops
+    the checkpoints (they only serve resuming); other ranks write nothing."""
+    if trainer.is_world_process_zero():
+        save_model()
+        write_json_atomic(out / "metrics.json", metrics)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
+def raise_interrupted(trainer) -> None:
+    """The one-line message of a run stopped by a signal, after its checkpoint is complete."""
+    from scilm.training.trainer import RunInterrupted
+
+    latest = trainer.latest_checkpoint()
+    name = trainer.interrupted_by
+    raise RunInterrupted(
+        f"stopped by {name} at step {trainer.state.global_step}; checkpoint saved in {latest}; "
+        "to continue, run the same command with --resume",
+        exit_code=130 if name == "SIGINT" else 143)
 
 
 def library_versions() -> dict[str, str]:

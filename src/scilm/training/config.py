@@ -68,6 +68,15 @@ class TrainConfig:
     sift_history: int = 500  # recent losses that rank a new one (its percentile)
     sift_delay: int = 10  # steps before sifting starts (a fresh model's losses mean little)
     sift_policy: str = "relative"  # relative: extra scoring pass; reuse: last epoch's own losses; random: control
+    # -- scale-out and fault tolerance
+    nproc: int = 1  # data-parallel processes on this machine (scilm starts torchrun for you)
+    fsdp: str | None = None  # Trainer FSDP options, e.g. "full_shard auto_wrap"
+    fsdp_config: str | None = None  # FSDP JSON/YAML config file (e.g. the layer class to wrap)
+    deepspeed: str | None = None  # DeepSpeed JSON config file (ZeRO stage, offload)
+    save_every: int | None = None  # checkpoint every N optimizer steps (plus on SIGTERM / Ctrl-C)
+    keep_checkpoints: int = 2  # complete checkpoints kept; older ones are deleted
+    resume: bool = False  # continue from the latest complete checkpoint in OUT/checkpoints
+    skip_nonfinite: bool = False  # skip (and count) batches with a NaN/inf loss instead of stopping
     # -- logging
     progress: bool = True  # progress bar
     extra: dict[str, Any] = field(default_factory=dict)  # reserved for recipe-specific settings
@@ -106,6 +115,22 @@ class TrainConfig:
                 raise ScilmError(f"--sift-policy must be relative, reuse or random (got {self.sift_policy!r})")
             if self.sift_history < 2 or self.sift_delay < 0:
                 raise ScilmError("--sift-history must be at least 2 and --sift-delay at least 0")
+        if self.nproc < 1 or self.keep_checkpoints < 1 or (self.save_every is not None and self.save_every < 1):
+            raise ScilmError("--nproc, --keep-checkpoints and --save-every must be at least 1")
+        if self.sift_beta is not None and self.sift_policy == "reuse" and (self.nproc > 1 or self.resume):
+            raise ScilmError("--sift-policy reuse runs in one process and cannot resume (its epochs change "
+                             "length); use --sift-policy relative")
+        if self.keep_best and self.save_every:
+            raise ScilmError("--keep-best already saves a checkpoint at every validation; drop --save-every "
+                             "(--resume continues from those)")
+        if self.resume and self.overwrite:
+            raise ScilmError("give either --resume (continue the run in --out) or --overwrite (start over), not both")
+        for name in ("deepspeed", "fsdp_config"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ScilmError(f"--{name.replace('_', '-')} {value}: no such file")
+        if self.deepspeed and self.fsdp:
+            raise ScilmError("give either --deepspeed or --fsdp, not both")
         if (self.split_column is None) != (self.valid_split is None):
             raise ScilmError("--split-column and --valid-split go together")
         if self.valid and self.split_column:

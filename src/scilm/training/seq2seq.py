@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,16 @@ from scilm.models.seq2seq import is_seq2seq_preset, load_seq2seq_model
 from scilm.sifting import per_sample_token_mean
 from scilm.training.classifier import save_run
 from scilm.training.common import (
+    finish_run,
     prepare_out_dir,
     resolve_precision,
     train_and_measure,
+    trainer_options,
     training_arguments,
-    write_json_atomic,
+    with_sample_index,
 )
 from scilm.training.config import TrainConfig
+from scilm.training.trainer import ScilmTrainer
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ def task_counts(examples: list[TextChemExample]) -> dict[str, int]:
 def train_seq2seq(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
     check_settings(config)
-    out = prepare_out_dir(config.out, config.overwrite)
+    out = prepare_out_dir(config.out, config.overwrite, config.resume)
     precision = resolve_precision(config.precision)
     train_examples, valid_examples = load_splits(config)
     set_seed(config.seed)
@@ -152,12 +154,13 @@ def train_seq2seq(config: TrainConfig) -> dict[str, Any]:
              len(train_set), len(valid_set), task_counts(train_examples), n_trainable, n_total, len(tokenizer))
 
     steps_per_epoch = max(1, math.ceil(math.ceil(len(train_set) / config.batch_size) / config.grad_accum))
-    trainer_kwargs = dict(model=model, train_dataset=train_set, eval_dataset=periodic_valid,
-                          data_collator=collator(tokenizer, base_model), processing_class=tokenizer)
+    trainer_kwargs = dict(model=model, train_dataset=with_sample_index(train_set), eval_dataset=periodic_valid,
+                          data_collator=collator(tokenizer, base_model), processing_class=tokenizer,
+                          **trainer_options(config))
     args_extra = schedule_arguments(config)
     if config.sift_beta is None:
-        trainer = Trainer(args=training_arguments(config, out / "checkpoints", precision, **args_extra),
-                          **trainer_kwargs)
+        trainer = ScilmTrainer(args=training_arguments(config, out / "checkpoints", precision, **args_extra),
+                               **trainer_kwargs)
     else:
         trainer = sifting_trainer(config, precision, out, trainer_kwargs, args_extra)
     if config.lr_decay is not None:
@@ -176,9 +179,7 @@ def train_seq2seq(config: TrainConfig) -> dict[str, Any]:
     metrics["vocab_size"] = len(tokenizer)
     if config.keep_best:
         metrics["best_checkpoint"] = best_checkpoint(trainer)
-    save_run(trainer.model, tokenizer, out, lora=config.lora)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the best one is model/ now
-    write_json_atomic(out / "metrics.json", metrics)  # last: its presence marks a finished run
+    finish_run(trainer, metrics, out, lambda: save_run(trainer.model, tokenizer, out, lora=config.lora))
     return metrics
 
 
@@ -192,10 +193,9 @@ def schedule_arguments(config: TrainConfig) -> dict[str, Any]:
         strategy = {"eval_strategy": "no"}  # a --max-steps smoke run: one validation at the end
     extra: dict[str, Any] = {**strategy, "prediction_loss_only": True}
     if config.keep_best:
-        # A checkpoint at every validation (model weights only), the lowest eval_loss reloaded at the end.
+        # A (resumable) checkpoint at every validation; the lowest eval_loss is reloaded at the end.
         extra.update(save_strategy=strategy["eval_strategy"], save_steps=config.eval_steps,
-                     save_only_model=True, save_total_limit=2, load_best_model_at_end=True,
-                     metric_for_best_model="eval_loss", greater_is_better=False)
+                     load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
     return extra
 
 

@@ -12,14 +12,17 @@ A sifted epoch has no fixed number of steps, so the learning rate follows the sh
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
+from scilm.errors import ScilmError
 from scilm.sifting import (
     LossConfig,
     RandomLoss,
@@ -30,8 +33,10 @@ from scilm.sifting import (
     SiftingDataloader,
 )
 from scilm.sifting.loss import Loss
+from scilm.training.distributed import rank
+from scilm.training.trainer import ScilmTrainer
 
-INDEX_KEY = "sample_index"  # added to each training example under the reuse policy
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class _StopAfterEpochs(TrainerCallback):
     on_epoch_end = on_step_end
 
 
-class SiftingTrainer(Trainer):
+class SiftingTrainer(ScilmTrainer):
     """A Trainer whose training data goes through smart sifting; everything else is unchanged."""
 
     def __init__(self, *args: Any, sift: SiftSettings, sift_loss: Loss, per_sample_loss, **kwargs: Any):
@@ -70,6 +75,7 @@ class SiftingTrainer(Trainer):
         self.sifting_loader: SiftingDataloader | None = None
         self.reuse = (ReuseLossSifter(len(self.train_dataset), sift.beta, seed=sift.seed)
                       if sift.policy == "reuse" else None)
+        self._saved_sift_state: dict | None = None
         self.add_callback(_StopAfterEpochs(self))
 
     # -- data ---------------------------------------------------------------------------------------
@@ -91,6 +97,9 @@ class SiftingTrainer(Trainer):
             loss_impl=RandomLoss(self.sift.seed) if self.sift.policy == "random" else self.sift_loss,
             seed=self.sift.seed, precision=precision,
             pad_values={"input_ids": getattr(self.processing_class, "pad_token_id", 0) or 0})
+        if self._saved_sift_state is not None:  # a resumed run continues the same selection
+            self.sifting_loader.load_state_dict(self._saved_sift_state)
+            self._saved_sift_state = None
         return self.sifting_loader
 
     def data_progress(self) -> float:
@@ -104,18 +113,25 @@ class SiftingTrainer(Trainer):
         return min(done / self.sift.epochs, 1.0)
 
     # -- loss (reuse policy) ------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        indices = inputs.pop(INDEX_KEY, None)
+    def batch_loss(self, model, inputs, indices, num_items_in_batch):
         if self.reuse is None or not model.training or indices is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return super().batch_loss(model, inputs, indices, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss = self.reuse.record(indices, self.per_sample_loss(outputs, labels))
-        return (loss, outputs) if return_outputs else loss
+        return self.reuse.record(indices, self.per_sample_loss(outputs, labels)), outputs
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs.pop(INDEX_KEY, None)
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+    # -- checkpoints: each rank's selector state ------------------------------------------------------
+    def save_extra_state(self, path: Path) -> None:
+        if self.sifting_loader is not None:
+            torch.save(self.sifting_loader.state_dict(), path / f"sifting_state_rank{rank()}.pt")
+
+    def load_extra_state(self, path: Path) -> None:
+        state_file = path / f"sifting_state_rank{rank()}.pt"
+        if self.sift.policy in ("relative", "random"):
+            if not state_file.is_file():
+                raise ScilmError(f"{path}: no {state_file.name}; was it saved by a run with the same --sift-* "
+                                 "settings and number of processes?")
+            self._saved_sift_state = torch.load(state_file, weights_only=True)
 
     # -- schedule -----------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -148,9 +164,9 @@ def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sif
     if config.sift_policy != "reuse" and not config.max_steps:  # a sifted loader has no length
         extra["max_steps"] = sifted_step_budget(
             len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
-    if config.sift_policy == "reuse":
-        trainer_kwargs["train_dataset"] = add_sample_index(trainer_kwargs["train_dataset"])
-        extra["remove_unused_columns"] = False  # keep the sample index the model does not take
+    if config.sift_policy != "reuse":
+        # the sifting loader restores its own position on resume; the Trainer must not skip batches
+        extra["ignore_data_skip"] = True
     args = training_arguments(config, out / "checkpoints", precision, **extra)
     if "max_steps" in extra and not config.max_steps:
         args.num_train_epochs = config.epochs
@@ -165,11 +181,6 @@ def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sif
 def sifted_step_budget(n_train: int, batch_size: int, grad_accum: int, epochs: float) -> int:
     """An upper bound on optimizer steps (as if nothing were dropped): the Trainer's ``max_steps``."""
     return max(1, math.ceil(math.ceil(epochs * math.ceil(n_train / batch_size)) / grad_accum) + 1)
-
-
-def add_sample_index(examples: list[dict]) -> list[dict]:
-    """Tag each training example with its position, so the reuse policy knows whose loss it sees."""
-    return [{**example, INDEX_KEY: i} for i, example in enumerate(examples)]
 
 
 def per_sample_classification_loss(weights: torch.Tensor | None = None):

@@ -1,0 +1,82 @@
+"""Data-parallel plumbing: which process am I, and ``scilm train --nproc N``.
+
+The engine is PyTorch's own (``torchrun`` = ``torch.distributed.run``) driving the Hugging Face
+Trainer's DDP; ``accelerate launch`` works the same way. scilm only adds the convenience
+launcher and "rank 0 writes" helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch.distributed as dist
+
+from scilm.errors import ScilmError
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == name:
+            skip = True
+            continue
+        if arg.startswith(name + "="):
+            continue
+        out.append(arg)
+    return out
+
+
+def launch_torchrun(nproc: int, train_argv: list[str]) -> int:
+    """Run ``scilm train`` in ``nproc`` processes with torchrun's launcher; returns the exit code.
+
+    ``train_argv`` are the arguments after ``train`` (``--nproc`` already removed). A failed
+    process's own message is printed by that process; this adds one line, never a traceback.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if nproc < 1:
+        raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "scilm", "train", *train_argv])
+    print(f"scilm: training in {nproc} processes (torchrun --standalone --nproc_per_node {nproc})",
+          file=sys.stderr, flush=True)
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        code = next((c for c in codes if c and c > 0), 1)
+        print(f"error: {len(exc.failures)} of {nproc} training processes failed (exit code "
+              f"{', '.join(map(str, codes))}); their messages are above", file=sys.stderr)
+        return code
+    return 0

@@ -1,0 +1,254 @@
+"""``ScilmTrainer``: the Hugging Face Trainer plus what long, interruptible runs need.
+
+* Reproducible data order: length-grouped batches drawn from ``seed + epoch`` (the Trainer's
+  default draws from the global RNG, so a resumed epoch would see a different order).
+* Crash-safe checkpoints: scilm's own state (sifting, eval history) goes into each checkpoint,
+  which then gets its ``COMPLETE`` marker (see ``checkpoints.py``); old ones rotate out after.
+* SIGTERM / Ctrl-C: finish the current step, save a checkpoint, stop; the recipe then exits
+  non-zero with a message saying how to resume.
+* Non-finite loss: stop with the step and the samples of the batch, or skip the batch.
+
+Everything else (DDP, FSDP, DeepSpeed, optimizer, scheduler, RNG restore) is the Trainer's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from scilm.errors import ScilmError
+from scilm.training import checkpoints
+from scilm.training.callbacks import EvalHistory
+from scilm.training.distributed import barrier, is_main_process, rank, world_size
+
+log = logging.getLogger(__name__)
+
+INDEX_KEY = "sample_index"  # each training example's position: names the samples of a bad batch
+
+
+class NonFiniteLoss(ScilmError):
+    """The training loss became NaN or infinite."""
+
+
+class RunInterrupted(ScilmError):
+    """SIGTERM / SIGINT stopped the run after saving a checkpoint."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from ``seed + epoch``: the same on every rank and after a resume."""
+
+    def __init__(self, *args: Any, seed: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class _StopOnSignal(TrainerCallback):
+    """After a step, if any rank got SIGTERM/SIGINT: save, then stop training."""
+
+    def __init__(self, trainer: "ScilmTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        received = self.trainer.signal_received
+        flag = torch.tensor([0 if received is None else int(received)])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        if int(flag):
+            self.trainer.interrupted_by = signal.Signals(int(flag)).name
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class ScilmTrainer(Trainer):
+    """A Trainer with seeded length grouping, committed checkpoints, signal handling and NaN checks.
+
+    skip_nonfinite: skip (and count) batches whose loss is NaN/inf instead of stopping.
+    keep_checkpoints: complete checkpoints kept (the best one, if tracked, is kept besides).
+    sample_names: names of the training examples (record ids), for error messages.
+    """
+
+    def __init__(self, *args: Any, skip_nonfinite: bool = False, keep_checkpoints: int = 2,
+                 sample_names: list[str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.skip_nonfinite = skip_nonfinite
+        self.keep_checkpoints = keep_checkpoints
+        self.sample_names = sample_names
+        self.nonfinite_skipped = 0
+        self.eval_history = EvalHistory()
+        self.resumed_from: Path | None = None
+        self.resumed_step = 0
+        self.loss_sum_before = 0.0  # summed step losses of the segments before a resume
+        self.signal_received: int | None = None
+        self.interrupted_by: str | None = None
+        self.add_callback(self.eval_history)
+        self.add_callback(_StopOnSignal(self))
+
+    # -- data order ---------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset=dataset,
+            model_input_name=self.processing_class.model_input_names[0] if self.processing_class else None,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
+    # -- loss -----------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        indices = inputs.pop(INDEX_KEY, None)
+        loss, outputs = self.batch_loss(model, inputs, indices, num_items_in_batch)
+        if model.training and not bool(torch.isfinite(loss.detach()).all()):
+            loss = self._nonfinite(loss, indices, model)
+        return (loss, outputs) if return_outputs else loss
+
+    def batch_loss(self, model, inputs, indices, num_items_in_batch):
+        """(loss, outputs) of one training or evaluation batch; recipes with their own loss override this."""
+        return super().compute_loss(model, inputs, True, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(INDEX_KEY, None)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def _nonfinite(self, loss: torch.Tensor, indices, model) -> torch.Tensor:
+        step = self.state.global_step + 1
+        samples = self._describe(indices)
+        if not self.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"non-finite training loss ({float(loss.detach().float().mean())}) at step {step}, batch of {samples}; "
+                "lower --lr, check those inputs, resume from the last checkpoint, or pass --skip-nonfinite")
+        self.nonfinite_skipped += 1
+        log.warning("skipping batch %d of step %d: non-finite loss (%s)", self.nonfinite_skipped, step, samples)
+        # zero loss that still touches every trainable weight: all ranks' gradient all-reduce go ahead
+        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+    def _describe(self, indices) -> str:
+        if indices is None:
+            return "unknown samples"
+        ids = [int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+        names = [self.sample_names[i] if self.sample_names and i < len(self.sample_names) else f"#{i}" for i in ids]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        return f"samples {', '.join(names[:5])}{more}"
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        self.save_extra_state(path)
+        barrier()  # every rank's files are written
+        if is_main_process():
+            checkpoints.maybe_inject_fault(path, self.state.global_step)
+            state = {"global_step": self.state.global_step, "world_size": world_size(),
+                     "train_seconds": self.eval_history.train_seconds(),
+                     "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
+                     "train_loss_sum": self._loss_sum()}
+            (path / checkpoints.SCILM_STATE).write_text(json_dumps(state), encoding="utf-8")
+            checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
+            checkpoints.rotate(path.parent, self.keep_checkpoints, self.state.best_model_checkpoint)
+        barrier()  # nobody moves on (or stops) before the checkpoint is complete
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load checkpoint weights through ``from_pretrained``, which applies the model's key renames.
+
+        The Trainer's own loader is a non-strict ``load_state_dict`` of the raw file: with ESM-2,
+        whose checkpoints name LayerNorm weights ``gamma``/``beta``, it silently leaves them at
+        their initial values. Sharded (FSDP/DeepSpeed) and PEFT checkpoints keep the Trainer's path.
+        """
+        model = model if model is not None else self.model
+        path = Path(resume_from_checkpoint)
+        plain = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or not plain or hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        reloaded = type(model).from_pretrained(str(path), dtype=dtype)
+        result = model.load_state_dict(reloaded.state_dict(), strict=False)
+        saved_params = {name for name, _ in model.named_parameters()}
+        missing = [key for key in result.missing_keys if key in saved_params]
+        if missing or result.unexpected_keys:
+            raise ScilmError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
+                             f"unexpected {result.unexpected_keys[:3]}); was it written by the same --model?")
+        del reloaded
+
+    def save_extra_state(self, path: Path) -> None:
+        """Per-rank state beyond the Trainer's (the sifting trainer saves its selector here)."""
+
+    def load_extra_state(self, path: Path) -> None:
+        """Counterpart of :meth:`save_extra_state`, called before training resumes."""
+
+    # -- the run --------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | Path | None = None, **kwargs: Any):
+        if resume_from_checkpoint is not None:
+            path = Path(resume_from_checkpoint)
+            self.resumed_from = path
+            state = checkpoints.read_scilm_state(path)
+            self.eval_history.restore(state.get("eval_history", []), state.get("train_seconds", 0.0))
+            self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+            self.loss_sum_before = float(state.get("train_loss_sum", 0.0))
+            self.resumed_step = int(state.get("global_step", checkpoints.checkpoint_step(path) or 0))
+            self.load_extra_state(path)
+            resume_from_checkpoint = str(path)
+        with self._signals_handled():
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    @contextlib.contextmanager
+    def _signals_handled(self):
+        """SIGTERM/SIGINT set a flag (acted on at the end of the step); a second SIGINT aborts."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.signal_received is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.signal_received = signum
+            log.warning("rank %d: got %s; saving a checkpoint after this step", rank(), signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _loss_sum(self) -> float:
+        """Sum of the step losses so far, all segments (the Trainer's running sums are private)."""
+        running = getattr(self, "_tr_loss", None)
+        return (self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0))
+                + (float(running) if isinstance(running, torch.Tensor) else 0.0))
+
+    def run_train_loss(self, segment_mean: float) -> float:
+        """Mean step loss of the whole run, given this segment's mean (the Trainer's ``training_loss``)."""
+        steps = self.state.global_step
+        if not self.resumed_step or not steps:
+            return segment_mean
+        return (self.loss_sum_before + segment_mean * (steps - self.resumed_step)) / steps
+
+    def latest_checkpoint(self) -> Path | None:
+        return checkpoints.latest_complete(Path(self.args.output_dir))
+
+
+def json_dumps(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
