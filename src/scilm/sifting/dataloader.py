@@ -161,7 +161,7 @@ class SiftingDataloader:
         for raw in it:
             c["raw_in_epoch"] += 1
             if self.disabled or self._in_delay():
-                c["samples_passed"] += self._count(raw)
+                c["samples_passed"] += self._count(raw) * self._world  # ranks' batches have equal sizes
                 yield from self._emit(raw, sifted=False)
                 continue
             batch = self.batch_transforms.transform(raw)

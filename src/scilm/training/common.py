@@ -104,6 +104,7 @@ def training_arguments(
         logging_first_step=True,
         report_to=[],
         disable_tqdm=not config.progress,
+        use_cpu=not torch.cuda.is_available(),  # also what makes multi-process CPU runs DDP (gloo)
         dataloader_num_workers=0,
         remove_unused_columns=False,  # keep each example's sample_index (ScilmTrainer pops it)
         dataloader_pin_memory=torch.cuda.is_available(),

@@ -107,7 +107,8 @@ class SiftingTrainer(ScilmTrainer):
         if self.sift.epochs is None:
             return min(self.state.global_step / max(1, self.args.max_steps), 1.0)
         if self.sifting_loader is not None:
-            done = self.sifting_loader.stats()["epochs"] + self.sifting_loader.epoch_progress
+            # an epoch counts as done once the loader has also yielded its final partial batch
+            done = self.sifting_loader.stats()["epochs"] + min(self.sifting_loader.epoch_progress, 0.999)
         else:
             done = self.state.epoch or 0.0
         return min(done / self.sift.epochs, 1.0)
