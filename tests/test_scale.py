@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEEPLOC_TRAIN, DEEPLOC_VALID, deeploc_slice
+from conftest import DEEPLOC_TRAIN, DEEPLOC_VALID, REPO, deeploc_slice
 from scilm.training import checkpoints
 
 
@@ -176,8 +176,11 @@ def test_nonfinite_loss_stops_naming_step_and_samples(run_cli, data, tmp_path, m
     (["--nproc", "2", "--sift-beta", "1", "--sift-policy", "reuse"], "--sift-policy reuse runs in one process"),
     (["--deepspeed", "missing.json"], "--deepspeed missing.json: no such file"),
     (["--save-every", "0"], "must be at least 1"),
+    (["--fsdp", "--nproc", "2"], "--fsdp needs CUDA GPUs"),  # Accelerate shards only across GPUs
+    (["--deepspeed", "configs/deepspeed/zero2.json"], "--deepspeed needs CUDA GPUs"),
 ])
-def test_bad_scale_settings_are_one_line_errors(run_cli, data, tmp_path, extra, message):
+def test_bad_scale_settings_are_one_line_errors(run_cli, data, tmp_path, extra, message, monkeypatch):
+    monkeypatch.chdir(REPO)
     result = run_cli(*train_args(data, tmp_path / "bad")[3:], *extra)
     assert result.exit_code == 2
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -196,3 +199,22 @@ def test_rotation_keeps_complete_checkpoints_and_the_best(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-15", "checkpoint-20", "checkpoint-5"]
     assert [p.name for p in checkpoints.remove_incomplete(root)] == ["checkpoint-20"]
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-15", "checkpoint-5"]
+
+
+@pytest.mark.parametrize("name", ["esm2.json", "esm2_sharded.json"])
+def test_shipped_fsdp_configs_reach_the_trainer(name, tmp_path):
+    """FSDP itself needs GPUs; what can be checked here is that our configs map onto Accelerate's plugin."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, fsdp=True,
+                             fsdp_config=str(REPO / "configs" / "fsdp" / name), report_to=[])
+    plugin = args.fsdp_plugin_args
+    assert plugin["fsdp_version"] == 2
+    assert plugin["transformer_cls_names_to_wrap"] == "EsmLayer"
+
+
+def test_shipped_deepspeed_configs_leave_batch_settings_to_the_trainer():
+    for path in (REPO / "configs" / "deepspeed").glob("*.json"):
+        config = json.loads(path.read_text())
+        assert config["zero_optimization"]["stage"] in (2, 3)
+        assert config["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills in --batch-size

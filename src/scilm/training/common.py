@@ -97,7 +97,7 @@ def training_arguments(
         save_strategy="steps" if config.save_every else "no",
         save_steps=config.save_every or 500,
         save_total_limit=None,  # scilm rotates, after a new checkpoint is complete (checkpoints.py)
-        fsdp=config.fsdp or "",
+        fsdp=True if config.fsdp else None,
         fsdp_config=config.fsdp_config,
         deepspeed=config.deepspeed,
         logging_steps=10,
@@ -144,8 +144,10 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
 
     resume = checkpoints.latest_complete(Path(trainer.args.output_dir)) if config.resume else None
     processes = world_size()
+    engine = ("FSDP" if trainer.is_fsdp_enabled else "DeepSpeed" if trainer.is_deepspeed_enabled
+              else "DDP" if processes > 1 else "single process")
     if is_main_process():
-        log.info("training in %d process%s%s", processes, "es" if processes > 1 else "",
+        log.info("training in %d process%s (%s)%s", processes, "es" if processes > 1 else "", engine,
                  f", resuming from {resume}" if resume else "")
     reset_peak_memory()
     started = time.perf_counter()
@@ -171,6 +173,7 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
         "resumed_from_step": resumed_step,
         "train_seconds_total": history.train_seconds(),  # all segments of a resumed run
         "processes": processes,
+        "engine": engine,
         "nonfinite_batches_skipped": trainer.nonfinite_skipped,
         "epochs_completed": trainer.state.epoch,
         "eval_history": history.history,
@@ -187,9 +190,20 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
 
 def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
     """Rank 0 writes the model, then metrics.json (its presence marks a finished run), then drops
-    the checkpoints (they only serve resuming); other ranks write nothing."""
+    the checkpoints (they only serve resuming); other ranks write nothing.
+
+    A sharded model (FSDP, DeepSpeed ZeRO-3) is gathered by the Trainer with every rank taking part.
+    """
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        partial = out / ".model.partial"
+        trainer.save_model(str(partial))
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(str(partial))
+            replace_dir_atomic(partial, out / "model")
+        save_model = None
     if trainer.is_world_process_zero():
-        save_model()
+        if save_model is not None:
+            save_model()
         write_json_atomic(out / "metrics.json", metrics)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
 

@@ -70,8 +70,8 @@ class TrainConfig:
     sift_policy: str = "relative"  # relative: extra scoring pass; reuse: last epoch's own losses; random: control
     # -- scale-out and fault tolerance
     nproc: int = 1  # data-parallel processes on this machine (scilm starts torchrun for you)
-    fsdp: str | None = None  # Trainer FSDP options, e.g. "full_shard auto_wrap"
-    fsdp_config: str | None = None  # FSDP JSON/YAML config file (e.g. the layer class to wrap)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2)
+    fsdp_config: str | None = None  # FSDP JSON config file (the Trainer's fsdp_config keys)
     deepspeed: str | None = None  # DeepSpeed JSON config file (ZeRO stage, offload)
     save_every: int | None = None  # checkpoint every N optimizer steps (plus on SIGTERM / Ctrl-C)
     keep_checkpoints: int = 2  # complete checkpoints kept; older ones are deleted
@@ -131,6 +131,12 @@ class TrainConfig:
                 raise ScilmError(f"--{name.replace('_', '-')} {value}: no such file")
         if self.deepspeed and self.fsdp:
             raise ScilmError("give either --deepspeed or --fsdp, not both")
+        if self.deepspeed or self.fsdp:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ScilmError(f"--{'fsdp' if self.fsdp else 'deepspeed'} needs CUDA GPUs (Accelerate shards "
+                                 "models only across GPUs); on CPU, --nproc N trains data-parallel (DDP)")
         if (self.split_column is None) != (self.valid_split is None):
             raise ScilmError("--split-column and --valid-split go together")
         if self.valid and self.split_column:
