@@ -258,13 +258,7 @@ def test_model_kind_and_safetensors_only(classifier_dir, t5_dir, tmp_path):
         load_served_model(pickled)
 
 
-@pytest.mark.parametrize("backend", ["scilm.inference.generate", "fallback"])
-def test_seq2seq_endpoint_and_draw(t5_dir, backend, monkeypatch):
-    from scilm.serving import models
-
-    if backend == "fallback":  # what serves when scilm.inference.generate is absent
-        trio = (models._load_seq2seq, models._generate_texts, models._generate_from_sources)
-        monkeypatch.setattr(models, "seq2seq_functions", lambda: trio)
+def test_seq2seq_endpoint_and_draw(t5_dir):
     with server_thread(create_app(load_served_model(t5_dir), max_wait_ms=5)) as base:
         task = {"task": "retrosynthesis", "max_new_tokens": 6}
         one = httpx.post(f"{base}/predict", json={"inputs": "CCO", "parameters": task})

@@ -150,17 +150,19 @@ def test_page_predicts_a_pasted_sequence(served_url, browser):
     assert "422" in error and "invalid residue 'J'" in error and "position 4" in error
 
 
-def test_page_draws_generated_smiles(browser):
+def test_page_draws_generated_smiles(browser, monkeypatch):
     """A seq2seq server whose model always answers ethanol: the page must draw it (RDKit SVG)."""
     from pathlib import Path
 
+    from scilm.inference import generate as generate_module
     from scilm.models.protein import esm2_tokenizer  # any tokenizer will do to count source tokens
     from scilm.serving.models import ServedSeq2Seq
 
     def generate(model, tokenizer, task, inputs, num_beams, max_length, batch_size):
         return ["OCC"] * len(inputs)
 
-    served = ServedSeq2Seq(None, esm2_tokenizer(), Path("."), generate, None)
+    monkeypatch.setattr(generate_module, "generate_texts", generate)
+    served = ServedSeq2Seq(None, esm2_tokenizer(), Path("."))
     with server_thread(create_app(served, max_wait_ms=2)) as url:
         browser.send("Page.navigate", url=f"{url}/")
         browser.wait_for("document.getElementById('model').textContent.includes('seq2seq model')")

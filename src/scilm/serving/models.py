@@ -74,9 +74,10 @@ def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
 
         model, tokenizer = load_trained_classifier(str(path))
         return ServedClassifier(model, tokenizer, path)
-    load, generate, from_sources = seq2seq_functions()
-    model, tokenizer = load(str(path))
-    return ServedSeq2Seq(model.eval(), tokenizer, path, generate, from_sources)
+    from scilm.inference.generate import load_seq2seq
+
+    model, tokenizer = load_seq2seq(str(path))
+    return ServedSeq2Seq(model.eval(), tokenizer, path)
 
 
 # -- classifier -------------------------------------------------------------------------------
@@ -181,51 +182,11 @@ DEFAULT_BEAMS = 1  # greedy: CPU-friendly; the Text+Chem demo used 10 (ask with 
 DEFAULT_MAX_LENGTH = 256
 
 
-def seq2seq_functions():
-    """(load, generate_texts, generate_from_sources): ``scilm.inference.generate``'s, else a plain fallback."""
-    try:
-        from scilm.inference import generate
-    except ImportError:
-        return _load_seq2seq, _generate_texts, _generate_from_sources
-    from_sources = getattr(generate, "generate_from_sources", _generate_from_sources)
-    return generate.load_seq2seq, generate.generate_texts, from_sources
-
-
-def _load_seq2seq(path: str):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
-        raise ScilmError(f"--model {path}: cannot load ({str(exc).splitlines()[0]})") from None
-    return model.eval(), tokenizer
-
-
-@torch.inference_mode()
-def _generate_from_sources(model, tokenizer, sources, smiles, num_beams, max_length, batch_size) -> list[str]:
-    texts: list[str] = [""] * len(sources)
-    for batch in length_sorted_batches([len(s) for s in sources], batch_size):
-        encoded = tokenizer([sources[i] for i in batch], padding=True, return_tensors="pt")
-        out = model.generate(**encoded, num_beams=num_beams, max_length=max_length, do_sample=False)
-        for i, text in zip(batch, tokenizer.batch_decode(out, skip_special_tokens=True)):
-            texts[i] = text.strip()
-    return texts
-
-
-def _generate_texts(model, tokenizer, task, inputs, num_beams, max_length, batch_size) -> list[str]:
-    sources = [f"{PROMPTS[task]} {text}" for text in inputs]
-    return _generate_from_sources(model, tokenizer, sources, task in MOLECULE_TASKS, num_beams, max_length,
-                                  batch_size)
-
-
 @dataclass
 class ServedSeq2Seq:
     model: Any
     tokenizer: Any
     path: Path
-    generate: Any  # generate_texts(model, tokenizer, task, inputs, num_beams, max_length, batch_size)
-    from_sources: Any  # generate_from_sources(model, tokenizer, sources, smiles, num_beams, max_length, batch_size)
     kind: str = "seq2seq"
 
     def __post_init__(self):
@@ -259,16 +220,18 @@ class ServedSeq2Seq:
 
     def run_batch(self, group: Hashable, values: list[tuple[str | None, str]]) -> list[str]:
         """One generate call per task in the micro-batch (tasks decode SMILES differently)."""
+        from scilm.inference.generate import generate_from_sources, generate_texts
+
         beams, length = group
         outputs: list[str] = [""] * len(values)
         for task in dict.fromkeys(task for task, _ in values):
             index = [i for i, (t, _) in enumerate(values) if t == task]
             if task is None:
-                texts = self.from_sources(self.model, self.tokenizer, [values[i][1] for i in index], False,
+                texts = generate_from_sources(self.model, self.tokenizer, [values[i][1] for i in index], False,
                                           beams, length, len(index))
             else:
                 inputs = [values[i][1][len(PROMPTS[task]) + 1:] for i in index]
-                texts = self.generate(self.model, self.tokenizer, task, inputs, beams, length, len(index))
+                texts = generate_texts(self.model, self.tokenizer, task, inputs, beams, length, len(index))
             for i, text in zip(index, texts):
                 outputs[i] = text
         return outputs
