@@ -218,3 +218,24 @@ def test_shipped_deepspeed_configs_leave_batch_settings_to_the_trainer():
         config = json.loads(path.read_text())
         assert config["zero_optimization"]["stage"] in (2, 3)
         assert config["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills in --batch-size
+
+
+def test_pretrain_resumes_exactly_after_sigterm(data, tmp_path):
+    train, _ = data
+
+    def pretrain(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "scilm", "pretrain", "--data", str(train), "--model", "esm2-tiny",
+                "--epochs", "6", "--batch-size", "8", "--truncate", "100", "--save-every", "5",
+                "--out", str(out), *extra]
+
+    reference = run(pretrain(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "run"
+    stopped = start_and_signal(pretrain(out), out / "checkpoints" / "checkpoint-10" / checkpoints.MARKER,
+                               signal.SIGTERM)
+    assert stopped.returncode == 143 and "--resume" in stopped.stderr
+    resumed = run(pretrain(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result, expected = metrics(out), metrics(tmp_path / "reference")
+    assert result["resumed_from_step"] >= 10 and result["global_step"] == expected["global_step"]
+    assert result["mlm_loss"] == pytest.approx(expected["mlm_loss"], rel=1e-6)

@@ -214,6 +214,9 @@ def pretrain(
     truncate: int = Opt(1022, help="Residues kept per sequence."),
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     seed: int = Opt(0, help="Seed."),
+    save_every: Optional[int] = Opt(None, help="Checkpoint every N steps [off; always on SIGTERM]."),
+    resume: bool = Opt(False, "--resume", help="Continue from the latest complete checkpoint in --out."),
+    overwrite: bool = Opt(False, "--overwrite", help="Replace a finished run in --out."),
 ) -> None:
     """Masked-LM (continued) pre-training of an ESM-2 model on your sequences, as ESM-2 was trained."""
     from scilm.data.protein import read_proteins
@@ -221,7 +224,8 @@ def pretrain(
 
     records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None)
     path = pretrain_mlm([r.sequence for r in records], model, out, epochs=epochs, batch_size=batch_size, lr=lr,
-                        truncate=truncate, seed=seed, progress=True)
+                        truncate=truncate, seed=seed, progress=True, save_every=save_every, resume=resume,
+                        overwrite=overwrite)
     typer.echo(f"wrote {path}")
 
 

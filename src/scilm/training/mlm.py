@@ -7,20 +7,49 @@ fine-tuning methods start from where real users start.
 
 from __future__ import annotations
 
+import shutil
 import time
+import zlib
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoModelForMaskedLM,
     DataCollatorForLanguageModeling,
     EsmForMaskedLM,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
 
 from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
-from scilm.training.common import replace_dir_atomic, write_json_atomic
+from scilm.training import checkpoints
+from scilm.training.common import (
+    prepare_out_dir,
+    raise_interrupted,
+    replace_dir_atomic,
+    with_sample_index,
+    write_json_atomic,
+)
+from scilm.training.trainer import INDEX_KEY, ScilmTrainer
+
+
+class BatchSeededMaskingCollator:
+    """ESM-2 masking (15 %, 80/10/10) with a generator seeded by the run seed and the batch's samples.
+
+    The masks are a function of the batch, not of how many batches came before, so a resumed run
+    masks exactly as the uninterrupted one did (the Trainer re-collates the batches it skips, and
+    restores its RNG only after fetching the next one; a global-RNG collator drifts by a batch).
+    """
+
+    def __init__(self, tokenizer, seed: int, mlm_probability: float = 0.15):
+        self.seed = seed
+        self.masking = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+
+    def __call__(self, features: list[dict]) -> dict:
+        indices = [int(f[INDEX_KEY]) for f in features]
+        key = zlib.crc32(torch.tensor([self.seed, *indices], dtype=torch.int64).numpy().tobytes())
+        self.masking.generator = torch.Generator().manual_seed(key)
+        return self.masking([{k: v for k, v in f.items() if k != INDEX_KEY} for f in features])
 
 
 def pretrain_mlm(
@@ -33,8 +62,16 @@ def pretrain_mlm(
     truncate: int = 512,
     seed: int = 0,
     progress: bool = False,
+    save_every: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
-    """Pre-train ``model`` (preset or directory) with masked-LM loss; returns ``out/model``."""
+    """Pre-train ``model`` (preset or directory) with masked-LM loss; returns ``out/model``.
+
+    ``save_every`` / ``resume`` / ``overwrite`` work as in ``scilm train`` (atomic checkpoints,
+    SIGTERM saves one and exits non-zero).
+    """
+    out = prepare_out_dir(out, overwrite, resume)
     set_seed(seed)
     if is_preset(model):
         net, tokenizer = EsmForMaskedLM(esm2_config(model)), esm2_tokenizer()
@@ -44,9 +81,8 @@ def pretrain_mlm(
         model = resolve_source(model)
         net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model)
-    out = Path(out)
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
-    dataset = [{"input_ids": ids} for ids in encoded["input_ids"]]
+    dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=batch_size,
@@ -56,22 +92,33 @@ def pretrain_mlm(
         weight_decay=0.01,
         seed=seed,
         train_sampling_strategy="group_by_length",
-        save_strategy="no",
+        save_strategy="steps" if save_every else "no",
+        save_steps=save_every or 500,
         logging_steps=20,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,  # the collator needs each example's sample_index
         report_to=[],
         disable_tqdm=not progress,
         dataloader_pin_memory=False,
     )
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    trainer = Trainer(model=net, args=args, train_dataset=dataset, data_collator=collator)
+    collator = BatchSeededMaskingCollator(tokenizer, seed)
+    trainer = ScilmTrainer(model=net, args=args, train_dataset=dataset, data_collator=collator)
+    resume_from = checkpoints.latest_complete(out / "checkpoints") if resume else None
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.interrupted_by:
+        raise_interrupted(trainer)
+    if not trainer.is_world_process_zero():
+        return out / "model"
     tmp = out / ".model.partial"
     trainer.model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     replace_dir_atomic(tmp, out / "model")
     write_json_atomic(out / "metrics.json", {
-        "mlm_loss": result.training_loss, "runtime_s": time.perf_counter() - started,
+        "mlm_loss": trainer.run_train_loss(result.training_loss), "runtime_s": time.perf_counter() - started,
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": checkpoints.checkpoint_step(resume_from) if resume_from else None,
         "n_sequences": len(sequences), "epochs": epochs, "model": model, "lr": lr, "truncate": truncate,
     })
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return out / "model"
