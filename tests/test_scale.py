@@ -239,3 +239,25 @@ def test_pretrain_resumes_exactly_after_sigterm(data, tmp_path):
     result, expected = metrics(out), metrics(tmp_path / "reference")
     assert result["resumed_from_step"] >= 10 and result["global_step"] == expected["global_step"]
     assert result["mlm_loss"] == pytest.approx(expected["mlm_loss"], rel=1e-6)
+
+
+def test_seq2seq_resumes_exactly_after_a_crash(tmp_path):
+    """Text+Chem T5 runs resume the same way (here: killed inside checkpoint-15, resumed from 10)."""
+    sample = REPO / "tests" / "data" / "textchem" / "textchem-sample"
+
+    def seq2seq(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "scilm", "train", "--data", str(sample / "train.jsonl"),
+                "--valid", str(sample / "valid.jsonl"), "--model", "t5-tiny", "--batch-size", "4",
+                "--max-source-length", "64", "--max-target-length", "48", "--epochs", "10", "--lr", "3e-3",
+                "--save-every", "5", "--no-progress", "--out", str(out), *extra]
+
+    reference = run(seq2seq(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "run"
+    assert run(seq2seq(out), SCILM_FAULT_KILL_IN_CHECKPOINT="15").returncode == -signal.SIGKILL
+    resumed = run(seq2seq(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result, expected = metrics(out), metrics(tmp_path / "reference")
+    assert result["resumed_from_step"] == 10
+    for key in ("global_step", "eval_loss", "train_loss"):
+        assert result[key] == pytest.approx(expected[key], rel=1e-6), key
