@@ -310,6 +310,18 @@ def test_reuse_weights_are_unbiased():
     assert 0.45 < kept.numel() / n < 0.56
 
 
+def test_blind_reuse_control_keeps_at_the_same_rate_ignoring_losses():
+    n = 20_000
+    losses = torch.arange(n, dtype=torch.float32)  # sample i's loss is i: a loss-driven plan keeps the top
+    real, blind = ReuseLossSifter(n, 2.0, seed=0), ReuseLossSifter(n, 2.0, seed=0, blind=True)
+    for sifter_ in (real, blind):
+        sifter_.record(torch.arange(n), losses)
+    kept_real, kept_blind = real.plan_epoch(), blind.plan_epoch()
+    assert abs(kept_real.numel() - kept_blind.numel()) < 0.03 * n  # same expected keep rate
+    assert kept_real.float().mean() > 0.7 * n  # high losses preferred ...
+    assert abs(kept_blind.float().mean().item() - n / 2) < 0.03 * n  # ... the control is blind to them
+
+
 def test_reuse_never_seen_samples_are_kept():
     sifter_ = ReuseLossSifter(100, beta_value=3.0)
     sifter_.record(torch.arange(50), torch.rand(50))

@@ -63,7 +63,7 @@ def train(
     sift_beta: Optional[float] = Opt(None, help="Smart sifting: keep ~1/(1+beta) of samples [off]."),
     sift_history: Optional[int] = Opt(None, help="Sifting: losses in the percentile window [500]."),
     sift_delay: Optional[int] = Opt(None, help="Sifting: unsifted steps first [10]."),
-    sift_policy: Optional[str] = Opt(None, help="Sifting: relative (extra scoring pass) | reuse | random (control) [relative]."),
+    sift_policy: Optional[str] = Opt(None, help="Sifting: relative (extra scoring pass) | reuse | random, reuse-random (blind controls) [relative]."),
     lr_decay: Optional[float] = Opt(None, help="Per-epoch multiplicative lr decay, e.g. 0.99 [linear schedule]."),
     eval_steps: Optional[int] = Opt(None, help="Validate every N steps [every epoch]."),
     eval_max_batches: Optional[int] = Opt(None, help="Validate on at most M batches [all]."),

@@ -34,7 +34,8 @@ def reuse_keep_probability(last_losses: torch.Tensor, beta: float, min_keep: flo
 class ReuseLossSifter:
     """Per-sample last losses, the epoch's keep plan and the 1/p weights of kept samples."""
 
-    def __init__(self, num_samples: int, beta_value: float = 1.0, min_keep: float = 0.1, seed: int = 0):
+    def __init__(self, num_samples: int, beta_value: float = 1.0, min_keep: float = 0.1, seed: int = 0,
+                 blind: bool = False):
         if num_samples < 1:
             raise ScilmError(f"num_samples must be >= 1, got {num_samples}")
         if not beta_value > 0:
@@ -46,6 +47,9 @@ class ReuseLossSifter:
         self.weights = torch.ones(num_samples)
         self.generator = torch.Generator().manual_seed(seed)
         self.planned = self.kept = 0
+        # blind: a control that records random numbers instead of losses (same keep rates and weights)
+        self.blind = blind
+        self._blind_generator = torch.Generator().manual_seed(seed + 104729)
 
     def plan_epoch(self) -> torch.Tensor:
         """Draw this epoch's kept indices (sorted, long) and set their weights 1/p."""
@@ -63,7 +67,8 @@ class ReuseLossSifter:
         losses = losses.reshape(-1)
         if indices.numel() != losses.numel():
             raise ScilmError(f"got {indices.numel()} indices for {losses.numel()} losses")
-        self.last_loss[indices] = losses.detach().float().cpu()
+        scores = torch.rand(indices.numel(), generator=self._blind_generator) if self.blind else losses.detach()
+        self.last_loss[indices] = scores.float().cpu()
         weight = self.weights[indices].clamp(min=1.0)  # samples outside the plan (e.g. first epoch) weigh 1
         return (losses * weight.to(losses.device, losses.dtype)).mean()
 

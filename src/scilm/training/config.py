@@ -12,7 +12,8 @@ import yaml
 from scilm.errors import ScilmError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SIFT_POLICIES = ("relative", "reuse", "random")  # random: a control that drops at the same rate, blindly
+# random / reuse-random: controls that drop at the same rate as relative / reuse, blind to the losses
+SIFT_POLICIES = ("relative", "reuse", "random", "reuse-random")
 
 
 @dataclass
@@ -112,12 +113,12 @@ class TrainConfig:
             if not self.sift_beta > 0:
                 raise ScilmError(f"--sift-beta must be positive (got {self.sift_beta})")
             if self.sift_policy not in SIFT_POLICIES:
-                raise ScilmError(f"--sift-policy must be relative, reuse or random (got {self.sift_policy!r})")
+                raise ScilmError(f"--sift-policy must be one of {', '.join(SIFT_POLICIES)} (got {self.sift_policy!r})")
             if self.sift_history < 2 or self.sift_delay < 0:
                 raise ScilmError("--sift-history must be at least 2 and --sift-delay at least 0")
         if self.nproc < 1 or self.keep_checkpoints < 1 or (self.save_every is not None and self.save_every < 1):
             raise ScilmError("--nproc, --keep-checkpoints and --save-every must be at least 1")
-        if self.sift_beta is not None and self.sift_policy == "reuse" and (self.nproc > 1 or self.resume):
+        if self.sift_beta is not None and self.sift_policy.startswith("reuse") and (self.nproc > 1 or self.resume):
             raise ScilmError("--sift-policy reuse runs in one process and cannot resume (its epochs change "
                              "length); use --sift-policy relative")
         if self.keep_best and self.save_every:

@@ -73,8 +73,9 @@ class SiftingTrainer(ScilmTrainer):
         self.sift_loss = sift_loss  # scoring loss of the relative policy
         self.per_sample_loss = per_sample_loss  # (outputs, labels) -> (n,) losses, for the reuse policy
         self.sifting_loader: SiftingDataloader | None = None
-        self.reuse = (ReuseLossSifter(len(self.train_dataset), sift.beta, seed=sift.seed)
-                      if sift.policy == "reuse" else None)
+        self.reuse = (ReuseLossSifter(len(self.train_dataset), sift.beta, seed=sift.seed,
+                                      blind=sift.policy == "reuse-random")
+                      if sift.policy.startswith("reuse") else None)
         self._saved_sift_state: dict | None = None
         self.add_callback(_StopAfterEpochs(self))
 
@@ -162,10 +163,10 @@ def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sif
     from scilm.training.common import training_arguments
 
     extra = dict(args_extra or {})
-    if config.sift_policy != "reuse" and not config.max_steps:  # a sifted loader has no length
+    if not config.sift_policy.startswith("reuse") and not config.max_steps:  # a sifted loader has no length
         extra["max_steps"] = sifted_step_budget(
             len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
-    if config.sift_policy != "reuse":
+    if not config.sift_policy.startswith("reuse"):
         # the sifting loader restores its own position on resume; the Trainer must not skip batches
         extra["ignore_data_skip"] = True
     args = training_arguments(config, out / "checkpoints", precision, **extra)
