@@ -261,3 +261,9 @@ def test_seq2seq_resumes_exactly_after_a_crash(tmp_path):
     assert result["resumed_from_step"] == 10
     for key in ("global_step", "eval_loss", "train_loss"):
         assert result[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
+def test_reuse_policy_refused_under_a_hand_started_torchrun(run_cli, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set; --nproc stays 1
+    result = run_cli(*train_args(data, tmp_path / "reuse")[3:], "--sift-beta", "1", "--sift-policy", "reuse")
+    assert result.exit_code == 2 and "--sift-policy reuse runs in one process" in result.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import itertools
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -163,6 +165,22 @@ def test_resume_from_state_dict_continues_identically():
     assert kept_ids(head) + kept_ids(resumed) == full
     assert resumed.stats()["samples_seen"] == first.stats()["samples_seen"] + (
         2000 - first._counts["raw_in_epoch"] * 50)
+
+
+def test_resume_saved_after_an_epochs_last_batch_goes_on_with_the_next_epoch():
+    """A checkpoint taken right after an epoch's final batch: the resumed pass must not come back empty
+    (a trainer reads an empty pass as "no data" and stops)."""
+    reference = sifter(seed=5)
+    epochs = [list(reference), list(reference)]
+    two_epochs = [kept_ids(batches) for batches in epochs]
+    first = sifter(seed=5)
+    head = list(itertools.islice(iter(first), len(epochs[0])))  # the whole epoch; its generator not yet exhausted
+    assert first.stats()["epochs"] == 0
+    assert kept_ids(head) == two_epochs[0]
+    resumed = sifter(seed=5)
+    resumed.load_state_dict(first.state_dict())
+    rest = list(resumed)
+    assert rest and kept_ids(rest) == two_epochs[1]
 
 
 def test_model_modes_restored_and_scoring_in_eval():

@@ -32,6 +32,6 @@ def test_sifted_training_runs_its_epochs(run_cli, tiny_fastas, tmp_path, policy)
 def test_bad_sift_settings(run_cli, tiny_fastas, tmp_path):
     result = run_cli("train", "--data", tiny_fastas[0], "--out", tmp_path / "o", "--sift-beta", "1",
                      "--sift-policy", "hardest")
-    assert result.exit_code == 2 and "--sift-policy must be relative, reuse or random" in result.stderr
+    assert result.exit_code == 2 and "--sift-policy must be one of relative, reuse, random, reuse-random" in result.stderr
     result = run_cli("train", "--data", tiny_fastas[0], "--out", tmp_path / "o", "--sift-beta", "-1")
     assert result.exit_code == 2 and "--sift-beta must be positive" in result.stderr

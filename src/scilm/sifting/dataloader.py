@@ -150,13 +150,20 @@ class SiftingDataloader:
     # -- iteration --------------------------------------------------------------------------------
     def _iterate(self) -> Iterator:
         c = self._counts
-        skip = int(c["raw_in_epoch"]) if self._resuming else 0
-        if not self._resuming:
+        resumed = self._resuming
+        skip = int(c["raw_in_epoch"]) if resumed else 0
+        if not resumed:
             c["epoch_step"] = c["raw_in_epoch"] = 0
         self._resuming = False
-        it = iter(self.orig_dataloader)
+        if resumed:  # iter() draws a worker seed from the global RNG, which the trainer has just restored
+            rng = torch.get_rng_state()
+            it = iter(self.orig_dataloader)
+            torch.set_rng_state(rng)
+        else:
+            it = iter(self.orig_dataloader)
         for _ in range(skip):  # resume mid-epoch: these raw batches were consumed before the checkpoint
             next(it, None)
+        steps_before = c["step"]
         self._mark = time.perf_counter()
         for raw in it:
             c["raw_in_epoch"] += 1
@@ -182,6 +189,11 @@ class SiftingDataloader:
         c["epochs"] += 1
         c["raw_in_epoch"] = 0  # a finished epoch leaves nothing to skip on resume
         logger.info("sifting epoch done: %s", self._summary())
+        if resumed and c["step"] == steps_before:
+            # The checkpoint fell at the end of an epoch: its remainder yields nothing, and an empty
+            # pass would read as "no data" to a trainer. Go straight on with the next epoch.
+            self.set_epoch(int(c["epochs"]))
+            yield from self._iterate()
 
     def _select(self, losses: torch.Tensor) -> torch.Tensor:
         """This rank's keep mask; updates the history, the global counters and every rank's pending count."""
@@ -190,7 +202,7 @@ class SiftingDataloader:
             keep = select_by_loss(losses, self.history, beta, self.generator)
             parts = [keep]
         else:
-            gathered = gather_losses(losses, self._batch_size)
+            gathered = gather_losses(losses.to(self._device()), self._batch_size)  # NCCL gathers GPU tensors
             keep_all = select_by_loss(torch.cat(gathered), self.history, beta, self.generator)
             parts = list(torch.split(keep_all, [part.numel() for part in gathered]))
             keep = parts[self._rank]
@@ -311,6 +323,8 @@ class SiftingDataloader:
         return {"history": self.history.state_dict(), "rng": self.generator.get_state(),
                 "counts": dict(self._counts), "buffer": buffer, "buffered": self._buffered,
                 "pending": list(self._pending), "world_size": self._world,
+                "loss_rng": (self.loss_impl.generator.get_state()  # e.g. RandomLoss, the blind control
+                             if isinstance(getattr(self.loss_impl, "generator", None), torch.Generator) else None),
                 "batch_size": self._batch_size, "disabled": self.disabled,
                 "cost_checked": self.cost_verdict is not None}
 
@@ -328,6 +342,8 @@ class SiftingDataloader:
                              f"{self._world}; resume with the same number of processes")
         self._buffer, self._buffered = list(state["buffer"]), int(state["buffered"])
         self._pending = list(state.get("pending", [self._buffered]))
+        if state.get("loss_rng") is not None and isinstance(getattr(self.loss_impl, "generator", None), torch.Generator):
+            self.loss_impl.generator.set_state(state["loss_rng"])
         self._batch_size = state["batch_size"]
         self.disabled = bool(state["disabled"])
         if state.get("cost_checked") and self.cost_verdict is None:

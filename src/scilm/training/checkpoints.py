@@ -34,7 +34,10 @@ def checkpoint_step(path: Path) -> int | None:
 def _checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    try:  # another rank may be deleting old checkpoints meanwhile
+        found = [p for p in root.iterdir() if checkpoint_step(p) is not None and p.is_dir()]
+    except FileNotFoundError:
+        return []
     return sorted(found, key=lambda p: checkpoint_step(p))
 
 
@@ -102,6 +105,7 @@ def rotate(root: Path, keep: int, protect: Path | str | None = None) -> None:
     for path in surplus:
         if protected is not None and path.resolve() == protected:
             continue
+        (path / MARKER).unlink(missing_ok=True)  # first: a half-deleted checkpoint never counts
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -24,7 +24,8 @@ from scilm.training.distributed import is_main_process, world_size
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("metrics.json", "model")
+RUN_FILES = ("metrics.json", "model")  # a new run refuses to replace these without --overwrite
+FINISHED = "metrics.json"  # written last: its presence alone marks a finished run
 
 
 def resolve_precision(precision: str) -> str:
@@ -50,14 +51,17 @@ def prepare_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> P
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScilmError(f"--out {out}: exists and is not a directory")
-    finished = [name for name in RUN_FILES if (out / name).exists()]
-    if finished and (resume or not overwrite):
-        what = "it is finished" if resume else "pass --overwrite to replace it or choose another --out"
-        raise ScilmError(f"--out {out}: already holds a finished run ({', '.join(finished)}); {what}")
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if resume and (out / FINISHED).exists():
+        raise ScilmError(f"--out {out}: the run there is finished ({FINISHED}); there is nothing to resume")
+    if present and not resume and not overwrite:
+        raise ScilmError(f"--out {out}: already holds a finished run ({', '.join(present)}); "
+                         "pass --overwrite to replace it or choose another --out")
     root = out / "checkpoints"
     if is_main_process():
-        if overwrite and root.exists():
-            shutil.rmtree(root)
+        if overwrite:  # the old result stops counting as finished; model/ is replaced only at the end
+            (out / FINISHED).unlink(missing_ok=True)
+            shutil.rmtree(root, ignore_errors=True)
         checkpoints.remove_incomplete(root)
     latest = checkpoints.latest_complete(root)
     if resume and latest is None:

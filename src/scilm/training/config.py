@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ class TrainConfig:
                 raise ScilmError("--sift-history must be at least 2 and --sift-delay at least 0")
         if self.nproc < 1 or self.keep_checkpoints < 1 or (self.save_every is not None and self.save_every < 1):
             raise ScilmError("--nproc, --keep-checkpoints and --save-every must be at least 1")
-        if self.sift_beta is not None and self.sift_policy.startswith("reuse") and (self.nproc > 1 or self.resume):
+        processes = max(self.nproc, int(os.environ.get("WORLD_SIZE", "1")))  # WORLD_SIZE: under torchrun
+        if self.sift_beta is not None and self.sift_policy.startswith("reuse") and (processes > 1 or self.resume):
             raise ScilmError("--sift-policy reuse runs in one process and cannot resume (its epochs change "
                              "length); use --sift-policy relative")
         if self.keep_best and self.save_every:

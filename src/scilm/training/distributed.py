@@ -62,17 +62,24 @@ def launch_torchrun(nproc: int, train_argv: list[str]) -> int:
     ``train_argv`` are the arguments after ``train`` (``--nproc`` already removed). A failed
     process's own message is printed by that process; this adds one line, never a traceback.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     if nproc < 1:
         raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "scilm", "train", *train_argv])
+    # workers get time to finish their step and save a checkpoint when the launcher is signalled
+    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "--shutdown-timeout=600",
+                       "-m", "scilm", "train", *train_argv])
     print(f"scilm: training in {nproc} processes (torchrun --standalone --nproc_per_node {nproc})",
           file=sys.stderr, flush=True)
     try:
         run(args)
+    except SignalException as exc:
+        print(f"error: stopped by {exc.sigval.name}; the workers saved a checkpoint if they could; to continue, "
+              "run the same command with --resume", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         codes = sorted({failure.exitcode for failure in exc.failures.values()})
         code = next((c for c in codes if c and c > 0), 1)

@@ -70,13 +70,34 @@ class _StopOnSignal(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         received = self.trainer.signal_received
-        flag = torch.tensor([0 if received is None else int(received)])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-        if int(flag):
-            self.trainer.interrupted_by = signal.Signals(int(flag)).name
+        flag = int(_all_ranks_max(0 if received is None else int(received), args.device))
+        if flag:  # every rank stops at the same step
+            self.trainer.interrupted_by = signal.Signals(flag).name
             control.should_save = True
             control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.trainer.interrupted_by:  # the checkpoint is saved: no end-of-epoch evaluation or save
+            control.should_evaluate = False
+            control.should_save = False
+
+
+def _all_ranks_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of a scalar tensor over all ranks (itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    total = tensor.detach().clone().reshape(1)
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
+def _all_ranks_max(value: float, device) -> float:
+    """``value`` maxed over all ranks (itself when not distributed); a tensor on ``device`` (NCCL wants GPU)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    tensor = torch.tensor([float(value)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 class ScilmTrainer(Trainer):
@@ -117,8 +138,10 @@ class ScilmTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         indices = inputs.pop(INDEX_KEY, None)
         loss, outputs = self.batch_loss(model, inputs, indices, num_items_in_batch)
-        if model.training and not bool(torch.isfinite(loss.detach()).all()):
-            loss = self._nonfinite(loss, indices, model)
+        if model.training:
+            bad = not bool(torch.isfinite(loss.detach()).all())
+            if _all_ranks_max(float(bad), self.args.device):  # all ranks stop or skip together
+                loss = self._nonfinite(loss, indices, model, here=bad)
         return (loss, outputs) if return_outputs else loss
 
     def batch_loss(self, model, inputs, indices, num_items_in_batch):
@@ -129,9 +152,9 @@ class ScilmTrainer(Trainer):
         inputs.pop(INDEX_KEY, None)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
-    def _nonfinite(self, loss: torch.Tensor, indices, model) -> torch.Tensor:
+    def _nonfinite(self, loss: torch.Tensor, indices, model, here: bool = True) -> torch.Tensor:
         step = self.state.global_step + 1
-        samples = self._describe(indices)
+        samples = self._describe(indices) if here else f"another rank's batch (rank {rank()} had a finite loss)"
         if not self.skip_nonfinite:
             raise NonFiniteLoss(
                 f"non-finite training loss ({float(loss.detach().float().mean())}) at step {step}, batch of {samples}; "
@@ -151,16 +174,19 @@ class ScilmTrainer(Trainer):
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
         path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        if checkpoints.is_complete(path):  # already saved at this step (e.g. signal, then epoch end)
+            return
+        super()._save_checkpoint(model, trial)
         self.save_extra_state(path)
+        loss_sum = self._loss_sum()  # a collective: every rank computes it
         barrier()  # every rank's files are written
         if is_main_process():
             checkpoints.maybe_inject_fault(path, self.state.global_step)
             state = {"global_step": self.state.global_step, "world_size": world_size(),
                      "train_seconds": self.eval_history.train_seconds(),
                      "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
-                     "train_loss_sum": self._loss_sum()}
+                     "train_loss_sum": loss_sum}
             (path / checkpoints.SCILM_STATE).write_text(json_dumps(state), encoding="utf-8")
             checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
             checkpoints.rotate(path.parent, self.keep_checkpoints, self.state.best_model_checkpoint)
@@ -232,10 +258,15 @@ class ScilmTrainer(Trainer):
                 signal.signal(sig, old)
 
     def _loss_sum(self) -> float:
-        """Sum of the step losses so far, all segments (the Trainer's running sums are private)."""
+        """Sum of the step losses so far, all segments (the Trainer's running sums are private).
+
+        The part not yet logged is per rank: it is averaged over ranks, as the Trainer's logging does.
+        """
         running = getattr(self, "_tr_loss", None)
-        return (self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0))
-                + (float(running) if isinstance(running, torch.Tensor) else 0.0))
+        if not isinstance(running, torch.Tensor):
+            return self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0))
+        unlogged = float(_all_ranks_mean(running.detach()))
+        return self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0)) + unlogged
 
     def run_train_loss(self, segment_mean: float) -> float:
         """Mean step loss of the whole run, given this segment's mean (the Trainer's ``training_loss``)."""
