@@ -267,3 +267,23 @@ def test_reuse_policy_refused_under_a_hand_started_torchrun(run_cli, data, tmp_p
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun / accelerate launch set; --nproc stays 1
     result = run_cli(*train_args(data, tmp_path / "reuse")[3:], "--sift-beta", "1", "--sift-policy", "reuse")
     assert result.exit_code == 2 and "--sift-policy reuse runs in one process" in result.stderr
+
+
+def test_two_process_sifting_run_stopped_by_sigterm_resumes_exactly(data, tmp_path):
+    """SIGTERM to the --nproc launcher: torchrun forwards it, both ranks stop at the same step and
+    save; the resumed 2-process run ends where an uninterrupted one does, selection included."""
+    ddp = ("--nproc", "2", "--sift-beta", "1", "--sift-delay", "2")
+    reference_out, out = tmp_path / "reference", tmp_path / "run"
+    reference = run(train_args(data, reference_out, *ddp))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    stopped = start_and_signal(train_args(data, out, *ddp), out / "checkpoints" / "checkpoint-10" / checkpoints.MARKER,
+                               signal.SIGTERM)
+    assert stopped.returncode == 143
+    assert stopped.stderr.count("error: stopped by SIGTERM at step") == 1  # rank 0 only
+    resumed = run(train_args(data, out, *ddp, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result, expected = metrics(out), metrics(reference_out)
+    assert result["resumed_from_step"] >= 10 and result["processes"] == 2
+    assert_same_run(result, expected)
+    for key in ("samples_seen", "samples_kept"):
+        assert result["sifting"][key] == expected["sifting"][key], key

@@ -304,8 +304,11 @@ def main() -> None:
     try:
         app()
     except ScilmError as exc:
+        code = getattr(exc, "exit_code", 2)
+        if code != 2 and os.environ.get("RANK", "0") != "0":
+            sys.exit(code)  # a signal stop: rank 0 says it once for all ranks
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(getattr(exc, "exit_code", 2))
+        sys.exit(code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
