@@ -14,8 +14,10 @@ Everything else (DDP, FSDP, DeepSpeed, optimizer, scheduler, RNG restore) is the
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -187,7 +189,8 @@ class ScilmTrainer(Trainer):
                      "train_seconds": self.eval_history.train_seconds(),
                      "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
                      "train_loss_sum": loss_sum}
-            (path / checkpoints.SCILM_STATE).write_text(json_dumps(state), encoding="utf-8")
+            (path / checkpoints.SCILM_STATE).write_text(json.dumps(state, indent=2, default=str) + "\n",
+                                                        encoding="utf-8")
             checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
             checkpoints.rotate(path.parent, self.keep_checkpoints, self.state.best_model_checkpoint)
         barrier()  # nobody moves on (or stops) before the checkpoint is complete
@@ -238,8 +241,6 @@ class ScilmTrainer(Trainer):
     @contextlib.contextmanager
     def _signals_handled(self):
         """SIGTERM/SIGINT set a flag (acted on at the end of the step); a second SIGINT aborts."""
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -277,9 +278,3 @@ class ScilmTrainer(Trainer):
 
     def latest_checkpoint(self) -> Path | None:
         return checkpoints.latest_complete(Path(self.args.output_dir))
-
-
-def json_dumps(data: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
