@@ -305,8 +305,11 @@ def main() -> None:
         app()
     except ScilmError as exc:
         code = getattr(exc, "exit_code", 2)
-        if code != 2 and os.environ.get("RANK", "0") != "0":
-            sys.exit(code)  # a signal stop: rank 0 says it once for all ranks
+        if code != 2:  # a signal stop: rank 0 says it once for all ranks
+            from scilm.training.distributed import is_main_process
+
+            if not is_main_process():
+                sys.exit(code)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(code)
     except KeyboardInterrupt:

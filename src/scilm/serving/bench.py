@@ -186,9 +186,10 @@ def forward_ceiling(model_path: Path, residues: int, batch: int = 16, seconds: f
     whatever the server does: when batch 1 already keeps every core busy it is close to 1.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_path), use_safetensors=True).eval()
+    from scilm.models.protein import load_trained_classifier
+
+    model, _ = load_trained_classifier(str(model_path))
     rates = {}
     for size in (1, batch):
         ids = torch.randint(4, 24, (size, residues + 2))

@@ -18,7 +18,7 @@ from scilm.errors import ScilmError
 from scilm.sifting.batching import BatchTransform, batch_size, concat, take, to_device
 from scilm.sifting.config import RelativeProbabilisticSiftConfig
 from scilm.sifting.cost import ON_NO_GAIN, CostVerdict, check_cost
-from scilm.sifting.distributed import active_world, all_reduce_sum, gather_losses
+from scilm.sifting.distributed import active_world, all_reduce, gather_losses
 from scilm.sifting.loss import Loss
 from scilm.sifting.selection import LossHistory, select_by_loss
 
@@ -102,12 +102,12 @@ class SiftingDataloader:
         self._batch_size: int | None = getattr(orig_dataloader, "batch_size", None)
         self._counts: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
         self._buffer: list = []  # kept samples not yet yielded, in transformed form
-        self._buffered = 0
         rank, world = active_world()
         if distributed is False:
             rank, world = 0, 1
         self._rank, self._world = rank, world
-        self._pending = [0] * world  # every rank's buffered count (the same list on every rank)
+        # every rank's count of samples in its buffer (the same list on every rank); ours: [rank]
+        self._pending = [0] * world
         self._resuming = False
         self._mark = time.perf_counter()
 
@@ -155,12 +155,10 @@ class SiftingDataloader:
         if not resumed:
             c["epoch_step"] = c["raw_in_epoch"] = 0
         self._resuming = False
-        if resumed:  # iter() draws a worker seed from the global RNG, which the trainer has just restored
-            rng = torch.get_rng_state()
-            it = iter(self.orig_dataloader)
+        rng = torch.get_rng_state()
+        it = iter(self.orig_dataloader)
+        if resumed:  # iter() drew a worker seed from the global RNG, which the trainer has just restored
             torch.set_rng_state(rng)
-        else:
-            it = iter(self.orig_dataloader)
         for _ in range(skip):  # resume mid-epoch: these raw batches were consumed before the checkpoint
             next(it, None)
         steps_before = c["step"]
@@ -180,7 +178,6 @@ class SiftingDataloader:
             index = keep.nonzero().reshape(-1)
             if index.numel():
                 self._buffer.append(take(batch, index, n))
-                self._buffered += index.numel()
             while min(self._pending) >= self._batch_size:
                 yield from self._emit(self._pop(self._batch_size), sifted=True)
         final = min(self._pending)  # the final partial batch (of the same size on every rank)
@@ -226,10 +223,9 @@ class SiftingDataloader:
     def _pop(self, k: int) -> Any:
         """The first ``k`` buffered samples as one batch (in the caller's batch type)."""
         joined = concat(self._buffer, self.pad_values)
-        total = self._buffered
+        total = self._pending[self._rank]
         out = take(joined, torch.arange(k), total) if k < total else joined
         self._buffer = [take(joined, torch.arange(k, total), total)] if k < total else []
-        self._buffered = total - k
         self._pending = [pending - k for pending in self._pending]
         return self.batch_transforms.reverse_transform(out), k
 
@@ -282,7 +278,7 @@ class SiftingDataloader:
     def _check_cost(self) -> None:
         c = self._counts
         # timings summed over ranks, so every rank reaches the same verdict (and stays in lockstep)
-        scoring, train_seconds, train_samples = all_reduce_sum(
+        scoring, train_seconds, train_samples = all_reduce(
             [c["scoring_seconds"], c["sifted_train_seconds"], c["sifted_train_samples"]], self._device())
         if not (c["samples_seen"] and train_samples):
             return
@@ -321,7 +317,7 @@ class SiftingDataloader:
         """Everything that decides future selections: history, RNG, counters, pending samples."""
         buffer = [dict(b) if isinstance(b, Mapping) else b for b in self._buffer]  # plain types: weights_only load
         return {"history": self.history.state_dict(), "rng": self.generator.get_state(),
-                "counts": dict(self._counts), "buffer": buffer, "buffered": self._buffered,
+                "counts": dict(self._counts), "buffer": buffer,
                 "pending": list(self._pending), "world_size": self._world,
                 "loss_rng": (self.loss_impl.generator.get_state()  # e.g. RandomLoss, the blind control
                              if isinstance(getattr(self.loss_impl, "generator", None), torch.Generator) else None),
@@ -340,8 +336,7 @@ class SiftingDataloader:
         if int(state.get("world_size", 1)) != self._world:
             raise ScilmError(f"sifting state saved by {state.get('world_size', 1)} processes cannot resume in "
                              f"{self._world}; resume with the same number of processes")
-        self._buffer, self._buffered = list(state["buffer"]), int(state["buffered"])
-        self._pending = list(state.get("pending", [self._buffered]))
+        self._buffer, self._pending = list(state["buffer"]), list(state["pending"])
         if state.get("loss_rng") is not None and isinstance(getattr(self.loss_impl, "generator", None), torch.Generator):
             self.loss_impl.generator.set_state(state["loss_rng"])
         self._batch_size = state["batch_size"]

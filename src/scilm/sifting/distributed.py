@@ -33,10 +33,13 @@ def gather_losses(losses: torch.Tensor, pad_to: int) -> list[torch.Tensor]:
     return [r[1:int(r[0].item()) + 1].cpu() for r in rows]
 
 
-def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> list[float]:
-    """Elementwise sum over ranks (identity when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def all_reduce(values: list[float], device: torch.device | str = "cpu", op: str = "sum") -> list[float]:
+    """Elementwise ``op`` ("sum" or "max") over ranks (identity when not distributed).
+
+    ``device``: where the collective runs; NCCL needs the training GPU, gloo the CPU.
+    """
+    if active_world()[1] == 1:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return tensor.tolist()

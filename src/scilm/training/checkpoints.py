@@ -88,12 +88,10 @@ def _fsync_dir(path: Path) -> None:
 
 def write_marker(path: Path, info: dict[str, Any]) -> None:
     """Flush the checkpoint, then atomically add its ``COMPLETE`` marker."""
+    from scilm.training.common import write_json_atomic  # common imports this module
+
     fsync_tree(path)
-    tmp = path / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(info, sort_keys=True) + "\n", encoding="utf-8")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path / MARKER)
+    write_json_atomic(path / MARKER, info)
     _fsync_dir(path)
 
 

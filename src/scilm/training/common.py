@@ -146,23 +146,18 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
     """
     from scilm.training.metrics import peak_memory, reset_peak_memory
 
-    resume = checkpoints.latest_complete(Path(trainer.args.output_dir)) if config.resume else None
     processes = world_size()
     engine = ("FSDP" if trainer.is_fsdp_enabled else "DeepSpeed" if trainer.is_deepspeed_enabled
               else "DDP" if processes > 1 else "single process")
     if is_main_process():
-        log.info("training in %d process%s (%s)%s", processes, "es" if processes > 1 else "", engine,
-                 f", resuming from {resume}" if resume else "")
+        log.info("training in %d process%s (%s)", processes, "es" if processes > 1 else "", engine)
     reset_peak_memory()
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    train_output = trainer.train_or_resume(config.resume)
     runtime = time.perf_counter() - started
-    if trainer.interrupted_by:
-        raise_interrupted(trainer)
     peak_mb, peak_method = peak_memory()
     eval_metrics = trainer.evaluate(eval_dataset=eval_dataset)
-    resumed_step = checkpoints.checkpoint_step(resume) if resume else None
-    steps_run = trainer.state.global_step - (resumed_step or 0)
+    steps_run = trainer.state.global_step - trainer.resumed_step
     samples_seen = steps_run * config.batch_size * config.grad_accum * processes
     history = trainer.eval_history
     return {
@@ -174,7 +169,7 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
         "peak_memory_mb": peak_mb,
         "peak_memory_method": peak_method,
         "global_step": trainer.state.global_step,
-        "resumed_from_step": resumed_step,
+        "resumed_from_step": trainer.resumed_step or None,
         "train_seconds_total": history.train_seconds(),  # all segments of a resumed run
         "processes": processes,
         "engine": engine,
@@ -212,18 +207,6 @@ def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
-def raise_interrupted(trainer) -> None:
-    """The one-line message of a run stopped by a signal, after its checkpoint is complete."""
-    from scilm.training.trainer import RunInterrupted
-
-    latest = trainer.latest_checkpoint()
-    name = trainer.interrupted_by
-    raise RunInterrupted(
-        f"stopped by {name} at step {trainer.state.global_step}; checkpoint saved in {latest}; "
-        "to continue, run the same command with --resume",
-        exit_code=130 if name == "SIGINT" else 143)
-
-
 def library_versions() -> dict[str, str]:
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for package in ("scilm", "torch", "transformers", "peft", "accelerate"):
@@ -237,10 +220,17 @@ def library_versions() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` so that ``path`` holds either the old file or the whole new one, never half."""
+    """Write ``data`` so that ``path`` holds either the old file or the whole new one, never half.
+
+    The new file is flushed to disk before it replaces the old one (a crash right after the
+    rename still finds it whole).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 

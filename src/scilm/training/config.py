@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +118,9 @@ class TrainConfig:
                 raise ScilmError("--sift-history must be at least 2 and --sift-delay at least 0")
         if self.nproc < 1 or self.keep_checkpoints < 1 or (self.save_every is not None and self.save_every < 1):
             raise ScilmError("--nproc, --keep-checkpoints and --save-every must be at least 1")
-        processes = max(self.nproc, int(os.environ.get("WORLD_SIZE", "1")))  # WORLD_SIZE: under torchrun
+        from scilm.training.distributed import world_size  # WORLD_SIZE under torchrun / accelerate launch
+
+        processes = max(self.nproc, world_size())
         if self.sift_beta is not None and self.sift_policy.startswith("reuse") and (processes > 1 or self.resume):
             raise ScilmError("--sift-policy reuse runs in one process and cannot resume (its epochs change "
                              "length); use --sift-policy relative")

@@ -22,10 +22,8 @@ from transformers import (
 )
 
 from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
-from scilm.training import checkpoints
 from scilm.training.common import (
     prepare_out_dir,
-    raise_interrupted,
     replace_dir_atomic,
     with_sample_index,
     write_json_atomic,
@@ -103,11 +101,8 @@ def pretrain_mlm(
     )
     collator = BatchSeededMaskingCollator(tokenizer, seed)
     trainer = ScilmTrainer(model=net, args=args, train_dataset=dataset, data_collator=collator)
-    resume_from = checkpoints.latest_complete(out / "checkpoints") if resume else None
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    if trainer.interrupted_by:
-        raise_interrupted(trainer)
+    result = trainer.train_or_resume(resume)
     if not trainer.is_world_process_zero():
         return out / "model"
     tmp = out / ".model.partial"
@@ -117,7 +112,7 @@ def pretrain_mlm(
     write_json_atomic(out / "metrics.json", {
         "mlm_loss": trainer.run_train_loss(result.training_loss), "runtime_s": time.perf_counter() - started,
         "global_step": trainer.state.global_step,
-        "resumed_from_step": checkpoints.checkpoint_step(resume_from) if resume_from else None,
+        "resumed_from_step": trainer.resumed_step or None,
         "n_sequences": len(sequences), "epochs": epochs, "model": model, "lr": lr, "truncate": truncate,
     })
     shutil.rmtree(out / "checkpoints", ignore_errors=True)

@@ -12,7 +12,6 @@ A sifted epoch has no fixed number of steps, so the learning rate follows the sh
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,6 @@ from scilm.sifting import (
 from scilm.sifting.loss import Loss
 from scilm.training.distributed import rank
 from scilm.training.trainer import ScilmTrainer
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

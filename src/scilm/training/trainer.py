@@ -14,7 +14,6 @@ Everything else (DDP, FSDP, DeepSpeed, optimizer, scheduler, RNG restore) is the
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import threading
@@ -23,13 +22,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from scilm.errors import ScilmError
+from scilm.sifting.distributed import all_reduce
 from scilm.training import checkpoints
 from scilm.training.callbacks import EvalHistory
+from scilm.training.common import write_json_atomic
 from scilm.training.distributed import barrier, is_main_process, rank, world_size
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class _StopOnSignal(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         received = self.trainer.signal_received
-        flag = int(_all_ranks_max(0 if received is None else int(received), args.device))
+        flag = int(all_reduce([0 if received is None else int(received)], args.device, op="max")[0])
         if flag:  # every rank stops at the same step
             self.trainer.interrupted_by = signal.Signals(flag).name
             control.should_save = True
@@ -82,24 +82,6 @@ class _StopOnSignal(TrainerCallback):
         if self.trainer.interrupted_by:  # the checkpoint is saved: no end-of-epoch evaluation or save
             control.should_evaluate = False
             control.should_save = False
-
-
-def _all_ranks_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of a scalar tensor over all ranks (itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return tensor
-    total = tensor.detach().clone().reshape(1)
-    dist.all_reduce(total)
-    return total / dist.get_world_size()
-
-
-def _all_ranks_max(value: float, device) -> float:
-    """``value`` maxed over all ranks (itself when not distributed); a tensor on ``device`` (NCCL wants GPU)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    tensor = torch.tensor([float(value)], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
 
 
 class ScilmTrainer(Trainer):
@@ -118,8 +100,7 @@ class ScilmTrainer(Trainer):
         self.sample_names = sample_names
         self.nonfinite_skipped = 0
         self.eval_history = EvalHistory()
-        self.resumed_from: Path | None = None
-        self.resumed_step = 0
+        self.resumed_step = 0  # the checkpoint step this run continued from (0: not resumed)
         self.loss_sum_before = 0.0  # summed step losses of the segments before a resume
         self.signal_received: int | None = None
         self.interrupted_by: str | None = None
@@ -142,7 +123,7 @@ class ScilmTrainer(Trainer):
         loss, outputs = self.batch_loss(model, inputs, indices, num_items_in_batch)
         if model.training:
             bad = not bool(torch.isfinite(loss.detach()).all())
-            if _all_ranks_max(float(bad), self.args.device):  # all ranks stop or skip together
+            if all_reduce([float(bad)], self.args.device, op="max")[0]:  # all ranks stop or skip together
                 loss = self._nonfinite(loss, indices, model, here=bad)
         return (loss, outputs) if return_outputs else loss
 
@@ -189,8 +170,7 @@ class ScilmTrainer(Trainer):
                      "train_seconds": self.eval_history.train_seconds(),
                      "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
                      "train_loss_sum": loss_sum}
-            (path / checkpoints.SCILM_STATE).write_text(json.dumps(state, indent=2, default=str) + "\n",
-                                                        encoding="utf-8")
+            write_json_atomic(path / checkpoints.SCILM_STATE, state)
             checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
             checkpoints.rotate(path.parent, self.keep_checkpoints, self.state.best_model_checkpoint)
         barrier()  # nobody moves on (or stops) before the checkpoint is complete
@@ -227,7 +207,8 @@ class ScilmTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | Path | None = None, **kwargs: Any):
         if resume_from_checkpoint is not None:
             path = Path(resume_from_checkpoint)
-            self.resumed_from = path
+            if is_main_process():
+                log.info("resuming from %s", path)
             state = checkpoints.read_scilm_state(path)
             self.eval_history.restore(state.get("eval_history", []), state.get("train_seconds", 0.0))
             self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
@@ -237,6 +218,19 @@ class ScilmTrainer(Trainer):
             resume_from_checkpoint = str(path)
         with self._signals_handled():
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def train_or_resume(self, resume: bool):
+        """Train; with ``resume``, continue from the latest complete checkpoint in ``output_dir``.
+
+        A run stopped by SIGTERM/SIGINT raises :class:`RunInterrupted` once its checkpoint is complete.
+        """
+        output = self.train(resume_from_checkpoint=self.latest_checkpoint() if resume else None)
+        if self.interrupted_by:
+            raise RunInterrupted(
+                f"stopped by {self.interrupted_by} at step {self.state.global_step}; checkpoint saved in "
+                f"{self.latest_checkpoint()}; to continue, run the same command with --resume",
+                exit_code=130 if self.interrupted_by == "SIGINT" else 143)
+        return output
 
     @contextlib.contextmanager
     def _signals_handled(self):
@@ -266,7 +260,7 @@ class ScilmTrainer(Trainer):
         running = getattr(self, "_tr_loss", None)
         if not isinstance(running, torch.Tensor):
             return self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0))
-        unlogged = float(_all_ranks_mean(running.detach()))
+        unlogged = all_reduce([float(running)], self.args.device)[0] / world_size()
         return self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0)) + unlogged
 
     def run_train_loss(self, segment_mean: float) -> float:
