@@ -279,11 +279,19 @@ def data_textchem(
 def bench_sifting(
     out: Path = Opt(Path("bench/sifting"), help="Output directory."),
     quick: bool = Opt(False, "--quick", help="Fewer epochs and shorter sequences (under 20 minutes on 2 CPU cores)."),
+    epochs: Optional[float] = Opt(None, help="Epochs of every compared run [3 with --quick, else 6]."),
+    seeds: Optional[list[int]] = Opt(None, "--seed", help="Seed of every run; repeat for a mean over seeds [0]."),
 ) -> None:
-    """Sifting (several betas, reuse policy, random control) against an unsifted baseline: accuracy vs wall time."""
-    from scilm.bench.sifting import run_sifting_bench
+    """Sifting (several betas, reuse policy, blind controls) against an unsifted baseline: accuracy vs wall time."""
+    from scilm.bench.sifting import SiftingSettings, run_sifting_bench
 
-    typer.echo(run_sifting_bench(out, quick=quick))
+    if epochs is not None and not epochs > 0:
+        raise ScilmError(f"--epochs must be positive (got {epochs:g})")
+    settings = SiftingSettings.for_mode(quick, epochs=epochs, seeds=tuple(dict.fromkeys(seeds or ())))
+    command = " ".join(["scilm bench sifting", f"--out {out}", *(["--quick"] if quick else []),
+                        *([f"--epochs {epochs:g}"] if epochs is not None else []),
+                        *(f"--seed {s}" for s in settings.seeds if seeds)])
+    typer.echo(run_sifting_bench(out, quick=quick, settings=settings, command=command))
 
 
 @bench_app.command("serve")
