@@ -18,13 +18,13 @@ from transformers import DataCollatorWithPadding, set_seed
 
 from scilm.data import protein as pdata
 from scilm.errors import ScilmError
-from scilm.models.lora import apply_lora, save_lora_run, trainable_parameters
+from scilm.models.lora import apply_lora, trainable_parameters
 from scilm.models.protein import load_protein_classifier
 from scilm.training.common import (
     finish_run,
     prepare_out_dir,
-    replace_dir_atomic,
     resolve_precision,
+    save_run,
     train_and_measure,
     trainer_options,
     training_arguments,
@@ -141,14 +141,3 @@ def sifting_trainer(config: TrainConfig, precision: str, out: Path, weights, tra
                                          sifting.per_sample_classification_loss(weights))
 
 
-def save_run(model, tokenizer, out: Path, lora: bool) -> None:
-    """``out/model`` (merged if LoRA; safetensors only) and ``out/adapter``, each moved in whole."""
-    tmp_model = out / ".model.partial"
-    if lora:
-        tmp_adapter = out / ".adapter.partial"
-        model = save_lora_run(model, tmp_model, tmp_adapter)
-        replace_dir_atomic(tmp_adapter, out / "adapter")
-    else:
-        model.save_pretrained(str(tmp_model))
-    tokenizer.save_pretrained(str(tmp_model))
-    replace_dir_atomic(tmp_model, out / "model")

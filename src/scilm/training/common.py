@@ -203,8 +203,23 @@ def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
     if trainer.is_world_process_zero():
         if save_model is not None:
             save_model()
-        write_json_atomic(out / "metrics.json", metrics)
+        write_json_atomic(out / FINISHED, metrics)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
+def save_run(model, tokenizer, out: Path, lora: bool) -> None:
+    """``out/model`` (merged if LoRA; safetensors only) and ``out/adapter``, each moved in whole."""
+    tmp_model = out / ".model.partial"
+    if lora:
+        from scilm.models.lora import save_lora_run
+
+        tmp_adapter = out / ".adapter.partial"
+        model = save_lora_run(model, tmp_model, tmp_adapter)
+        replace_dir_atomic(tmp_adapter, out / "adapter")
+    else:
+        model.save_pretrained(str(tmp_model))
+    tokenizer.save_pretrained(str(tmp_model))
+    replace_dir_atomic(tmp_model, out / "model")
 
 
 def library_versions() -> dict[str, str]:

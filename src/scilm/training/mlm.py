@@ -7,7 +7,6 @@ fine-tuning methods start from where real users start.
 
 from __future__ import annotations
 
-import shutil
 import time
 import zlib
 from pathlib import Path
@@ -23,10 +22,10 @@ from transformers import (
 
 from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
 from scilm.training.common import (
+    finish_run,
     prepare_out_dir,
-    replace_dir_atomic,
+    save_run,
     with_sample_index,
-    write_json_atomic,
 )
 from scilm.training.trainer import INDEX_KEY, ScilmTrainer
 
@@ -103,17 +102,11 @@ def pretrain_mlm(
     trainer = ScilmTrainer(model=net, args=args, train_dataset=dataset, data_collator=collator)
     started = time.perf_counter()
     result = trainer.train_or_resume(resume)
-    if not trainer.is_world_process_zero():
-        return out / "model"
-    tmp = out / ".model.partial"
-    trainer.model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    replace_dir_atomic(tmp, out / "model")
-    write_json_atomic(out / "metrics.json", {
+    metrics = {
         "mlm_loss": trainer.run_train_loss(result.training_loss), "runtime_s": time.perf_counter() - started,
         "global_step": trainer.state.global_step,
         "resumed_from_step": trainer.resumed_step or None,
         "n_sequences": len(sequences), "epochs": epochs, "model": model, "lr": lr, "truncate": truncate,
-    })
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    }
+    finish_run(trainer, metrics, out, lambda: save_run(trainer.model, tokenizer, out, lora=False))
     return out / "model"

@@ -31,11 +31,11 @@ from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, trainable_parameters
 from scilm.models.seq2seq import is_seq2seq_preset, load_seq2seq_model
 from scilm.sifting import per_sample_token_mean
-from scilm.training.classifier import save_run
 from scilm.training.common import (
     finish_run,
     prepare_out_dir,
     resolve_precision,
+    save_run,
     train_and_measure,
     trainer_options,
     training_arguments,
