@@ -134,6 +134,15 @@ class SiftingDataloader:
         except TypeError:
             return 0.0
 
+    @property
+    def epoch_done(self) -> bool:
+        """True when the batch just yielded was the epoch's last (every raw batch read, none pending)."""
+        try:
+            read_all = self._counts["raw_in_epoch"] >= len(self.orig_dataloader)
+        except TypeError:
+            return False
+        return read_all and min(self._pending) == 0
+
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to the wrapped loader's sampler (DistributedSampler etc.).
 

@@ -62,15 +62,32 @@ class ReuseLossSifter:
         return index
 
     def record(self, indices: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        """Store per-sample ``losses`` (n,) of dataset ``indices`` (n,); return the weighted mean loss."""
-        indices = torch.as_tensor(indices).reshape(-1).cpu()
+        """Store per-sample ``losses`` (n,) of dataset ``indices`` (n,); return the weighted mean loss.
+
+        ``mean_i(w_i * losses_i)``: right for one batch per optimizer step. Under gradient accumulation
+        (or per-token losses) use :meth:`record_sums` and divide by the whole window's item count.
+        """
         losses = losses.reshape(-1)
-        if indices.numel() != losses.numel():
-            raise ScilmError(f"got {indices.numel()} indices for {losses.numel()} losses")
-        scores = torch.rand(indices.numel(), generator=self._blind_generator) if self.blind else losses.detach()
+        return self.record_sums(indices, losses, torch.ones_like(losses)).sum() / max(losses.numel(), 1)
+
+    def record_sums(self, indices: torch.Tensor, sums: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Store the losses of dataset ``indices`` (n,); return their 1/p-weighted sums (n,).
+
+        ``sums`` (n,): each sample's summed loss over its ``items`` (n,) (1 per sample for a
+        classifier, its target tokens for seq2seq). The stored score that ranks a sample next epoch
+        is its mean per item, ``sums / items``; the returned ``w_i * sums_i`` are to be summed over
+        an optimizer step's window and divided by its item count, so that the step's loss is
+        ``sum_i w_i * sum_t l_it / N`` however the window is split into micro-batches.
+        """
+        indices = torch.as_tensor(indices).reshape(-1).cpu()
+        sums, items = sums.reshape(-1), items.reshape(-1)
+        if indices.numel() != sums.numel() or items.numel() != sums.numel():
+            raise ScilmError(f"got {indices.numel()} indices for {sums.numel()} losses and {items.numel()} counts")
+        per_item = sums.detach() / items.detach().clamp(min=1).to(sums.dtype)
+        scores = torch.rand(indices.numel(), generator=self._blind_generator) if self.blind else per_item
         self.last_loss[indices] = scores.float().cpu()
         weight = self.weights[indices].clamp(min=1.0)  # samples outside the plan (e.g. first epoch) weigh 1
-        return (losses * weight.to(losses.device, losses.dtype)).mean()
+        return sums * weight.to(sums.device, sums.dtype)
 
     def stats(self) -> dict[str, float]:
         return {"samples_planned": self.planned, "samples_kept": self.kept,

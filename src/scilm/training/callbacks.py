@@ -19,6 +19,7 @@ class EvalHistory(TrainerCallback):
         self._started = time.perf_counter()
         self._eval_seconds = 0.0
         self._before = 0.0  # training seconds of earlier segments of a resumed run
+        self.last_metrics: dict | None = None  # the latest evaluation's metrics, runtime included, and its step
 
     def restore(self, history: list[dict[str, float]], train_seconds: float) -> None:
         """Continue a resumed run's curve: its earlier rows and training time."""
@@ -34,6 +35,7 @@ class EvalHistory(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
+        self.last_metrics = {**metrics, "step": state.global_step}
         self._eval_seconds += metrics.get("eval_runtime", 0.0)
         row = {"step": state.global_step, "epoch": state.epoch,
                "train_seconds": self.train_seconds()}

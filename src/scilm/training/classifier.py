@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from peft import TaskType
 from transformers import DataCollatorWithPadding, set_seed
 
@@ -31,6 +30,7 @@ from scilm.training.common import (
     with_sample_index,
 )
 from scilm.training.config import TrainConfig
+from scilm.training.losses import class_loss_sums
 from scilm.training.metrics import classification_metrics
 from scilm.training.trainer import ScilmTrainer
 
@@ -78,19 +78,6 @@ def class_weights(train: list[pdata.ProteinRecord], labels: list[str]) -> torch.
     return torch.tensor(len(train) / (len(labels) * counts), dtype=torch.float32)
 
 
-def weighted_cross_entropy(weights: torch.Tensor):
-    """A Trainer ``compute_loss_func``: class-weighted CE, normalised over the accumulated batch."""
-
-    def loss_fn(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        losses = F.cross_entropy(logits.float(), labels, weight=weights.to(logits.device), reduction="none")
-        if num_items_in_batch is None:
-            return losses.mean()
-        return losses.sum() / num_items_in_batch
-
-    return loss_fn
-
-
 def train_classifier(config: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
     out = prepare_out_dir(config.out, config.overwrite, config.resume)
@@ -115,14 +102,14 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
         eval_dataset=valid_set,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_loss_func=weighted_cross_entropy(weights) if weights is not None else None,
+        item_loss=class_loss_sums(weights),  # sum_i w_i * CE_i / N over each optimizer step's N samples
         compute_metrics=lambda p: classification_metrics(p.predictions, p.label_ids),
         **trainer_options(config, [r.id for r in train_records]),
     )
     if config.sift_beta is None:
         trainer = ScilmTrainer(args=training_arguments(config, out / "checkpoints", precision), **trainer_kwargs)
     else:
-        trainer = sifting_trainer(config, precision, out, weights, trainer_kwargs)
+        trainer = sifting_trainer(config, precision, out, trainer_kwargs)
 
     mean_tokens = float(np.mean([len(x["input_ids"]) for x in train_set]))
     metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
@@ -132,12 +119,11 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     return metrics
 
 
-def sifting_trainer(config: TrainConfig, precision: str, out: Path, weights, trainer_kwargs: dict) -> ScilmTrainer:
+def sifting_trainer(config: TrainConfig, precision: str, out: Path, trainer_kwargs: dict) -> ScilmTrainer:
     """The Trainer with smart sifting (``--sift-beta``): see scilm/training/sifting.py."""
     from scilm.sifting import SequenceClassificationLoss
     from scilm.training import sifting
 
-    return sifting.build_sifting_trainer(config, precision, out, trainer_kwargs, SequenceClassificationLoss(),
-                                         sifting.per_sample_classification_loss(weights))
+    return sifting.build_sifting_trainer(config, precision, out, trainer_kwargs, SequenceClassificationLoss())
 
 

@@ -140,7 +140,9 @@ def with_sample_index(examples: list[dict]) -> list[dict]:
 
 def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int, n_eval: int,
                       mean_tokens: float, parameters: tuple[int, int], eval_dataset=None) -> dict[str, Any]:
-    """Train (or resume), evaluate once more, and return the metrics every recipe reports.
+    """Train (or resume), evaluate the final weights once, and return the metrics every recipe reports.
+
+    ``eval_dataset``: the full validation set when the periodic evaluations use a subset of it.
 
     Raises :class:`RunInterrupted` (after the checkpoint is saved) when SIGTERM/Ctrl-C stopped the run.
     """
@@ -156,7 +158,7 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
     train_output = trainer.train_or_resume(config.resume)
     runtime = time.perf_counter() - started
     peak_mb, peak_method = peak_memory()
-    eval_metrics = trainer.evaluate(eval_dataset=eval_dataset)
+    eval_metrics = final_evaluation(trainer, eval_dataset)
     steps_run = trainer.state.global_step - trainer.resumed_step
     samples_seen = steps_run * config.batch_size * config.grad_accum * processes
     history = trainer.eval_history
@@ -185,6 +187,27 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
         "config": config.to_dict(),
         "versions": library_versions(),
     }
+
+
+def final_evaluation(trainer, eval_dataset=None) -> dict[str, Any]:
+    """Metrics of the final weights on the full validation set, evaluated once.
+
+    The last epoch's evaluation is reused when it was that one: on the full set (not a periodic
+    subset), at the last step, and the weights were not replaced since (``--keep-best`` reloading an
+    earlier checkpoint). Otherwise the set is evaluated now (and recorded in ``eval_history``).
+    """
+    from scilm.training.checkpoints import checkpoint_step
+
+    state, history = trainer.state, trainer.eval_history
+    last = history.history[-1] if history.history else None
+    full = eval_dataset is None or eval_dataset is trainer.eval_dataset
+    best = state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    reloaded = best is not None and checkpoint_step(Path(best)) != state.global_step
+    if full and last is not None and last["step"] == state.global_step and not reloaded:
+        if history.last_metrics is not None and history.last_metrics.get("step") == state.global_step:
+            return dict(history.last_metrics)
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate(eval_dataset=eval_dataset)
 
 
 def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:

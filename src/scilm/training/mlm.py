@@ -7,15 +7,18 @@ fine-tuning methods start from where real users start.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoModelForMaskedLM,
     DataCollatorForLanguageModeling,
     EsmForMaskedLM,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -27,26 +30,50 @@ from scilm.training.common import (
     save_run,
     with_sample_index,
 )
+from scilm.training.losses import token_loss_sums
 from scilm.training.trainer import INDEX_KEY, ScilmTrainer
 
 
-class BatchSeededMaskingCollator:
-    """ESM-2 masking (15 %, 80/10/10) with a generator seeded by the run seed and the batch's samples.
+class SampleSeededMaskingCollator:
+    """ESM-2 masking (15 %, 80/10/10) drawn per sample from a generator seeded by (seed, epoch, sample).
 
-    The masks are a function of the batch, not of how many batches came before, so a resumed run
-    masks exactly as the uninterrupted one did (the Trainer re-collates the batches it skips, and
-    restores its RNG only after fetching the next one; a global-RNG collator drifts by a batch).
+    A sample's mask is a function of the run seed, the epoch and the sample alone: not of the other
+    samples in its batch (so ``--batch-size 8`` and ``4 x --grad-accum 2`` mask alike), nor of how
+    many batches came before (so a resumed run masks exactly as the uninterrupted one: the Trainer
+    skips batches without collating them). A new epoch draws new masks (dynamic masking, as ESM-2).
+    ``epoch`` is set by :class:`_MaskingEpoch` at each epoch's start.
+
+    The masking itself is transformers' ``DataCollatorForLanguageModeling`` with our generator. It is
+    built without ``seed``: with one, it replaces any generator it did not create itself on its first
+    call in a process, which masked the first batch after a resume differently (issue 11, case 0).
     """
 
     def __init__(self, tokenizer, seed: int, mlm_probability: float = 0.15):
-        self.seed = seed
-        self.masking = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+        self.seed, self.epoch = seed, 0
+        self.pad_token_id = tokenizer.pad_token_id
+        self.masking = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
 
     def __call__(self, features: list[dict]) -> dict:
-        indices = [int(f[INDEX_KEY]) for f in features]
-        key = zlib.crc32(torch.tensor([self.seed, *indices], dtype=torch.int64).numpy().tobytes())
-        self.masking.generator = torch.Generator().manual_seed(key)
-        return self.masking([{k: v for k, v in f.items() if k != INDEX_KEY} for f in features])
+        rows = []
+        for feature in features:
+            key = zlib.crc32(torch.tensor([self.seed, self.epoch, int(feature[INDEX_KEY])], dtype=torch.int64)
+                             .numpy().tobytes())
+            self.masking.generator = torch.Generator().manual_seed(key)
+            rows.append(self.masking([{k: v for k, v in feature.items() if k != INDEX_KEY}]))
+        length = max(row["input_ids"].shape[1] for row in rows)
+        pad = {"input_ids": self.pad_token_id, "labels": -100, "attention_mask": 0}
+        return {key: torch.cat([F.pad(row[key], (0, length - row[key].shape[1]), value=value) for row in rows])
+                for key, value in pad.items() if key in rows[0]}
+
+
+class _MaskingEpoch(TrainerCallback):
+    """Tells the collator which epoch it masks for (the Trainer's epoch count, also after a resume)."""
+
+    def __init__(self, collator: SampleSeededMaskingCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = math.floor(state.epoch or 0)
 
 
 def pretrain_mlm(
@@ -62,11 +89,13 @@ def pretrain_mlm(
     save_every: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    grad_accum: int = 1,
 ) -> Path:
     """Pre-train ``model`` (preset or directory) with masked-LM loss; returns ``out/model``.
 
     ``save_every`` / ``resume`` / ``overwrite`` work as in ``scilm train`` (atomic checkpoints,
-    SIGTERM saves one and exits non-zero).
+    SIGTERM saves one and exits non-zero). ``grad_accum``: micro-batches per optimizer step; the
+    loss of a step is the summed masked-token loss over all of them / their masked-token count.
     """
     out = prepare_out_dir(out, overwrite, resume)
     set_seed(seed)
@@ -83,6 +112,7 @@ def pretrain_mlm(
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=lr,
         num_train_epochs=epochs,
         warmup_steps=0.05,
@@ -98,8 +128,10 @@ def pretrain_mlm(
         disable_tqdm=not progress,
         dataloader_pin_memory=False,
     )
-    collator = BatchSeededMaskingCollator(tokenizer, seed)
-    trainer = ScilmTrainer(model=net, args=args, train_dataset=dataset, data_collator=collator)
+    collator = SampleSeededMaskingCollator(tokenizer, seed)
+    trainer = ScilmTrainer(model=net, args=args, train_dataset=dataset, data_collator=collator,
+                           item_loss=token_loss_sums)  # summed over each step's masked tokens / their count
+    trainer.add_callback(_MaskingEpoch(collator))
     started = time.perf_counter()
     result = trainer.train_or_resume(resume)
     metrics = {

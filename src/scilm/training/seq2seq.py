@@ -30,7 +30,6 @@ from scilm.data.textchem import TASKS, TextChemExample, read_jsonl, split_exampl
 from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, trainable_parameters
 from scilm.models.seq2seq import is_seq2seq_preset, load_seq2seq_model
-from scilm.sifting import per_sample_token_mean
 from scilm.training.common import (
     finish_run,
     prepare_out_dir,
@@ -42,6 +41,7 @@ from scilm.training.common import (
     with_sample_index,
 )
 from scilm.training.config import TrainConfig
+from scilm.training.losses import token_loss_sums
 from scilm.training.trainer import ScilmTrainer
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,6 @@ def collator(tokenizer, model) -> DataCollatorForSeq2Seq:
     return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, padding=True)
 
 
-def per_sample_seq2seq_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
-    """(outputs, labels) -> (n,) mean token cross-entropy per sample (pads, -100, ignored)."""
-    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-    return per_sample_token_mean(logits, labels)
-
-
 def epoch_decay_schedule(optimizer, warmup_steps: int, steps_per_epoch: int, decay: float) -> LambdaLR:
     """Linear warm-up, then ``lr * decay ** completed_epochs`` (the original's per-epoch decay)."""
 
@@ -149,13 +143,15 @@ def train_seq2seq(config: TrainConfig) -> dict[str, Any]:
     train_set = encode(train_examples, tokenizer, config.max_source_length, config.max_target_length)
     valid_set = encode(valid_examples, tokenizer, config.max_source_length, config.max_target_length)
     # Periodic validation on at most M batches (the original's limit_val_batches); the final one on all.
-    periodic_valid = valid_set[: config.eval_max_batches * config.eval_batch_size] if config.eval_max_batches else valid_set
+    limit = config.eval_max_batches * config.eval_batch_size if config.eval_max_batches else len(valid_set)
+    periodic_valid = valid_set[:limit] if limit < len(valid_set) else valid_set
     log.info("train %d, validation %d (%s), %d of %d parameters trainable, vocabulary %d",
              len(train_set), len(valid_set), task_counts(train_examples), n_trainable, n_total, len(tokenizer))
 
     steps_per_epoch = max(1, math.ceil(math.ceil(len(train_set) / config.batch_size) / config.grad_accum))
     trainer_kwargs = dict(model=model, train_dataset=with_sample_index(train_set), eval_dataset=periodic_valid,
                           data_collator=collator(tokenizer, base_model), processing_class=tokenizer,
+                          item_loss=token_loss_sums,  # token-weighted over each optimizer step's window
                           **trainer_options(config))
     args_extra = schedule_arguments(config)
     if config.sift_beta is None:
@@ -212,5 +208,4 @@ def sifting_trainer(config: TrainConfig, precision: str, out: Path, trainer_kwar
     from scilm.sifting import Seq2SeqLoss
     from scilm.training import sifting
 
-    return sifting.build_sifting_trainer(config, precision, out, trainer_kwargs, Seq2SeqLoss(),
-                                         per_sample_seq2seq_loss, args_extra)
+    return sifting.build_sifting_trainer(config, precision, out, trainer_kwargs, Seq2SeqLoss(), args_extra)

@@ -64,11 +64,10 @@ class _StopAfterEpochs(TrainerCallback):
 class SiftingTrainer(ScilmTrainer):
     """A Trainer whose training data goes through smart sifting; everything else is unchanged."""
 
-    def __init__(self, *args: Any, sift: SiftSettings, sift_loss: Loss, per_sample_loss, **kwargs: Any):
+    def __init__(self, *args: Any, sift: SiftSettings, sift_loss: Loss, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.sift = sift
         self.sift_loss = sift_loss  # scoring loss of the relative policy
-        self.per_sample_loss = per_sample_loss  # (outputs, labels) -> (n,) losses, for the reuse policy
         self.sifting_loader: SiftingDataloader | None = None
         self.reuse = (ReuseLossSifter(len(self.train_dataset), sift.beta, seed=sift.seed,
                                       blind=sift.policy == "reuse-random")
@@ -100,6 +99,11 @@ class SiftingTrainer(ScilmTrainer):
             self._saved_sift_state = None
         return self.sifting_loader
 
+    def epoch_complete(self) -> bool:
+        """A sifted epoch has no fixed number of steps: ask the loader whether it has more."""
+        loader = self.sifting_loader
+        return super().epoch_complete() or (loader is not None and loader.epoch_done)
+
     def data_progress(self) -> float:
         """Share of the planned data passes done, in [0, 1] (of max_steps when that bounds the run)."""
         if self.sift.epochs is None:
@@ -112,12 +116,12 @@ class SiftingTrainer(ScilmTrainer):
         return min(done / self.sift.epochs, 1.0)
 
     # -- loss (reuse policy) ------------------------------------------------------------------------
-    def batch_loss(self, model, inputs, indices, num_items_in_batch):
+    def batch_loss(self, model, inputs, indices):
+        """The recipe's per-sample loss sums, times 1/p for kept samples under the reuse policy."""
+        sums, items, outputs = super().batch_loss(model, inputs, indices)
         if self.reuse is None or not model.training or indices is None:
-            return super().batch_loss(model, inputs, indices, num_items_in_batch)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        return self.reuse.record(indices, self.per_sample_loss(outputs, labels)), outputs
+            return sums, items, outputs
+        return self.reuse.record_sums(indices, sums, items), items, outputs
 
     # -- checkpoints: each rank's selector state ------------------------------------------------------
     def save_extra_state(self, path: Path) -> None:
@@ -154,9 +158,10 @@ class SiftingTrainer(ScilmTrainer):
                 "delay": self.sift.delay, **stats}
 
 
-def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sift_loss: Loss, per_sample_loss,
+def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sift_loss: Loss,
                           args_extra: dict[str, Any] | None = None) -> SiftingTrainer:
-    """The Trainer of a ``--sift-beta`` run, for any recipe: its scoring and per-sample losses differ."""
+    """The Trainer of a ``--sift-beta`` run, for any recipe: its scoring loss (relative policy) differs;
+    the training loss (and the reuse policy's per-sample scores) is ``trainer_kwargs["item_loss"]``."""
     from scilm.training.common import training_arguments
 
     extra = dict(args_extra or {})
@@ -173,21 +178,14 @@ def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sif
         beta=config.sift_beta, history=config.sift_history, delay=config.sift_delay, policy=config.sift_policy,
         epochs=None if config.max_steps else config.epochs, warmup_ratio=config.warmup_ratio,
         seed=config.seed, precision=precision)
-    return SiftingTrainer(args=args, sift=settings, sift_loss=sift_loss, per_sample_loss=per_sample_loss,
-                          **trainer_kwargs)
+    return SiftingTrainer(args=args, sift=settings, sift_loss=sift_loss, **trainer_kwargs)
 
 
 def sifted_step_budget(n_train: int, batch_size: int, grad_accum: int, epochs: float) -> int:
-    """An upper bound on optimizer steps (as if nothing were dropped): the Trainer's ``max_steps``."""
-    return max(1, math.ceil(math.ceil(epochs * math.ceil(n_train / batch_size)) / grad_accum) + 1)
+    """An upper bound on optimizer steps (as if nothing were dropped): the Trainer's ``max_steps``.
 
-
-def per_sample_classification_loss(weights: torch.Tensor | None = None):
-    """(outputs, labels) -> (n,) cross-entropy, optionally class-weighted."""
-
-    def loss(outputs, labels):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        w = weights.to(logits.device) if weights is not None else None
-        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w, reduction="none")
-
-    return loss
+    Each epoch ends its last accumulation window with an optimizer step of its own (a window never
+    spans two epochs), and a sifted epoch may carry one more batch of buffered samples.
+    """
+    windows = math.ceil((math.ceil(n_train / batch_size) + 1) / grad_accum)
+    return max(1, math.ceil(epochs) * windows + 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -30,11 +31,23 @@ from scilm.sifting.distributed import all_reduce
 from scilm.training import checkpoints
 from scilm.training.callbacks import EvalHistory
 from scilm.training.common import write_json_atomic
+from scilm.training.losses import IGNORE, cross_entropy_sums, count_items
 from scilm.training.distributed import barrier, is_main_process, rank, world_size
 
 log = logging.getLogger(__name__)
 
 INDEX_KEY = "sample_index"  # each training example's position: names the samples of a bad batch
+SIGNAL_FAULT_ENV = "SCILM_FAULT_SIGNAL_AT_STEP"  # tests only: act as if SIGTERM arrived during this step
+
+
+def signal_fault_at(step: int) -> bool:
+    """Tests only: True at optimizer step ``step`` == ``$SCILM_FAULT_SIGNAL_AT_STEP``.
+
+    The trainer then behaves exactly as if SIGTERM had arrived while that step ran (checkpoint
+    after the step, stop, exit 143), so a test picks its stop step instead of racing a signal.
+    """
+    target = os.environ.get(SIGNAL_FAULT_ENV)
+    return target is not None and int(target) == step
 
 
 class NonFiniteLoss(ScilmError):
@@ -65,21 +78,35 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class _StopOnSignal(TrainerCallback):
-    """After a step, if any rank got SIGTERM/SIGINT: save, then stop training."""
+    """After a step, if any rank got SIGTERM/SIGINT: save, then stop training.
+
+    A checkpoint due at the last step of an epoch (by ``save_every``, a signal or the end of training)
+    is written after that epoch's end (its evaluation), not before it: a run resumed from it then
+    starts the next epoch exactly where an uninterrupted run does, that evaluation recorded once.
+    """
 
     def __init__(self, trainer: "ScilmTrainer"):
         self.trainer = trainer
+        self.save_at_epoch_end = False
 
     def on_step_end(self, args, state, control, **kwargs):
+        if signal_fault_at(state.global_step):  # tests: as if SIGTERM came during this step
+            self.trainer.signal_received = signal.SIGTERM
         received = self.trainer.signal_received
         flag = int(all_reduce([0 if received is None else int(received)], args.device, op="max")[0])
         if flag:  # every rank stops at the same step
             self.trainer.interrupted_by = signal.Signals(flag).name
             control.should_save = True
             control.should_training_stop = True
+        if control.should_save and self.trainer.epoch_complete():
+            control.should_save = False
+            self.save_at_epoch_end = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.trainer.interrupted_by:  # the checkpoint is saved: no end-of-epoch evaluation or save
+        if self.save_at_epoch_end:
+            control.should_save = True
+            self.save_at_epoch_end = False
+        elif self.trainer.interrupted_by:  # stopped mid-epoch, checkpoint saved: no epoch-end evaluation
             control.should_evaluate = False
             control.should_save = False
 
@@ -87,14 +114,23 @@ class _StopOnSignal(TrainerCallback):
 class ScilmTrainer(Trainer):
     """A Trainer with seeded length grouping, committed checkpoints, signal handling and NaN checks.
 
+    item_loss: ``(outputs, labels) -> (sums (n,), items (n,))``, the recipe's per-sample loss sums
+        (scilm.training.losses); the default is cross-entropy per sample or per token.
     skip_nonfinite: skip (and count) batches whose loss is NaN/inf instead of stopping.
     keep_checkpoints: complete checkpoints kept (the best one, if tracked, is kept besides).
     sample_names: names of the training examples (record ids), for error messages.
     """
 
-    def __init__(self, *args: Any, skip_nonfinite: bool = False, keep_checkpoints: int = 2,
+    def __init__(self, *args: Any, item_loss=None, skip_nonfinite: bool = False, keep_checkpoints: int = 2,
                  sample_names: list[str] | None = None, **kwargs: Any):
+        if kwargs.get("compute_loss_func") is not None:
+            raise ScilmError("ScilmTrainer takes item_loss (per-sample loss sums), not compute_loss_func")
         super().__init__(*args, **kwargs)
+        self.item_loss = item_loss or cross_entropy_sums
+        self.model_accepts_loss_kwargs = False  # the model never gets num_items_in_batch: we normalise
+        self._steps_in_epoch: int | None = None
+        self._data_ended = False  # the last window fetched met the end of the epoch's data
+        self._eval_batch = None
         self.skip_nonfinite = skip_nonfinite
         self.keep_checkpoints = keep_checkpoints
         self.sample_names = sample_names
@@ -118,22 +154,127 @@ class ScilmTrainer(Trainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     # -- loss -----------------------------------------------------------------------------------------
+    # Our compute_loss returns the window-normalised loss (see losses.py): the Trainer must not divide
+    # it by the number of accumulation steps again.
+    loss_is_scaled_for_ga = True
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Training: ``sum of this micro-batch's item losses / num_items_in_batch`` (the window's items,
+        all processes); evaluation (no window): the batch's mean over its items.
+
+        Under DDP with ``average_tokens_across_devices`` (the default) the count is global and the loss
+        is multiplied by the number of processes, which DDP's gradient averaging divides out again
+        (the Trainer's own rule for models that take ``num_items_in_batch``).
+        """
         indices = inputs.pop(INDEX_KEY, None)
-        loss, outputs = self.batch_loss(model, inputs, indices, num_items_in_batch)
+        sums, items, outputs = self.batch_loss(model, inputs, indices)
+        total = sums.sum()
+        if model.training and num_items_in_batch is not None:
+            loss = total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = total / items.sum().clamp(min=1)
+            if not model.training:
+                self._eval_batch = (sums.detach(), items.detach())
         if model.training:
             bad = not bool(torch.isfinite(loss.detach()).all())
             if all_reduce([float(bad)], self.args.device, op="max")[0]:  # all ranks stop or skip together
                 loss = self._nonfinite(loss, indices, model, here=bad)
         return (loss, outputs) if return_outputs else loss
 
-    def batch_loss(self, model, inputs, indices, num_items_in_batch):
-        """(loss, outputs) of one training or evaluation batch; recipes with their own loss override this."""
-        return super().compute_loss(model, inputs, True, num_items_in_batch)
+    def batch_loss(self, model, inputs, indices):
+        """(sums (n,), items (n,), outputs) of one batch: each sample's summed item loss and item count.
+
+        The model is called without ``labels`` (its own per-batch mean loss is not used) unless it is
+        an encoder-decoder without ``decoder_input_ids`` in the batch; recipes' losses: ``item_loss``.
+        """
+        labels = inputs["labels"]
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        if "decoder_input_ids" not in forward and getattr(config, "is_encoder_decoder", False):
+            forward["labels"] = labels
+        outputs = model(**forward)
+        sums, items = self.item_loss(outputs, labels)
+        return sums, items, outputs
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The next accumulation window (up to ``num_batches`` micro-batches) and its item count.
+
+        The count covers every micro-batch of the window and, under DDP, every process. A window cut
+        short by the end of the data that the Trainer would not step on (an unsized or shrinking
+        loader: sifting) is completed with item-less micro-batches, so its gradient gets its own
+        optimizer step instead of leaking into the next window's.
+        """
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        self._data_ended = len(batches) < num_batches
+        if 0 < len(batches) < num_batches and not self._trainer_steps_after(len(batches)):
+            batches += [self._empty_like(batches[-1])] * (num_batches - len(batches))
+        if not batches:
+            return batches, None
+        items = sum(count_items(batch["labels"]) for batch in batches).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            items = self.accelerator.gather(items.reshape(1)).sum()
+        return batches, items
+
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        self._steps_in_epoch = values[5]  # the Trainer steps at the end of an epoch of this many batches
+        return values
+
+    def epoch_complete(self) -> bool:
+        """Whether the optimizer step just taken was the last of its epoch."""
+        epoch = self.state.epoch
+        return self._data_ended or bool(epoch and float(epoch).is_integer())
+
+    def _trainer_steps_after(self, short_window: int) -> bool:
+        """Whether the Trainer steps after a window cut short by the end of the epoch's data: only when
+        the epoch had exactly the number of batches it planned with (a sized loader of fixed length)."""
+        loader = self.callback_handler.train_dataloader
+        try:
+            return len(loader) == self._steps_in_epoch
+        except TypeError:
+            return False
+
+    @staticmethod
+    def _empty_like(batch: dict) -> dict:
+        """One sample of ``batch`` with every label -100: it adds nothing to the loss or the gradient."""
+        empty = {k: v[:1] for k, v in batch.items() if k != INDEX_KEY}
+        empty["labels"] = torch.full_like(empty["labels"], IGNORE)
+        return empty
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The Trainer's loop, with ``eval_loss`` = summed item losses / items over the whole set.
+
+        The Trainer averages per-batch means weighted by samples, which for token losses depends on
+        how the evaluation set is batched (``--eval-batch-size``, length grouping).
+        """
+        self._eval_totals = torch.zeros(2, dtype=torch.float64)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        key = f"{metric_key_prefix}_loss"
+        sums, items = self._eval_totals.tolist()
+        if key in output.metrics and items > 0:
+            output.metrics[key] = sums / items
+        return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs.pop(INDEX_KEY, None)
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        self._eval_batch = None
+        result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if self._eval_batch is not None and hasattr(self, "_eval_totals"):
+            sums, items = self._eval_batch
+            # per sample, gathered like the Trainer's own losses (padding samples of DDP dropped)
+            rows = self.gather_function(torch.stack([sums.double(), items.double()], dim=1))
+            self._eval_totals += rows.sum(dim=0).cpu()
+        return result
 
     def _nonfinite(self, loss: torch.Tensor, indices, model, here: bool = True) -> torch.Tensor:
         step = self.state.global_step + 1
