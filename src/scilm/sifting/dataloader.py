@@ -26,8 +26,8 @@ logger = logging.getLogger("scilm.sifting")
 
 _PRECISIONS = {"32": None, "fp32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
                "bf16-true": torch.bfloat16, "16": torch.float16, "fp16": torch.float16, "16-mixed": torch.float16}
-_COUNTERS = ("step", "epoch_step", "raw_in_epoch", "epochs", "samples_seen", "samples_kept", "samples_passed",
-             "sifted_steps", "scoring_seconds", "loader_seconds", "consumer_seconds", "sifted_train_seconds",
+_COUNTERS = ("step", "epoch_step", "raw_in_epoch", "read_in_epoch", "epochs", "samples_seen", "samples_kept",
+             "samples_passed", "sifted_steps", "scoring_seconds", "loader_seconds", "consumer_seconds", "sifted_train_seconds",
              "sifted_train_samples")
 
 
@@ -128,9 +128,13 @@ class SiftingDataloader:
 
     @property
     def epoch_progress(self) -> float:
-        """Share of the current epoch's raw batches consumed (0 when the wrapped loader has no length)."""
+        """Share of the current epoch's samples read (all ranks), 0 when the dataset has no length.
+
+        Counted in samples, not raw batches: with a ragged last batch the two differ, and the
+        learning-rate schedule (which follows this) must not depend on how data is batched.
+        """
         try:
-            return self._counts["raw_in_epoch"] / len(self.orig_dataloader)
+            return self._counts["read_in_epoch"] / len(self.dataset)
         except TypeError:
             return 0.0
 
@@ -162,7 +166,7 @@ class SiftingDataloader:
         resumed = self._resuming
         skip = int(c["raw_in_epoch"]) if resumed else 0
         if not resumed:
-            c["epoch_step"] = c["raw_in_epoch"] = 0
+            c["epoch_step"] = c["raw_in_epoch"] = c["read_in_epoch"] = 0
         self._resuming = False
         rng = torch.get_rng_state()
         it = iter(self.orig_dataloader)
@@ -175,7 +179,9 @@ class SiftingDataloader:
         for raw in it:
             c["raw_in_epoch"] += 1
             if self.disabled or self._in_delay():
-                c["samples_passed"] += self._count(raw) * self._world  # ranks' batches have equal sizes
+                passed = self._count(raw) * self._world  # ranks' batches have equal sizes
+                c["samples_passed"] += passed
+                c["read_in_epoch"] += passed
                 yield from self._emit(raw, sifted=False)
                 continue
             batch = self.batch_transforms.transform(raw)
@@ -193,7 +199,7 @@ class SiftingDataloader:
         if final:
             yield from self._emit(self._pop(final), sifted=True)
         c["epochs"] += 1
-        c["raw_in_epoch"] = 0  # a finished epoch leaves nothing to skip on resume
+        c["raw_in_epoch"] = c["read_in_epoch"] = 0  # a finished epoch leaves nothing to skip on resume
         logger.info("sifting epoch done: %s", self._summary())
         if resumed and c["step"] == steps_before:
             # The checkpoint fell at the end of an epoch: its remainder yields nothing, and an empty
@@ -215,6 +221,7 @@ class SiftingDataloader:
         for r, part in enumerate(parts):
             self._pending[r] += int(part.sum())
         c["samples_seen"] += sum(part.numel() for part in parts)
+        c["read_in_epoch"] += sum(part.numel() for part in parts)
         c["samples_kept"] += sum(int(part.sum()) for part in parts)
         return keep
 

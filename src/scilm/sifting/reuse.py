@@ -135,6 +135,11 @@ class ReuseSampler(Sampler[int]):
             plan = plan[torch.randperm(plan.numel(), generator=self.sifter.generator)]
         return iter(plan.tolist())
 
+    @property
+    def plan_size(self) -> int:
+        """Samples in the current epoch's plan (drawing the first plan if there is none yet)."""
+        return len(self)
+
     def set_epoch(self, epoch: int) -> None:  # the plan already changes every epoch
         pass
 

@@ -60,6 +60,10 @@ class _StopAfterEpochs(TrainerCallback):
 
     on_epoch_end = on_step_end
 
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.reuse_epochs_done += 1
+        self.trainer.reuse_read = 0
+
 
 class SiftingTrainer(ScilmTrainer):
     """A Trainer whose training data goes through smart sifting; everything else is unchanged."""
@@ -73,12 +77,15 @@ class SiftingTrainer(ScilmTrainer):
                                       blind=sift.policy == "reuse-random")
                       if sift.policy.startswith("reuse") else None)
         self._saved_sift_state: dict | None = None
+        self.reuse_sampler: ReuseSampler | None = None
+        self.reuse_epochs_done, self.reuse_read = -1, 0  # reuse policy: epochs begun - 1, samples read in this one
         self.add_callback(_StopAfterEpochs(self))
 
     # -- data ---------------------------------------------------------------------------------------
     def _get_train_sampler(self, *args: Any, **kwargs: Any):
         if self.reuse is not None:
-            return ReuseSampler(self.reuse)
+            self.reuse_sampler = ReuseSampler(self.reuse)
+            return self.reuse_sampler
         return super()._get_train_sampler(*args, **kwargs)
 
     def get_train_dataloader(self):
@@ -105,12 +112,19 @@ class SiftingTrainer(ScilmTrainer):
         return super().epoch_complete() or (loader is not None and loader.epoch_done)
 
     def data_progress(self) -> float:
-        """Share of the planned data passes done, in [0, 1] (of max_steps when that bounds the run)."""
+        """Share of the planned data passes done, in [0, 1] (of max_steps when that bounds the run).
+
+        Counted in samples read (not steps or batches), so that it does not depend on how the data
+        is batched or accumulated.
+        """
         if self.sift.epochs is None:
             return min(self.state.global_step / max(1, self.args.max_steps), 1.0)
         if self.sifting_loader is not None:
             # an epoch counts as done once the loader has also yielded its final partial batch
-            done = self.sifting_loader.stats()["epochs"] + min(self.sifting_loader.epoch_progress, 0.999)
+            loader = self.sifting_loader
+            done = loader.stats()["epochs"] + (1.0 if loader.epoch_done else min(loader.epoch_progress, 0.999))
+        elif self.reuse_sampler is not None and self.reuse_epochs_done >= 0:
+            done = self.reuse_epochs_done + min(self.reuse_read / max(1, self.reuse_sampler.plan_size), 1.0)
         else:
             done = self.state.epoch or 0.0
         return min(done / self.sift.epochs, 1.0)
@@ -121,6 +135,7 @@ class SiftingTrainer(ScilmTrainer):
         sums, items, outputs = super().batch_loss(model, inputs, indices)
         if self.reuse is None or not model.training or indices is None:
             return sums, items, outputs
+        self.reuse_read += len(indices)
         return self.reuse.record_sums(indices, sums, items), items, outputs
 
     # -- checkpoints: each rank's selector state ------------------------------------------------------

@@ -1,0 +1,342 @@
+"""Invariants of training: each switch changes cost, never the answer (issue 11).
+
+* Gradient accumulation: ``(B, 1)``, ``(B/2, 2)`` and ``(B/4, 4)`` give the same per-step loss,
+  the same gradients (before clipping) and the same weights, for every recipe, with uneven
+  sequence lengths and a ragged last window (6 samples, B = 4: a window of 4, then one of 2).
+* The loss of a step is an independent implementation's: the model's own mean loss on the whole
+  window as one batch (Hugging Face), or ``sum_i w_i l_i / N`` for class weights.
+* Gradient checkpointing on/off, with and without LoRA: same loss and gradients, and every
+  trainable parameter gets a non-zero gradient at step 1.
+
+Every run is in-process on a tiny model (esm2-tiny, t5-tiny) and a few short examples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DEEPLOC_TRAIN, DEEPLOC_VALID, REPO, write_fasta
+from scilm.data.protein import read_proteins
+from scilm.training.trainer import INDEX_KEY, ScilmTrainer
+
+TEXTCHEM = REPO / "tests" / "data" / "textchem" / "textchem-sample"
+SPLITS = [(4, 1), (2, 2), (1, 4)]  # the same effective batch of 4
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread: faster on 2 shared cores, and the same reduction order every run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    with one_thread():
+        yield
+
+
+# -- recording what the Trainer does --------------------------------------------------------------
+
+@dataclass
+class Run:
+    trainer: ScilmTrainer
+    initial: dict[str, torch.Tensor]
+    losses: dict[int, float] = field(default_factory=dict)  # step -> loss the Trainer logs for it
+    grads: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> grads before clipping
+    windows: dict[int, list[dict]] = field(default_factory=dict)  # step -> its micro-batches
+    final: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """Every ScilmTrainer built during the test records its steps into the returned list (and uses SGD)."""
+    runs: list[Run] = []
+    init, step, clip = ScilmTrainer.__init__, ScilmTrainer.training_step, ScilmTrainer._clip_grad_norm
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        runs.append(Run(self, {n: p.detach().clone() for n, p in self.model.named_parameters()}))
+
+    def recording_step(self, model, inputs, num_items_in_batch=None):
+        number = self.state.global_step + 1
+        runs[-1].windows.setdefault(number, []).append({k: v.clone() for k, v in inputs.items()})
+        loss = step(self, model, inputs, num_items_in_batch)
+        runs[-1].losses[number] = runs[-1].losses.get(number, 0.0) + float(loss)
+        return loss
+
+    def recording_clip(self, model, *args, **kwargs):
+        runs[-1].grads[self.state.global_step + 1] = {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return clip(self, model, *args, **kwargs)
+
+    def plain_sgd(self, model=None):
+        # SGD without momentum: the weights after a step are the gradient's (Adam's first step is
+        # ~lr * sign(g), which turns float32 rounding of near-zero gradients into visible weight changes)
+        if self.optimizer is None:
+            self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad],
+                                             lr=self.args.learning_rate)
+        return self.optimizer
+
+    monkeypatch.setattr(ScilmTrainer, "create_optimizer", plain_sgd)
+    monkeypatch.setattr(ScilmTrainer, "__init__", recording_init)
+    monkeypatch.setattr(ScilmTrainer, "training_step", recording_step)
+    monkeypatch.setattr(ScilmTrainer, "_clip_grad_norm", recording_clip)
+    return runs
+
+
+def finish(runs: list[Run], metrics: dict) -> Run:
+    run = runs[-1]
+    run.final = {n: p.detach().clone() for n, p in run.trainer.model.named_parameters()}
+    run.metrics = metrics
+    return run
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    assert got.keys() == expected.keys(), what
+    scale = max(float(t.abs().max()) for t in expected.values())
+    for name, tensor in expected.items():
+        # rtol 1e-5; the atol (1e-6 of the largest entry) only absorbs float32 rounding of entries near 0
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6 * scale,
+                                   msg=lambda m, name=name: f"{what}, {name}: {m}")
+
+
+def assert_same_training(runs: list[Run]) -> None:
+    """Every run took the same steps, with the same losses, gradients, weights and train_loss."""
+    reference = runs[0]
+    assert len(reference.losses) >= 2  # at least the full window and the ragged one
+    for run in runs[1:]:
+        assert run.losses.keys() == reference.losses.keys()
+        for number, loss in reference.losses.items():
+            assert run.losses[number] == pytest.approx(loss, rel=1e-5), f"loss of step {number}"
+            assert_same_tensors(run.grads[number], reference.grads[number], f"gradient at step {number}")
+        assert_same_tensors(run.final, reference.final, "weights after training")
+        train_loss = run.metrics.get("train_loss", run.metrics.get("mlm_loss"))
+        reference_loss = reference.metrics.get("train_loss", reference.metrics.get("mlm_loss"))
+        assert train_loss == pytest.approx(reference_loss, rel=1e-5)
+    # the reported train_loss is the mean of the steps' losses
+    mean = sum(reference.losses.values()) / len(reference.losses)
+    assert reference.metrics.get("train_loss", reference.metrics.get("mlm_loss")) == pytest.approx(mean, rel=1e-6)
+
+
+def whole_window(run: Run, number: int, pad_id: int) -> dict:
+    """Step ``number``'s micro-batches as one batch (labels padded with -100, token ids with ``pad_id``)."""
+    batches = [b for b in run.windows[number] if (b["labels"] != -100).any()]  # item-less fillers dropped
+    pads = {"labels": -100, "input_ids": pad_id, "attention_mask": 0, "decoder_input_ids": pad_id,
+            "decoder_attention_mask": 0}
+    out = {}
+    for key in batches[0]:
+        if key == INDEX_KEY:
+            continue
+        parts = [b[key] for b in batches]
+        if parts[0].dim() == 2:
+            width = max(p.shape[1] for p in parts)
+            parts = [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pads[key]) for p in parts]
+        out[key] = torch.cat(parts)
+    return out
+
+
+def model_at_start(run: Run):
+    model = run.trainer.model
+    model.load_state_dict(run.initial, strict=False)
+    return model.eval()
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def proteins(tmp_path_factory) -> tuple[Path, Path]:
+    """6 training proteins of uneven lengths (4 membrane, 2 soluble) and 4 for validation."""
+    root = tmp_path_factory.mktemp("proteins")
+    code = {"membrane": "Cell.membrane-M", "soluble": "Cytoplasm-S"}
+
+    def pick(source, n_membrane, n_soluble, lengths):
+        records = read_proteins(source, task="membrane")
+        chosen = ([r for r in records if r.label == "membrane"][:n_membrane]
+                  + [r for r in records if r.label == "soluble"][:n_soluble])
+        return [(r.id, code[r.label], r.sequence[:n]) for r, n in zip(chosen, lengths)]
+
+    train = write_fasta(root / "train.fasta", pick(DEEPLOC_TRAIN, 4, 2, [23, 61, 40, 77, 31, 52]))
+    valid = write_fasta(root / "valid.fasta", pick(DEEPLOC_VALID, 2, 2, [45, 30, 66, 38]))
+    return train, valid
+
+
+@pytest.fixture(scope="module")
+def textchem(tmp_path_factory) -> tuple[Path, Path]:
+    """6 Text+Chem training examples (targets of very different lengths) and 4 for validation."""
+    root = tmp_path_factory.mktemp("textchem")
+    train, valid = root / "train.jsonl", root / "valid.jsonl"
+    train.write_text("\n".join((TEXTCHEM / "train.jsonl").read_text().splitlines()[:6]) + "\n")
+    valid.write_text("\n".join((TEXTCHEM / "valid.jsonl").read_text().splitlines()[:4]) + "\n")
+    return train, valid
+
+
+def classifier_run(runs, proteins, out: Path, batch_size: int, grad_accum: int, **settings) -> Run:
+    from scilm.training.classifier import train_classifier
+    from scilm.training.config import TrainConfig
+
+    train, valid = proteins
+    config = TrainConfig(data=str(train), valid=str(valid), model="esm2-tiny", out=str(out), batch_size=batch_size,
+                         grad_accum=grad_accum, warmup_ratio=0.0, lr=1e-3, progress=False,
+                         **{"epochs": 1.0, **settings}).validate()
+    return finish(runs, train_classifier(config))
+
+
+def seq2seq_run(runs, textchem, out: Path, batch_size: int, grad_accum: int, **settings) -> Run:
+    from scilm.training.config import TrainConfig
+    from scilm.training.seq2seq import train_seq2seq
+
+    train, valid = textchem
+    config = TrainConfig(data=str(train), valid=str(valid), model="t5-tiny", out=str(out), batch_size=batch_size,
+                         grad_accum=grad_accum, warmup_ratio=0.0, lr=3e-3, progress=False, max_source_length=64,
+                         max_target_length=128, **{"epochs": 1.0, **settings}).validate()
+    return finish(runs, train_seq2seq(config))
+
+
+# -- gradient accumulation ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("class_weights", [False, True], ids=["plain", "class-weights"])
+def test_classifier_accumulation_changes_nothing(recorder, proteins, tmp_path, class_weights):
+    runs = [classifier_run(recorder, proteins, tmp_path / f"{b}x{g}", b, g, class_weights=class_weights)
+            for b, g in SPLITS]
+    assert_same_training(runs)
+    # step 1's loss: cross-entropy over the window as one batch, w_y-weighted and divided by N
+    run = runs[0]
+    batch = whole_window(run, 1, pad_id=1)
+    with torch.no_grad():
+        logits = model_at_start(run)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    weights = None
+    if class_weights:
+        labels = [r.label for r in read_proteins(proteins[0], task="membrane")]
+        names = run.metrics["labels"]
+        counts = torch.tensor([labels.count(name) for name in names], dtype=torch.float32)
+        weights = len(labels) / (len(names) * counts)  # scikit-learn's "balanced"
+    expected = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weights, reduction="sum") / 4
+    assert run.losses[1] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_seq2seq_accumulation_changes_nothing(recorder, textchem, tmp_path):
+    """Case 1: the loss is token-weighted over the whole accumulated window (it was 4x at 1 x 4)."""
+    runs = [seq2seq_run(recorder, textchem, tmp_path / f"{b}x{g}", b, g) for b, g in SPLITS]
+    assert_same_training(runs)
+    run = runs[0]
+    batch = whole_window(run, 1, pad_id=run.trainer.processing_class.pad_token_id)
+    lengths = (batch["labels"] != -100).sum(dim=1)
+    assert lengths.max() > 2 * lengths.min()  # uneven targets: a per-micro-batch mean would differ
+    with torch.no_grad():  # Hugging Face's own T5 loss on the window as one batch: mean over its tokens
+        expected = model_at_start(run)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       labels=batch["labels"]).loss
+    assert run.losses[1] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_masked_lm_accumulation_changes_nothing(recorder, proteins, tmp_path):
+    from scilm.training.mlm import pretrain_mlm
+
+    sequences = [r.sequence for r in read_proteins(proteins[0], task="membrane")]
+    runs = []
+    for b, g in SPLITS:
+        pretrain_mlm(sequences, "esm2-tiny", tmp_path / f"{b}x{g}", epochs=2, batch_size=b, grad_accum=g, seed=3)
+        runs.append(finish(recorder, json.loads((tmp_path / f"{b}x{g}" / "metrics.json").read_text())))
+    assert_same_training(runs)
+    run = runs[0]
+    batch = whole_window(run, 1, pad_id=1)
+    with torch.no_grad():  # EsmForMaskedLM's own loss: mean over the window's masked tokens
+        expected = model_at_start(run)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       labels=batch["labels"]).loss
+    assert run.losses[1] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_masks_do_not_depend_on_batching_or_on_what_came_before():
+    """The masked-LM collator masks a sample by (seed, epoch, sample): a fresh collator (the first batch
+    after a resume), another batch composition and an earlier call all give the same rows."""
+    from scilm.models.protein import esm2_tokenizer
+    from scilm.training.mlm import SampleSeededMaskingCollator
+
+    tokenizer = esm2_tokenizer()
+    features = [{"input_ids": tokenizer(s)["input_ids"], INDEX_KEY: i}
+                for i, s in enumerate(["MKTAYIAKQRQISFVKSHFSRQ", "MALWMRLLPLLALLALWGPDPAAA" * 2, "MSTNPKPQRK"])]
+    used = SampleSeededMaskingCollator(tokenizer, seed=0)
+    used([features[2], features[0]])  # an earlier call must not matter
+    together = used(features)
+    for i, feature in enumerate(features):
+        alone = SampleSeededMaskingCollator(tokenizer, seed=0)([feature])
+        n = alone["input_ids"].shape[1]
+        assert torch.equal(together["input_ids"][i, :n], alone["input_ids"][0])
+        assert torch.equal(together["labels"][i, :n], alone["labels"][0])
+        assert (together["labels"][i, n:] == -100).all()
+    assert (together["labels"] != -100).any()
+    next_epoch = SampleSeededMaskingCollator(tokenizer, seed=0)
+    next_epoch.epoch = 1
+    assert not torch.equal(next_epoch(features)["labels"], together["labels"])  # dynamic masking
+
+
+@pytest.mark.parametrize("recipe", ["classifier", "seq2seq"])
+def test_reuse_sifting_weights_change_nothing_under_accumulation(recorder, proteins, textchem, tmp_path, recipe):
+    """Reuse policy: kept samples' summed losses are weighted 1/p, then divided by the window's items;
+    the second epoch keeps only some samples, its last window is ragged (and at 1 x 4 shorter than 4)."""
+    sift = dict(sift_beta=1.0, sift_policy="reuse", epochs=3.0)
+    run_one = classifier_run if recipe == "classifier" else seq2seq_run
+    data = proteins if recipe == "classifier" else textchem
+    runs = [run_one(recorder, data, tmp_path / f"{b}x{g}", b, g, **sift) for b, g in SPLITS]
+    assert_same_training(runs)
+    assert runs[0].metrics["sifting"]["samples_kept"] < runs[0].metrics["sifting"]["samples_planned"]
+
+
+def test_relative_sifting_path_changes_nothing_under_accumulation(recorder, proteins, tmp_path):
+    """The relative policy's loader has no length: a window cut short by the epoch's end (1 x 4: 4 then
+    2 micro-batches) still gets its own optimizer step, normalised by its own items. (Within the
+    delay every sample passes; after it, selection depends on the batches scored, by design.)"""
+    sift = dict(sift_beta=1.0, sift_delay=100, epochs=2.0)
+    runs = [classifier_run(recorder, proteins, tmp_path / f"{b}x{g}", b, g, **sift) for b, g in SPLITS]
+    assert_same_training(runs)
+    assert runs[0].metrics["global_step"] == 4  # 2 epochs of a window of 4 and one of 2
+
+
+def test_cli_seq2seq_train_loss_under_accumulation_case_1(run_cli, tmp_path):
+    """Case 1 as reported: 4 examples, one optimizer step, 4x1, 2x2, 1x4 gave 6.107 / 12.08 / 22.97."""
+    data = tmp_path / "x.jsonl"
+    data.write_text("\n".join((TEXTCHEM / "train.jsonl").read_text().splitlines()[:4]) + "\n")
+    losses = []
+    for b, g in SPLITS:
+        out = tmp_path / f"run{b}x{g}"
+        result = run_cli("train", "--data", data, "--valid", TEXTCHEM / "valid.jsonl", "--model", "t5-tiny",
+                         "--max-steps", "1", "--batch-size", b, "--grad-accum", g, "--out", out, "--no-progress")
+        assert result.exit_code == 0, result.stderr[-2000:]
+        losses.append(json.loads((out / "metrics.json").read_text())["train_loss"])
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)
+
+
+def test_eval_loss_does_not_depend_on_eval_batch_size(tmp_path, textchem):
+    """eval_loss is summed over every target token of the set / their count, however it is batched."""
+    from scilm.data.textchem import read_jsonl
+    from scilm.models.seq2seq import load_seq2seq_model
+    from scilm.training.common import training_arguments
+    from scilm.training.config import TrainConfig
+    from scilm.training.losses import token_loss_sums
+    from scilm.training.seq2seq import collator, encode
+
+    examples = read_jsonl(textchem[0])
+    model, tokenizer = load_seq2seq_model("t5-tiny", [t for e in examples for t in (e.source, e.target)], 300, 0)
+    data = encode(examples, tokenizer, 48, 40)
+    losses = []
+    for size in (1, 4, 6):
+        config = TrainConfig(data="x", eval_batch_size=size, progress=False)
+        trainer = ScilmTrainer(model=model, args=training_arguments(config, tmp_path, "fp32"), eval_dataset=data,
+                               data_collator=collator(tokenizer, model), processing_class=tokenizer,
+                               item_loss=token_loss_sums)
+        losses.append(trainer.evaluate()["eval_loss"])
+    with torch.no_grad():
+        batch = collator(tokenizer, model)(data)
+        expected = model.eval()(**batch).loss  # the model's own mean over all target tokens at once
+    assert losses == pytest.approx([float(expected)] * 3, rel=1e-5)
