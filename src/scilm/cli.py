@@ -311,6 +311,13 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("SCILM_LOG_LEVEL", "INFO"), format="%(message)s")
     try:
         app()
+    except OSError as exc:  # disk full, read-only or forbidden paths: the user can act on these
+        from scilm.training.rundir import USER_OS_ERRORS, describe_os_error
+
+        if exc.errno not in USER_OS_ERRORS:
+            raise
+        typer.echo(f"error: {describe_os_error(exc)}", err=True)
+        sys.exit(2)
     except ScilmError as exc:
         code = getattr(exc, "exit_code", 2)
         if code != 2:  # a signal stop: rank 0 says it once for all ranks
@@ -323,6 +330,10 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        from scilm.training.rundir import release_all
+
+        release_all()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,27 +157,97 @@ class TrainConfig:
         return data
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """A YAML file of TrainConfig keys (optional), then the command-line values on top."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ScilmError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise ScilmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ScilmError(f"{path}: a config is a mapping of settings to values")
-        values.update({key.replace("-", "_"): value for key, value in loaded.items()})
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-4`` is a number, as in YAML 1.2 (PyYAML reads it as text)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's value (UTF-8, a byte-order mark ignored); ScilmError naming the file if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ScilmError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as exc:
+        raise ScilmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ScilmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "text",
+             dict: "a mapping of names to values"}
+
+
+def _schema():
+    """A strict pydantic model of TrainConfig's fields (types from the dataclass, declared once there)."""
+    from pydantic import ConfigDict, create_model
+
+    hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name: (hints[f.name], None) for f in dataclasses.fields(TrainConfig)}
+    return create_model("TrainConfigSchema", __config__=ConfigDict(strict=True, allow_inf_nan=False,
+                                                                    extra="forbid"), **fields), hints
+
+
+def _expected(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    names = [_EXPECTED.get(typing.get_origin(a) or a, str(a)) for a in args]
+    return " or ".join(names) + (" (or null)" if type(None) in typing.get_args(hint) else "")
+
+
+def check_types(values: dict[Any, Any], where: str = "") -> dict[str, Any]:
+    """``values`` with each setting checked against TrainConfig's declared type (strict: no guessing).
+
+    A string is never read as a boolean or a number (``overwrite: 'false'`` is an error, not true),
+    a float is not an integer, infinities and NaN are refused, unknown keys are errors. An integer
+    is accepted for a text setting (``valid_split: 4``) and converted. Raises ScilmError naming the
+    key, the expected type and the value given.
+    """
+    from pydantic import ValidationError
+
+    schema, hints = _schema()
+    bad_keys = [key for key in values if not isinstance(key, str)]
+    if bad_keys:
+        raise ScilmError(f"{where}setting name {bad_keys[0]!r} is not text")
+    values = {key: (str(value) if isinstance(value, int) and not isinstance(value, bool)
+                    and key in hints and str in typing.get_args(hints[key]) else value)
+              for key, value in values.items()}
+    unknown = sorted(set(values) - set(hints))
     if unknown:
-        where = f"{path}: " if path is not None else ""
         raise ScilmError(f"{where}unknown setting(s): {', '.join(unknown)}")
     try:
-        return TrainConfig(**values).validate()
-    except TypeError as exc:
-        raise ScilmError(f"bad configuration: {exc}") from None
+        schema.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0])
+        value = values.get(key)
+        shown = f"the text {value!r}" if isinstance(value, str) else repr(value)
+        raise ScilmError(f"{where}{key}: expected {_expected(hints[key])}, got {shown}") from None
+    return values
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """A YAML file of TrainConfig keys (optional), then the command-line values on top, type-checked.
+
+    Raises ScilmError naming the file and key for unknown keys, wrong types or bad values.
+    """
+    values: dict[str, Any] = {}
+    where = ""
+    if path is not None:
+        path = Path(path)
+        where = f"{path}: "
+        loaded = read_yaml(path) or {}
+        if not isinstance(loaded, dict):
+            raise ScilmError(f"{path}: a config is a mapping of settings to values")
+        values.update(check_types({key.replace("-", "_") if isinstance(key, str) else key: value
+                                   for key, value in loaded.items()}, where))
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    values = check_types(values)
+    return TrainConfig(**values).validate()

@@ -22,6 +22,7 @@ from transformers import (
 
 from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
 from scilm.training.common import (
+    check_out_dir,
     finish_run,
     prepare_out_dir,
     save_run,
@@ -68,7 +69,7 @@ def pretrain_mlm(
     ``save_every`` / ``resume`` / ``overwrite`` work as in ``scilm train`` (atomic checkpoints,
     SIGTERM saves one and exits non-zero).
     """
-    out = prepare_out_dir(out, overwrite, resume)
+    check_out_dir(out, overwrite, resume)  # fail fast; nothing written yet
     set_seed(seed)
     if is_preset(model):
         net, tokenizer = EsmForMaskedLM(esm2_config(model)), esm2_tokenizer()
@@ -78,6 +79,7 @@ def pretrain_mlm(
         model = resolve_source(model)
         net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model)
+    out = prepare_out_dir(out, overwrite, resume)  # the model loaded: now the directory is ours
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
     args = TrainingArguments(

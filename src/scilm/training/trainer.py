@@ -27,7 +27,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from scilm.errors import ScilmError
 from scilm.sifting.distributed import all_reduce
-from scilm.training import checkpoints
+from scilm.training import checkpoints, rundir
 from scilm.training.callbacks import EvalHistory
 from scilm.training.common import write_json_atomic
 from scilm.training.distributed import barrier, is_main_process, rank, world_size
@@ -160,18 +160,28 @@ class ScilmTrainer(Trainer):
         path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
         if checkpoints.is_complete(path):  # already saved at this step (e.g. signal, then epoch end)
             return
-        super()._save_checkpoint(model, trial)
-        self.save_extra_state(path)
-        loss_sum = self._loss_sum()  # a collective: every rank computes it
-        barrier()  # every rank's files are written
         if is_main_process():
-            checkpoints.maybe_inject_fault(path, self.state.global_step)
-            state = {"global_step": self.state.global_step, "world_size": world_size(),
-                     "train_seconds": self.eval_history.train_seconds(),
-                     "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
-                     "train_loss_sum": loss_sum}
-            write_json_atomic(path / checkpoints.SCILM_STATE, state)
-            checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
+            rundir.mark_owned(path)  # before any file: only what scilm created is ever deleted
+        barrier()
+        try:
+            with rundir.writing(f"cannot write {path.name}; earlier checkpoints are intact"):
+                super()._save_checkpoint(model, trial)
+                self.save_extra_state(path)
+                loss_sum = self._loss_sum()  # a collective: every rank computes it
+                barrier()  # every rank's files are written
+                if is_main_process():
+                    checkpoints.maybe_inject_fault(path, self.state.global_step)
+                    state = {"global_step": self.state.global_step, "world_size": world_size(),
+                             "train_seconds": self.eval_history.train_seconds(),
+                             "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
+                             "train_loss_sum": loss_sum}
+                    write_json_atomic(path / checkpoints.SCILM_STATE, state)
+                    checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
+        except ScilmError:
+            if is_main_process():
+                rundir.remove_owned(path)  # a partial checkpoint never stays behind
+            raise
+        if is_main_process():
             checkpoints.rotate(path.parent, self.keep_checkpoints, self.state.best_model_checkpoint)
         barrier()  # nobody moves on (or stops) before the checkpoint is complete
 
@@ -224,7 +234,7 @@ class ScilmTrainer(Trainer):
 
         A run stopped by SIGTERM/SIGINT raises :class:`RunInterrupted` once its checkpoint is complete.
         """
-        output = self.train(resume_from_checkpoint=self.latest_checkpoint() if resume else None)
+        output = self.train(resume_from_checkpoint=self.checkpoint_to_resume() if resume else None)
         if self.interrupted_by:
             raise RunInterrupted(
                 f"stopped by {self.interrupted_by} at step {self.state.global_step}; checkpoint saved in "
@@ -272,3 +282,7 @@ class ScilmTrainer(Trainer):
 
     def latest_checkpoint(self) -> Path | None:
         return checkpoints.latest_complete(Path(self.args.output_dir))
+
+    def checkpoint_to_resume(self) -> Path | None:
+        """The newest intact checkpoint (sizes and hashes checked); older ones replace damaged ones."""
+        return checkpoints.latest_intact(Path(self.args.output_dir))
