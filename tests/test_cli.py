@@ -49,3 +49,24 @@ def test_train_options_are_the_config_fields_with_their_defaults(run_cli):
     assert not re.search(r"\S \.\s*$", text, flags=re.M)
     options = set(blocks)
     assert options == {"--config", "--help"} | {"--" + f.name.replace("_", "-") for f in fields}
+
+
+def test_a_run_from_the_shipped_model_says_one_plain_line_about_the_new_head(tmp_path):
+    """transformers' coloured LOAD REPORT table, its progress bars and absl's INFO lines stay out."""
+    import subprocess
+    import sys
+
+    from conftest import DEEPLOC_TRAIN, DEEPLOC_VALID, deeploc_slice
+
+    train = deeploc_slice(tmp_path / "t.fasta", DEEPLOC_TRAIN, 8, 40)
+    valid = deeploc_slice(tmp_path / "v.fasta", DEEPLOC_VALID, 4, 40)
+    result = subprocess.run([sys.executable, "-m", "scilm", "train", "--data", str(train), "--valid", str(valid),
+                             "--model", "esm2-tiny-mlm", "--max-steps", "2", "--no-progress",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = result.stdout + result.stderr
+    assert "\x1b[" not in said and "LOAD REPORT" not in said and "Loading weights" not in said
+    assert "Writing model shards" not in said and "Using default tokenizer" not in said
+    assert said.count("new classifier head (4 tensors) initialised for this task; lm_head of the checkpoint "
+                      "not used (5 tensors)") == 1
+    assert "SIGTERM" not in said

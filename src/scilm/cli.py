@@ -303,7 +303,10 @@ def bench_serve(
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
-    logging.basicConfig(level=os.environ.get("SCILM_LOG_LEVEL", "INFO"), format="%(message)s")
+    # scilm's own messages at INFO; other libraries only when they warn (rouge_score via absl logs
+    # "Using default tokenizer." at INFO). Model load reports are summarised by scilm.models.loading.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("scilm").setLevel(os.environ.get("SCILM_LOG_LEVEL", "INFO"))
     try:
         app()
     except OSError as exc:  # disk full, read-only or forbidden paths: the user can act on these

@@ -231,17 +231,23 @@ def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
 
 def save_run(model, tokenizer, out: Path, lora: bool) -> None:
     """``out/model`` (merged if LoRA; safetensors only) and ``out/adapter``, each moved in whole."""
-    tmp_model = out / ".model.partial"
-    if lora:
-        from scilm.models.lora import save_lora_run
+    from scilm.models.loading import quiet_transformers
 
-        tmp_adapter = out / ".adapter.partial"
-        model = save_lora_run(model, tmp_model, tmp_adapter)
-        replace_dir_atomic(tmp_adapter, out / "adapter")
-    else:
-        model.save_pretrained(str(tmp_model))
-    tokenizer.save_pretrained(str(tmp_model))
-    replace_dir_atomic(tmp_model, out / "model")
+    tmp_model, tmp_adapter = out / ".model.partial", out / ".adapter.partial"
+    try:
+        with quiet_transformers():
+            if lora:
+                from scilm.models.lora import save_lora_run
+
+                model = save_lora_run(model, tmp_model, tmp_adapter)
+                replace_dir_atomic(tmp_adapter, out / "adapter")
+            else:
+                model.save_pretrained(str(tmp_model))
+            tokenizer.save_pretrained(str(tmp_model))
+        replace_dir_atomic(tmp_model, out / "model")
+    finally:  # a failed save (disk full) leaves no half-written directory behind
+        for partial in (tmp_model, tmp_adapter):
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def library_versions() -> dict[str, str]:
@@ -264,11 +270,14 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. disk full)
 
 
 def replace_dir_atomic(tmp: Path, final: Path) -> None:

@@ -20,6 +20,7 @@ from transformers import (
     set_seed,
 )
 
+from scilm.models.loading import load_pretrained
 from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
 from scilm.training.common import (
     check_out_dir,
@@ -77,7 +78,7 @@ def pretrain_mlm(
         from transformers import AutoTokenizer
 
         model = resolve_source(model)
-        net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
+        net = load_pretrained(AutoModelForMaskedLM, model, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model)
     out = prepare_out_dir(out, overwrite, resume)  # the model loaded: now the directory is ours
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)

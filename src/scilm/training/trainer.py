@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from scilm.errors import ScilmError
+from scilm.models.loading import quiet_transformers
 from scilm.sifting.distributed import all_reduce
 from scilm.training import checkpoints, rundir
 from scilm.training.callbacks import EvalHistory
@@ -198,7 +199,8 @@ class ScilmTrainer(Trainer):
         if self.is_fsdp_enabled or self.is_deepspeed_enabled or not plain or hasattr(model, "peft_config"):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         dtype = next(model.parameters()).dtype
-        reloaded = type(model).from_pretrained(str(path), dtype=dtype)
+        with quiet_transformers():
+            reloaded = type(model).from_pretrained(str(path), dtype=dtype)
         result = model.load_state_dict(reloaded.state_dict(), strict=False)
         saved_params = {name for name, _ in model.named_parameters()}
         missing = [key for key in result.missing_keys if key in saved_params]
@@ -206,6 +208,20 @@ class ScilmTrainer(Trainer):
             raise ScilmError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
                              f"unexpected {result.unexpected_keys[:3]}); was it written by the same --model?")
         del reloaded
+
+    def _load_best_model(self) -> None:
+        """``--keep-best``: reload the best checkpoint the same way as a resume (see above).
+
+        The Trainer's own reload is the same non-strict ``load_state_dict``: ESM-2 LayerNorms would
+        stay at their last values, and T5's tied ``lm_head`` is reported as a missing key.
+        """
+        best = self.state.best_model_checkpoint
+        if best is None or self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
+            return super()._load_best_model()
+        if is_main_process():
+            log.info("loading the best checkpoint (step %s, eval_loss %.4f)", Path(best).name.rsplit("-", 1)[-1],
+                     self.state.best_metric)
+        self._load_from_checkpoint(best)
 
     def save_extra_state(self, path: Path) -> None:
         """Per-rank state beyond the Trainer's (the sifting trainer saves its selector here)."""
@@ -253,7 +269,8 @@ class ScilmTrainer(Trainer):
             if self.signal_received is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.signal_received = signum
-            log.warning("rank %d: got %s; saving a checkpoint after this step", rank(), signal.Signals(signum).name)
+            who = f"rank {rank()}: " if world_size() > 1 else ""
+            log.warning("%sgot %s; saving a checkpoint after this step", who, signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
