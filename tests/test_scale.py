@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEEPLOC_TRAIN, DEEPLOC_VALID, REPO, deeploc_slice
-from scilm.training import checkpoints
+from scilm.training import checkpoints, rundir
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_rotation_keeps_complete_checkpoints_and_the_best(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (5, 10, 15, 20):
         path = root / f"checkpoint-{step}"
-        path.mkdir(parents=True)
+        rundir.mark_owned(path)
         (path / "model.safetensors").write_bytes(b"x")
         if step != 20:
             checkpoints.write_marker(path, {"global_step": step})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from scilm.errors import ScilmError
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: x]" and "a | b" print as written
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Fine-tune, evaluate and serve scientific language models (ESM-2 proteins, Text+Chem T5).",
@@ -26,68 +28,57 @@ app.add_typer(data_app, name="data")
 Opt = typer.Option
 
 
-@app.command()
-def train(
-    data: Optional[str] = Opt(None, help="Training file: FASTA (DeepLoc headers), CSV/TSV, or JSONL."),
-    config: Optional[Path] = Opt(None, help="YAML file of settings; flags given here win."),
-    valid: Optional[str] = Opt(None, help="Validation file (else a stratified split)."),
-    valid_fraction: Optional[float] = Opt(None, help="Held-out share without --valid [0.2]."),
-    task: Optional[str] = Opt(None, help="FASTA label: membrane | localization [membrane]."),
-    sequence_column: Optional[str] = Opt(None, help="Table column with sequences [Sequence]."),
-    label_column: Optional[str] = Opt(None, help="Table column with labels [Membrane]."),
-    id_column: Optional[str] = Opt(None, help="Table column with ids [ACC/id if present]."),
-    split_column: Optional[str] = Opt(None, help="Table column of homology partitions, e.g. Partition."),
-    valid_split: Optional[str] = Opt(None, help="Value of --split-column that validates, e.g. 4."),
-    min_length: Optional[int] = Opt(None, help="Drop shorter sequences."),
-    max_length: Optional[int] = Opt(None, help="Drop longer sequences."),
-    truncate: Optional[int] = Opt(None, help="Residues kept per sequence [1022]."),
-    model: Optional[str] = Opt(None, help="Preset (esm2-tiny, esm2-8m..650m), local dir or hub id [esm2-tiny]."),
-    out: Optional[str] = Opt(None, help="Output directory [runs/scilm]."),
-    overwrite: Optional[bool] = Opt(None, "--overwrite", help="Replace a finished run in --out."),
-    epochs: Optional[float] = Opt(None, help="Training epochs [1]."),
-    max_steps: Optional[int] = Opt(None, help="Optimizer steps; overrides --epochs."),
-    batch_size: Optional[int] = Opt(None, help="Per-device batch size [8]."),
-    lr: Optional[float] = Opt(None, help="Learning rate [1e-4; 1e-3 with --lora]."),
-    warmup_ratio: Optional[float] = Opt(None, help="Share of steps with linear warm-up [0.1]."),
-    seed: Optional[int] = Opt(None, help="Seed for split, init, order [0]."),
-    group_by_length: Optional[bool] = Opt(None, "--group-by-length/--no-group-by-length",
-                                          help="Batch similar lengths together [on]."),
-    class_weights: Optional[bool] = Opt(None, "--class-weights", help="Class-weighted loss."),
-    grad_accum: Optional[int] = Opt(None, help="Gradient accumulation steps [1]."),
-    grad_checkpointing: Optional[bool] = Opt(None, "--grad-checkpointing", help="Gradient checkpointing."),
-    lora: Optional[bool] = Opt(None, "--lora", help="LoRA adapters (PEFT) + full classification head."),
-    lora_r: Optional[int] = Opt(None, help="LoRA rank [8]."),
-    lora_alpha: Optional[int] = Opt(None, help="LoRA alpha [16]."),
-    lora_dropout: Optional[float] = Opt(None, help="LoRA dropout [0.05]."),
-    precision: Optional[str] = Opt(None, help="auto | fp32 | bf16 | fp16 [auto: fp32 on CPU]."),
-    sift_beta: Optional[float] = Opt(None, help="Smart sifting: keep ~1/(1+beta) of samples [off]."),
-    sift_history: Optional[int] = Opt(None, help="Sifting: losses in the percentile window [500]."),
-    sift_delay: Optional[int] = Opt(None, help="Sifting: unsifted steps first [10]."),
-    sift_policy: Optional[str] = Opt(None, help="Sifting: relative (extra scoring pass) | reuse | random, reuse-random (blind controls) [relative]."),
-    lr_decay: Optional[float] = Opt(None, help="Per-epoch multiplicative lr decay, e.g. 0.99 [linear schedule]."),
-    eval_steps: Optional[int] = Opt(None, help="Validate every N steps [every epoch]."),
-    eval_max_batches: Optional[int] = Opt(None, help="Validate on at most M batches [all]."),
-    keep_best: Optional[bool] = Opt(None, "--keep-best", help="Keep the checkpoint with the lowest validation loss."),
-    max_source_length: Optional[int] = Opt(None, help="Seq2seq: source tokens kept [512]."),
-    max_target_length: Optional[int] = Opt(None, help="Seq2seq: target tokens kept [512]."),
-    tokenizer_vocab_size: Optional[int] = Opt(None, help="t5-tiny: vocabulary of the tokenizer trained on the data [1000]."),
-    nproc: Optional[int] = Opt(None, help="Data-parallel processes on this machine (starts torchrun) [1]."),
-    fsdp: Optional[bool] = Opt(None, "--fsdp", help="Shard the model over the processes (FSDP2; with --nproc)."),
-    fsdp_config: Optional[str] = Opt(None, help="FSDP config file (JSON), e.g. configs/fsdp/esm2.json."),
-    deepspeed: Optional[str] = Opt(None, help="DeepSpeed config file (JSON), e.g. configs/deepspeed/zero3.json."),
-    save_every: Optional[int] = Opt(None, help="Checkpoint every N optimizer steps [off; always on SIGTERM]."),
-    keep_checkpoints: Optional[int] = Opt(None, help="Complete checkpoints kept [2]."),
-    resume: Optional[bool] = Opt(None, "--resume", help="Continue from the latest complete checkpoint in --out."),
-    skip_nonfinite: Optional[bool] = Opt(None, "--skip-nonfinite", help="Skip batches with a NaN/inf loss [stop]."),
-    progress: Optional[bool] = Opt(None, "--progress/--no-progress", help="Progress bar [on]."),
-) -> None:
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        typer.echo(f"scilm {metadata.version('scilm')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = Opt(False, "--version", callback=_version, is_eager=True,
+                              help="Print scilm's version and exit.")) -> None:
+    """Fine-tune, evaluate and serve scientific language models (ESM-2 proteins, Text+Chem T5)."""
+
+
+def _train_signature() -> inspect.Signature:
+    """The options of ``scilm train``, one per TrainConfig field: type, default and help declared once there.
+
+    Every option defaults to None here, meaning "not given": the YAML file (``--config``) and then
+    TrainConfig's own default apply; ``--help`` shows TrainConfig's default.
+    """
+    import dataclasses
+    import typing
+
+    from scilm.training.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                default=Opt(None, help="YAML file of settings (the same names); options given here win."))]
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "extra":
+            continue
+        base = next(a for a in (typing.get_args(hints[field.name]) or (hints[field.name],)) if a is not type(None))
+        flag = "--" + field.name.replace("_", "-")
+        shown = "none" if field.default is None else str(field.default).lower() if base is bool else str(field.default)
+        if field.name == "data":
+            shown = "required"
+        decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag]
+        option = Opt(None, *decls, help=f"{field.metadata.get('help', '')} [default: {shown}]", show_default=False)
+        params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],
+                                        default=option))
+    return inspect.Signature(params)
+
+
+def train(**options) -> None:
     """Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json."""
-    overrides = {k: v for k, v in locals().items() if k != "config"}
+    config = options.pop("config")
     from scilm.training import load_config
     from scilm.training import train as run_training
     from scilm.training.distributed import is_main_process, launch_torchrun, launched_by_torchrun, strip_option
 
-    run_config = load_config(config, overrides)
+    run_config = load_config(config, options)
     if run_config.nproc > 1 and not launched_by_torchrun():
         argv = sys.argv[sys.argv.index("train") + 1:]
         raise typer.Exit(launch_torchrun(run_config.nproc, strip_option(argv, "--nproc")))
@@ -101,6 +92,10 @@ def train(
     kept = f", sifting kept {sifting['keep_rate']:.0%}" if sifting else ""
     typer.echo(f"{summary}; train {metrics['train_runtime_s']:.0f} s, peak memory "
                f"{metrics['peak_memory_mb']:.0f} MB{kept}; wrote {metrics['config']['out']}")
+
+
+train.__signature__ = _train_signature()
+app.command()(train)
 
 
 @app.command()
@@ -308,9 +303,19 @@ def bench_serve(
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
-    logging.basicConfig(level=os.environ.get("SCILM_LOG_LEVEL", "INFO"), format="%(message)s")
+    # scilm's own messages at INFO; other libraries only when they warn (rouge_score via absl logs
+    # "Using default tokenizer." at INFO). Model load reports are summarised by scilm.models.loading.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("scilm").setLevel(os.environ.get("SCILM_LOG_LEVEL", "INFO"))
     try:
         app()
+    except OSError as exc:  # disk full, read-only or forbidden paths: the user can act on these
+        from scilm.training.rundir import USER_OS_ERRORS, describe_os_error
+
+        if exc.errno not in USER_OS_ERRORS:
+            raise
+        typer.echo(f"error: {describe_os_error(exc)}", err=True)
+        sys.exit(2)
     except ScilmError as exc:
         code = getattr(exc, "exit_code", 2)
         if code != 2:  # a signal stop: rank 0 says it once for all ranks
@@ -323,6 +328,10 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        from scilm.training.rundir import release_all
+
+        release_all()
 
 
 if __name__ == "__main__":

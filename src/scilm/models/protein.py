@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from scilm.errors import ScilmError
+from scilm.models.loading import load_pretrained
 
 # Shared by every ESM-2 size (values of the released facebook/esm2_* configs).
 _ESM2_COMMON = dict(
@@ -108,9 +109,9 @@ def load_protein_classifier(
         return model, esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, use_safetensors=True, ignore_mismatched_sizes=True, **_label_maps(labels)
-        )
+        model = load_pretrained(AutoModelForSequenceClassification, name_or_path, new_head=("classifier.",),
+                                unused=("lm_head.",), use_safetensors=True, ignore_mismatched_sizes=True,
+                                **_label_maps(labels))
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
@@ -121,7 +122,7 @@ def load_trained_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedToken
     """A classifier saved by ``scilm train`` (or any local/hub classifier), in eval mode."""
     path = resolve_source(path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+        model = load_pretrained(AutoModelForSequenceClassification, path, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise ScilmError(f"--model {path}: cannot load ({_first_line(exc)})") from None
@@ -134,7 +135,9 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
         return EsmModel(esm2_config(name_or_path), add_pooling_layer=False).eval(), esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
     try:
-        model = AutoModel.from_pretrained(name_or_path, use_safetensors=True, add_pooling_layer=False)
+        # a classifier's or masked LM's encoder: its head is not needed to embed
+        model = load_pretrained(AutoModel, name_or_path, unused=("classifier.", "lm_head."), use_safetensors=True,
+                                add_pooling_layer=False)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None

@@ -33,6 +33,7 @@ from transformers import (
 
 from scilm.chem.tokenize import SMILES_REGEX
 from scilm.errors import ScilmError
+from scilm.models.loading import load_pretrained
 from scilm.models.protein import _first_line, resolve_source
 
 # name -> T5Config shape. Dropout 0: a tiny model on tiny data underfits, it does not overfit.
@@ -120,7 +121,7 @@ def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         model_type = AutoConfig.from_pretrained(name_or_path).model_type
         if model_type != "t5":
             raise ScilmError(f"--model {name_or_path}: a {model_type} model, not a T5 seq2seq model")
-        model = T5ForConditionalGeneration.from_pretrained(name_or_path, use_safetensors=True)
+        model = load_pretrained(T5ForConditionalGeneration, name_or_path, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load as a T5 seq2seq model ({_first_line(exc)})") from None

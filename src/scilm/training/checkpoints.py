@@ -1,22 +1,29 @@
-"""Checkpoints that a kill can never leave half-valid.
+"""Checkpoints that a kill can never leave half-valid, and that resume only when intact.
 
-The Trainer writes ``checkpoint-N/`` (weights, optimizer, scheduler, RNG, trainer state); scilm then
-adds its own state (sifting, run bookkeeping), flushes every file to disk and, last, renames
-``COMPLETE`` into place. Only directories holding that marker count: a run killed while saving
-leaves a directory without it, which :func:`latest_complete` skips and :func:`remove_incomplete`
-deletes. Rotation runs only after a new marker exists, so one complete checkpoint always survives.
+scilm first marks ``checkpoint-N/`` as its own (:func:`scilm.training.rundir.mark_owned`); the
+Trainer writes weights, optimizer, scheduler, RNG and trainer state; scilm adds its own state
+(sifting, run bookkeeping), flushes every file to disk and, last, renames ``COMPLETE`` into place.
+The marker lists every file with its size and SHA-256. Only directories holding that marker count:
+a run killed while saving leaves a directory without it, which :func:`latest_complete` skips and
+:func:`remove_incomplete` deletes (only if scilm created it). :func:`latest_intact` re-checks the
+listed sizes and hashes before a resume and falls back to an older intact checkpoint, saying so;
+a damaged file is never half-restored. Rotation runs only after a new marker exists, so one
+complete checkpoint always survives.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
+
+from scilm.errors import ScilmError
+from scilm.training.rundir import is_owned, remove_owned
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +63,83 @@ def latest_complete(root: Path) -> Path | None:
 
 
 def remove_incomplete(root: Path) -> list[Path]:
-    """Delete checkpoint directories without a marker (a kill mid-save); returns what was removed."""
-    removed = [p for p in _checkpoints(root) if not is_complete(p)]
+    """Delete checkpoint directories scilm created but never completed (a kill mid-save).
+
+    Returns what was removed; a directory scilm did not create is left alone.
+    """
+    removed = [p for p in _checkpoints(root) if not is_complete(p) and is_owned(p)]
     for path in removed:
         log.warning("removing incomplete %s (the run was stopped while saving it)", path)
-        shutil.rmtree(path, ignore_errors=True)
+        remove_owned(path)
     return removed
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """``{relative file name: {"size": bytes, "sha256": hex}}`` of every file under ``path`` but the marker."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARKER)
+    return {str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": file_digest(p)} for p in files}
+
+
+# Files a resumable checkpoint cannot do without (weights are checked separately: several names).
+_REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt", SCILM_STATE)
+
+
+def problems(path: Path) -> list[str]:
+    """What is wrong with a complete checkpoint: missing, resized or changed files (empty = intact).
+
+    A marker written before scilm recorded hashes is checked for the files a resume needs.
+    """
+    try:
+        info = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [f"{MARKER} unreadable"]
+    files = info.get("files")
+    if not isinstance(files, dict):
+        found = [name for name in _REQUIRED if not (path / name).is_file()]
+        weights = list(path.glob("*.safetensors")) or list(path.glob("adapter_model*"))
+        return [f"{name} missing" for name in found] + ([] if weights else ["model weights missing"])
+    issues = []
+    for name, expected in files.items():
+        item = path / name
+        if not item.is_file():
+            issues.append(f"{name} missing")
+        elif item.stat().st_size != expected.get("size"):
+            issues.append(f"{name} is {item.stat().st_size} bytes, expected {expected.get('size')}")
+        elif file_digest(item) != expected.get("sha256"):
+            issues.append(f"{name} changed since it was saved (hash differs)")
+    return issues
+
+
+def latest_intact(root: Path) -> Path | None:
+    """The newest complete checkpoint whose files match its marker, or None if there is none.
+
+    Damaged newer checkpoints are reported and removed (they are scilm's and cannot be resumed);
+    raises ScilmError when complete checkpoints exist but none is intact.
+    """
+    damaged: list[tuple[Path, list[str]]] = []
+    for path in reversed(complete_checkpoints(root)):
+        found = problems(path)
+        if not found:
+            for bad, issues in damaged:
+                log.warning("%s is damaged (%s); resuming from %s instead", bad.name, "; ".join(issues[:3]),
+                            path.name)
+                (bad / MARKER).unlink(missing_ok=True)
+                remove_owned(bad)
+            return path
+        damaged.append((path, found))
+    if damaged:
+        listed = "; ".join(f"{bad.name}: {', '.join(issues[:2])}" for bad, issues in damaged[:3])
+        raise ScilmError(f"--resume: no intact checkpoint in {root} ({listed}); start over with --overwrite")
+    return None
 
 
 def fsync_tree(path: Path) -> None:
@@ -91,7 +169,7 @@ def write_marker(path: Path, info: dict[str, Any]) -> None:
     from scilm.training.common import write_json_atomic  # common imports this module
 
     fsync_tree(path)
-    write_json_atomic(path / MARKER, info)
+    write_json_atomic(path / MARKER, {**info, "files": manifest(path)})
     _fsync_dir(path)
 
 
@@ -103,15 +181,32 @@ def rotate(root: Path, keep: int, protect: Path | str | None = None) -> None:
     for path in surplus:
         if protected is not None and path.resolve() == protected:
             continue
+        if not is_owned(path):
+            continue
         (path / MARKER).unlink(missing_ok=True)  # first: a half-deleted checkpoint never counts
-        shutil.rmtree(path, ignore_errors=True)
+        remove_owned(path)
 
 
 def read_scilm_state(path: Path) -> dict[str, Any]:
     state_file = path / SCILM_STATE
     if not state_file.is_file():
         return {}
-    return json.loads(state_file.read_text(encoding="utf-8"))
+    try:
+        return json.loads(state_file.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ScilmError(f"{state_file}: not valid JSON; the checkpoint is damaged") from None
+
+
+def remove_all_owned(root: Path) -> None:
+    """Delete every checkpoint scilm created under ``root``, then ``root`` if nothing else is left."""
+    for path in _checkpoints(root):
+        if is_owned(path):
+            (path / MARKER).unlink(missing_ok=True)
+            remove_owned(path)
+    try:
+        root.rmdir()
+    except OSError:  # not empty (a file scilm did not create) or already gone
+        pass
 
 
 def maybe_inject_fault(path: Path, step: int) -> None:

@@ -20,6 +20,7 @@ from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, trainable_parameters
 from scilm.models.protein import load_protein_classifier
 from scilm.training.common import (
+    check_out_dir,
     finish_run,
     prepare_out_dir,
     resolve_precision,
@@ -80,7 +81,7 @@ def class_weights(train: list[pdata.ProteinRecord], labels: list[str]) -> torch.
 
 def train_classifier(config: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
-    out = prepare_out_dir(config.out, config.overwrite, config.resume)
+    check_out_dir(config.out, config.overwrite, config.resume)  # fail fast; nothing written yet
     precision = resolve_precision(config.precision)
     train_records, valid_records, labels = load_splits(config)
     set_seed(config.seed)
@@ -90,6 +91,7 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     if config.lora:
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
+    out = prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
     train_set = encode(train_records, tokenizer, labels, config.truncate)
     valid_set = encode(valid_records, tokenizer, labels, config.truncate)
     log.info("train %d, validation %d, labels %s, %d of %d parameters trainable",

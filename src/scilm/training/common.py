@@ -18,7 +18,7 @@ import torch
 from transformers import TrainingArguments
 
 from scilm.errors import ScilmError
-from scilm.training import checkpoints
+from scilm.training import checkpoints, rundir
 from scilm.training.config import TrainConfig
 from scilm.training.distributed import is_main_process, world_size
 
@@ -42,11 +42,13 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def prepare_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
-    """Check ``out`` against the run's intent: a new run, ``--overwrite`` or ``--resume``.
+def check_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Read-only check of ``out`` against the run's intent (a new run, ``overwrite`` or ``resume``).
 
-    Never clobbers a finished run or an unfinished one's checkpoints unless asked. Only rank 0
-    deletes (old checkpoints on ``--overwrite``, half-written ones always).
+    Called before any work so a wrong ``--out`` fails at once; writes nothing. ``out`` must be new,
+    empty, or a scilm run directory (:mod:`scilm.training.rundir`); a non-empty directory scilm did
+    not create needs ``overwrite``. A finished run is replaced only with ``overwrite``, an
+    unfinished one continues only with ``resume``. Raises ScilmError naming the problem.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -58,17 +60,35 @@ def prepare_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> P
         raise ScilmError(f"--out {out}: already holds a finished run ({', '.join(present)}); "
                          "pass --overwrite to replace it or choose another --out")
     root = out / "checkpoints"
-    if is_main_process():
-        if overwrite:  # the old result stops counting as finished; model/ is replaced only at the end
-            (out / FINISHED).unlink(missing_ok=True)
-            shutil.rmtree(root, ignore_errors=True)
-        checkpoints.remove_incomplete(root)
     latest = checkpoints.latest_complete(root)
     if resume and latest is None:
         raise ScilmError(f"--resume: no complete checkpoint in {root}; nothing to resume")
     if not resume and not overwrite and latest is not None:
         raise ScilmError(f"--out {out}: holds an unfinished run (checkpoint at step {checkpoints.checkpoint_step(latest)}); "
                          "pass --resume to continue it or --overwrite to start over")
+    # a resumable run written before scilm marked its directories is adopted by its checkpoints
+    rundir.check_claim(out, overwrite or (resume and latest is not None))
+    return out
+
+
+def prepare_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """:func:`check_out_dir`, then make ``out`` this run's: created, marked, locked, cleaned.
+
+    Call it once the inputs are read and the model is built (bad input writes nothing). Rank 0
+    alone claims, locks and deletes: its own old checkpoints on ``overwrite``, its own half-written
+    ones always; nothing scilm did not create. Raises ScilmError (also when another run holds
+    the directory, or it cannot be written).
+    """
+    out = check_out_dir(out, overwrite, resume)
+    root = out / "checkpoints"
+    if is_main_process():
+        rundir.claim(out, overwrite or (resume and checkpoints.latest_complete(root) is not None))
+        rundir.acquire_lock(out)
+        with rundir.writing("cannot update the run directory"):
+            if overwrite:  # the old result stops counting as finished; model/ is replaced only at the end
+                (out / FINISHED).unlink(missing_ok=True)
+                checkpoints.remove_all_owned(root)
+            checkpoints.remove_incomplete(root)
     return out
 
 
@@ -224,25 +244,33 @@ def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
             replace_dir_atomic(partial, out / "model")
         save_model = None
     if trainer.is_world_process_zero():
-        if save_model is not None:
-            save_model()
-        write_json_atomic(out / FINISHED, metrics)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        with rundir.writing("cannot write the finished run; its checkpoints are kept (--resume)"):
+            if save_model is not None:
+                save_model()
+            write_json_atomic(out / FINISHED, metrics)
+        checkpoints.remove_all_owned(out / "checkpoints")
+        rundir.release_lock(out)
 
 
 def save_run(model, tokenizer, out: Path, lora: bool) -> None:
     """``out/model`` (merged if LoRA; safetensors only) and ``out/adapter``, each moved in whole."""
-    tmp_model = out / ".model.partial"
-    if lora:
-        from scilm.models.lora import save_lora_run
+    from scilm.models.loading import quiet_transformers
 
-        tmp_adapter = out / ".adapter.partial"
-        model = save_lora_run(model, tmp_model, tmp_adapter)
-        replace_dir_atomic(tmp_adapter, out / "adapter")
-    else:
-        model.save_pretrained(str(tmp_model))
-    tokenizer.save_pretrained(str(tmp_model))
-    replace_dir_atomic(tmp_model, out / "model")
+    tmp_model, tmp_adapter = out / ".model.partial", out / ".adapter.partial"
+    try:
+        with quiet_transformers():
+            if lora:
+                from scilm.models.lora import save_lora_run
+
+                model = save_lora_run(model, tmp_model, tmp_adapter)
+                replace_dir_atomic(tmp_adapter, out / "adapter")
+            else:
+                model.save_pretrained(str(tmp_model))
+            tokenizer.save_pretrained(str(tmp_model))
+        replace_dir_atomic(tmp_model, out / "model")
+    finally:  # a failed save (disk full) leaves no half-written directory behind
+        for partial in (tmp_model, tmp_adapter):
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def library_versions() -> dict[str, str]:
@@ -265,11 +293,14 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. disk full)
 
 
 def replace_dir_atomic(tmp: Path, final: Path) -> None:

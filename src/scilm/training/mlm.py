@@ -23,8 +23,10 @@ from transformers import (
     set_seed,
 )
 
+from scilm.models.loading import load_pretrained
 from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
 from scilm.training.common import (
+    check_out_dir,
     finish_run,
     prepare_out_dir,
     save_run,
@@ -97,7 +99,7 @@ def pretrain_mlm(
     SIGTERM saves one and exits non-zero). ``grad_accum``: micro-batches per optimizer step; the
     loss of a step is the summed masked-token loss over all of them / their masked-token count.
     """
-    out = prepare_out_dir(out, overwrite, resume)
+    check_out_dir(out, overwrite, resume)  # fail fast; nothing written yet
     set_seed(seed)
     if is_preset(model):
         net, tokenizer = EsmForMaskedLM(esm2_config(model)), esm2_tokenizer()
@@ -105,8 +107,9 @@ def pretrain_mlm(
         from transformers import AutoTokenizer
 
         model = resolve_source(model)
-        net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
+        net = load_pretrained(AutoModelForMaskedLM, model, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model)
+    out = prepare_out_dir(out, overwrite, resume)  # the model loaded: now the directory is ours
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
     args = TrainingArguments(

@@ -31,6 +31,7 @@ from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, trainable_parameters
 from scilm.models.seq2seq import is_seq2seq_preset, load_seq2seq_model
 from scilm.training.common import (
+    check_out_dir,
     finish_run,
     prepare_out_dir,
     resolve_precision,
@@ -128,7 +129,7 @@ def task_counts(examples: list[TextChemExample]) -> dict[str, int]:
 def train_seq2seq(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
     check_settings(config)
-    out = prepare_out_dir(config.out, config.overwrite, config.resume)
+    check_out_dir(config.out, config.overwrite, config.resume)  # fail fast; nothing written yet
     precision = resolve_precision(config.precision)
     train_examples, valid_examples = load_splits(config)
     set_seed(config.seed)
@@ -140,6 +141,7 @@ def train_seq2seq(config: TrainConfig) -> dict[str, Any]:
     if config.lora:
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, TaskType.SEQ_2_SEQ_LM)
     n_trainable, n_total = trainable_parameters(model)
+    out = prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
     train_set = encode(train_examples, tokenizer, config.max_source_length, config.max_target_length)
     valid_set = encode(valid_examples, tokenizer, config.max_source_length, config.max_target_length)
     # Periodic validation on at most M batches (the original's limit_val_batches); the final one on all.

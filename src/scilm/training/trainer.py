@@ -27,8 +27,9 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from scilm.errors import ScilmError
+from scilm.models.loading import quiet_transformers
 from scilm.sifting.distributed import all_reduce
-from scilm.training import checkpoints
+from scilm.training import checkpoints, rundir
 from scilm.training.callbacks import EvalHistory
 from scilm.training.common import write_json_atomic
 from scilm.training.losses import IGNORE, cross_entropy_sums, count_items
@@ -301,18 +302,28 @@ class ScilmTrainer(Trainer):
         path = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
         if checkpoints.is_complete(path):  # already saved at this step (e.g. signal, then epoch end)
             return
-        super()._save_checkpoint(model, trial)
-        self.save_extra_state(path)
-        loss_sum = self._loss_sum()  # a collective: every rank computes it
-        barrier()  # every rank's files are written
         if is_main_process():
-            checkpoints.maybe_inject_fault(path, self.state.global_step)
-            state = {"global_step": self.state.global_step, "world_size": world_size(),
-                     "train_seconds": self.eval_history.train_seconds(),
-                     "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
-                     "train_loss_sum": loss_sum}
-            write_json_atomic(path / checkpoints.SCILM_STATE, state)
-            checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
+            rundir.mark_owned(path)  # before any file: only what scilm created is ever deleted
+        barrier()
+        try:
+            with rundir.writing(f"cannot write {path.name}; earlier checkpoints are intact"):
+                super()._save_checkpoint(model, trial)
+                self.save_extra_state(path)
+                loss_sum = self._loss_sum()  # a collective: every rank computes it
+                barrier()  # every rank's files are written
+                if is_main_process():
+                    checkpoints.maybe_inject_fault(path, self.state.global_step)
+                    state = {"global_step": self.state.global_step, "world_size": world_size(),
+                             "train_seconds": self.eval_history.train_seconds(),
+                             "eval_history": self.eval_history.history, "nonfinite_skipped": self.nonfinite_skipped,
+                             "train_loss_sum": loss_sum}
+                    write_json_atomic(path / checkpoints.SCILM_STATE, state)
+                    checkpoints.write_marker(path, {"global_step": self.state.global_step, "saved_at": time.time()})
+        except ScilmError:
+            if is_main_process():
+                rundir.remove_owned(path)  # a partial checkpoint never stays behind
+            raise
+        if is_main_process():
             checkpoints.rotate(path.parent, self.keep_checkpoints, self.state.best_model_checkpoint)
         barrier()  # nobody moves on (or stops) before the checkpoint is complete
 
@@ -329,7 +340,8 @@ class ScilmTrainer(Trainer):
         if self.is_fsdp_enabled or self.is_deepspeed_enabled or not plain or hasattr(model, "peft_config"):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         dtype = next(model.parameters()).dtype
-        reloaded = type(model).from_pretrained(str(path), dtype=dtype)
+        with quiet_transformers():
+            reloaded = type(model).from_pretrained(str(path), dtype=dtype)
         result = model.load_state_dict(reloaded.state_dict(), strict=False)
         saved_params = {name for name, _ in model.named_parameters()}
         missing = [key for key in result.missing_keys if key in saved_params]
@@ -337,6 +349,20 @@ class ScilmTrainer(Trainer):
             raise ScilmError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
                              f"unexpected {result.unexpected_keys[:3]}); was it written by the same --model?")
         del reloaded
+
+    def _load_best_model(self) -> None:
+        """``--keep-best``: reload the best checkpoint the same way as a resume (see above).
+
+        The Trainer's own reload is the same non-strict ``load_state_dict``: ESM-2 LayerNorms would
+        stay at their last values, and T5's tied ``lm_head`` is reported as a missing key.
+        """
+        best = self.state.best_model_checkpoint
+        if best is None or self.is_fsdp_enabled or self.is_deepspeed_enabled or hasattr(self.model, "peft_config"):
+            return super()._load_best_model()
+        if is_main_process():
+            log.info("loading the best checkpoint (step %s, eval_loss %.4f)", Path(best).name.rsplit("-", 1)[-1],
+                     self.state.best_metric)
+        self._load_from_checkpoint(best)
 
     def save_extra_state(self, path: Path) -> None:
         """Per-rank state beyond the Trainer's (the sifting trainer saves its selector here)."""
@@ -365,7 +391,7 @@ class ScilmTrainer(Trainer):
 
         A run stopped by SIGTERM/SIGINT raises :class:`RunInterrupted` once its checkpoint is complete.
         """
-        output = self.train(resume_from_checkpoint=self.latest_checkpoint() if resume else None)
+        output = self.train(resume_from_checkpoint=self.checkpoint_to_resume() if resume else None)
         if self.interrupted_by:
             raise RunInterrupted(
                 f"stopped by {self.interrupted_by} at step {self.state.global_step}; checkpoint saved in "
@@ -384,7 +410,8 @@ class ScilmTrainer(Trainer):
             if self.signal_received is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.signal_received = signum
-            log.warning("rank %d: got %s; saving a checkpoint after this step", rank(), signal.Signals(signum).name)
+            who = f"rank {rank()}: " if world_size() > 1 else ""
+            log.warning("%sgot %s; saving a checkpoint after this step", who, signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -413,3 +440,7 @@ class ScilmTrainer(Trainer):
 
     def latest_checkpoint(self) -> Path | None:
         return checkpoints.latest_complete(Path(self.args.output_dir))
+
+    def checkpoint_to_resume(self) -> Path | None:
+        """The newest intact checkpoint (sizes and hashes checked); older ones replace damaged ones."""
+        return checkpoints.latest_intact(Path(self.args.output_dir))
