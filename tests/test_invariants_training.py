@@ -187,9 +187,9 @@ def classifier_run(runs, proteins, out: Path, batch_size: int, grad_accum: int, 
     from scilm.training.config import TrainConfig
 
     train, valid = proteins
-    config = TrainConfig(data=str(train), valid=str(valid), model="esm2-tiny", out=str(out), batch_size=batch_size,
+    config = TrainConfig(data=str(train), valid=str(valid), out=str(out), batch_size=batch_size,
                          grad_accum=grad_accum, warmup_ratio=0.0, lr=1e-3, progress=False,
-                         **{"epochs": 1.0, **settings}).validate()
+                         **{"epochs": 1.0, "model": "esm2-tiny", **settings}).validate()
     return finish(runs, train_classifier(config))
 
 
@@ -340,3 +340,55 @@ def test_eval_loss_does_not_depend_on_eval_batch_size(tmp_path, textchem):
         batch = collator(tokenizer, model)(data)
         expected = model.eval()(**batch).loss  # the model's own mean over all target tokens at once
     assert losses == pytest.approx([float(expected)] * 3, rel=1e-5)
+
+
+# -- gradient checkpointing, LoRA -----------------------------------------------------------------
+
+def assert_every_trainable_parameter_learns(run: Run) -> None:
+    """Step 1 gives every trainable parameter a gradient (LoRA + checkpointing once trained nothing:
+    frozen inputs, no graph through the checkpointed blocks). LoRA's A matrices get exactly 0 at
+    step 1, since B starts at 0 (PEFT's init), and a non-zero one at step 2, once B has moved."""
+    trainable = [n for n, p in run.trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and set(trainable) <= set(run.grads[1])
+    for name in trainable:
+        step = 2 if "lora_A" in name else 1
+        assert run.grads[step][name].abs().max() > 0, f"{name}: no gradient at step {step}"
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("recipe", ["classifier", "seq2seq"])
+def test_gradient_checkpointing_changes_nothing(recorder, proteins, textchem, tmp_path, recipe, lora):
+    run_one, data = (classifier_run, proteins) if recipe == "classifier" else (seq2seq_run, textchem)
+    settings = dict(lora=lora, lora_dropout=0.0)  # dropout would draw different masks when recomputing
+    runs = [run_one(recorder, data, tmp_path / f"ckpt{on}", 4, 1, grad_checkpointing=on, **settings)
+            for on in (False, True)]
+    assert runs[1].trainer.model.is_gradient_checkpointing or runs[1].trainer.args.activation_checkpointing
+    assert_same_training(runs)
+    for run in runs:
+        assert_every_trainable_parameter_learns(run)
+
+
+def test_lora_merged_model_equals_base_plus_adapter(recorder, proteins, tmp_path):
+    """model/ (merged) and base + adapter/ give the same logits; the trained head is in the adapter."""
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification
+
+    from scilm.models.protein import esm2_tokenizer, load_protein_classifier
+
+    out = tmp_path / "lora"
+    run = classifier_run(recorder, proteins, out, 4, 1, lora=True, model="esm2-tiny-mlm", epochs=2.0)
+    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    for part in ("classifier.dense.weight", "classifier.out_proj.weight", "lora_A", "lora_B"):
+        assert any(part in k for k in keys), f"{part} missing from the adapter: {keys[:6]} ..."
+
+    base, _ = load_protein_classifier("esm2-tiny-mlm", run.metrics["labels"], seed=123)  # head: another init
+    adapted = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(str(out / "model")).eval()
+    sequences = [r.sequence for r in read_proteins(proteins[1], task="membrane")]
+    batch = esm2_tokenizer()(sequences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected, got = adapted(**batch).logits, merged(**batch).logits
+    # the base's own head is a fresh init (seed 123): equal logits need the adapter's trained head
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -14,7 +14,8 @@ class EvalHistory(TrainerCallback):
     against wall-time curve that benchmarks compare.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, epoch_of=None) -> None:
+        self.epoch_of = epoch_of  # () -> epochs of data done; default: the Trainer's state.epoch
         self.history: list[dict[str, float]] = []
         self._started = time.perf_counter()
         self._eval_seconds = 0.0
@@ -37,7 +38,7 @@ class EvalHistory(TrainerCallback):
         metrics = metrics or {}
         self.last_metrics = {**metrics, "step": state.global_step}
         self._eval_seconds += metrics.get("eval_runtime", 0.0)
-        row = {"step": state.global_step, "epoch": state.epoch,
+        row = {"step": state.global_step, "epoch": self.epoch_of() if self.epoch_of else state.epoch,
                "train_seconds": self.train_seconds()}
         row.update({k: v for k, v in metrics.items() if k.startswith("eval_") and "runtime" not in k
                     and "per_second" not in k})

@@ -196,7 +196,7 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
         "processes": processes,
         "engine": engine,
         "nonfinite_batches_skipped": trainer.nonfinite_skipped,
-        "epochs_completed": trainer.state.epoch,
+        "epochs_completed": trainer.data_epochs(),
         "eval_history": history.history,
         "n_train": n_train,
         "n_eval": n_eval,

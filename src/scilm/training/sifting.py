@@ -106,6 +106,13 @@ class SiftingTrainer(ScilmTrainer):
             self._saved_sift_state = None
         return self.sifting_loader
 
+    def data_epochs(self) -> float:
+        """Sifted passes over the data done (the Trainer's own epoch count restarts on resume: its
+        loader has no length, so a Trainer "epoch" is not a data epoch)."""
+        if self.sift.epochs is None:
+            return super().data_epochs()
+        return self.data_progress() * self.sift.epochs
+
     def epoch_complete(self) -> bool:
         """A sifted epoch has no fixed number of steps: ask the loader whether it has more."""
         loader = self.sifting_loader

@@ -136,7 +136,7 @@ class ScilmTrainer(Trainer):
         self.keep_checkpoints = keep_checkpoints
         self.sample_names = sample_names
         self.nonfinite_skipped = 0
-        self.eval_history = EvalHistory()
+        self.eval_history = EvalHistory(epoch_of=self.data_epochs)
         self.resumed_step = 0  # the checkpoint step this run continued from (0: not resumed)
         self.loss_sum_before = 0.0  # summed step losses of the segments before a resume
         self.signal_received: int | None = None
@@ -227,6 +227,10 @@ class ScilmTrainer(Trainer):
         values = super().set_initial_training_values(args, dataloader)
         self._steps_in_epoch = values[5]  # the Trainer steps at the end of an epoch of this many batches
         return values
+
+    def data_epochs(self) -> float:
+        """Passes over the training data done so far (the Trainer's count; sifting counts its own)."""
+        return float(self.state.epoch or 0.0)
 
     def epoch_complete(self) -> bool:
         """Whether the optimizer step just taken was the last of its epoch."""
