@@ -52,6 +52,8 @@ def single_thread():
 class Run:
     trainer: ScilmTrainer
     initial: dict[str, torch.Tensor]
+    trainable: list[str]  # names of the trainable parameters when training began
+    block_calls: int = 0  # training-mode forwards of the first transformer block
     losses: dict[int, float] = field(default_factory=dict)  # step -> loss the Trainer logs for it
     grads: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> grads before clipping
     windows: dict[int, list[dict]] = field(default_factory=dict)  # step -> its micro-batches
@@ -67,7 +69,16 @@ def recorder(monkeypatch):
 
     def recording_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        runs.append(Run(self, {n: p.detach().clone() for n, p in self.model.named_parameters()}))
+        run = Run(self, {n: p.detach().clone() for n, p in self.model.named_parameters()},
+                  [n for n, p in self.model.named_parameters() if p.requires_grad])
+        runs.append(run)
+        first_block = next(m for n, m in self.model.named_modules() if n.endswith(("layer.0", "block.0")))
+        inside = next(m for m in first_block.modules()  # the block's own hooks stay outside the checkpoint
+                      if m is not first_block and not isinstance(m, (torch.nn.ModuleList, torch.nn.ModuleDict)))
+
+        def count(module, args):  # a pre-hook: a recomputation may stop before the module's end
+            run.block_calls += module.training  # training forwards, recomputations included
+        inside.register_forward_pre_hook(count)
 
     def recording_step(self, model, inputs, num_items_in_batch=None):
         number = self.state.global_step + 1
@@ -348,7 +359,7 @@ def assert_every_trainable_parameter_learns(run: Run) -> None:
     """Step 1 gives every trainable parameter a gradient (LoRA + checkpointing once trained nothing:
     frozen inputs, no graph through the checkpointed blocks). LoRA's A matrices get exactly 0 at
     step 1, since B starts at 0 (PEFT's init), and a non-zero one at step 2, once B has moved."""
-    trainable = [n for n, p in run.trainer.model.named_parameters() if p.requires_grad]
+    trainable = run.trainable
     assert trainable and set(trainable) <= set(run.grads[1])
     for name in trainable:
         step = 2 if "lora_A" in name else 1
@@ -362,7 +373,7 @@ def test_gradient_checkpointing_changes_nothing(recorder, proteins, textchem, tm
     settings = dict(lora=lora, lora_dropout=0.0)  # dropout would draw different masks when recomputing
     runs = [run_one(recorder, data, tmp_path / f"ckpt{on}", 4, 1, grad_checkpointing=on, **settings)
             for on in (False, True)]
-    assert runs[1].trainer.model.is_gradient_checkpointing or runs[1].trainer.args.activation_checkpointing
+    assert runs[1].block_calls == 2 * runs[0].block_calls > 0  # checkpointing recomputes each block once
     assert_same_training(runs)
     for run in runs:
         assert_every_trainable_parameter_learns(run)
@@ -392,3 +403,45 @@ def test_lora_merged_model_equals_base_plus_adapter(recorder, proteins, tmp_path
         expected, got = adapted(**batch).logits, merged(**batch).logits
     # the base's own head is a fresh init (seed 123): equal logits need the adapter's trained head
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# -- the final evaluation runs once ---------------------------------------------------------------
+
+@pytest.fixture
+def evaluations(monkeypatch) -> list[int]:
+    """The step of every evaluation any ScilmTrainer runs during the test."""
+    steps: list[int] = []
+    evaluate = ScilmTrainer.evaluate
+
+    def counting(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(ScilmTrainer, "evaluate", counting)
+    return steps
+
+
+def test_final_evaluation_reuses_the_last_epochs(recorder, evaluations, proteins, tmp_path):
+    """Case 11: the last epoch's evaluation (full validation set, final weights) is the final one:
+    run and recorded once; without per-epoch evaluations (--max-steps) it is run once at the end."""
+    run = classifier_run(recorder, proteins, tmp_path / "epochs", 4, 1, epochs=2.0)
+    assert evaluations == [2, 4]
+    history = run.metrics["eval_history"]
+    assert [row["step"] for row in history] == [2, 4]
+    assert {k: v for k, v in run.metrics.items() if k.startswith("eval_") and k in history[-1]} == \
+        {k: v for k, v in history[-1].items() if k.startswith("eval_")}
+    assert run.metrics["eval_runtime"] > 0  # the reused evaluation's own timing, not a missing key
+
+    evaluations.clear()
+    run = classifier_run(recorder, proteins, tmp_path / "steps", 4, 1, max_steps=3)
+    assert evaluations == [3] and [row["step"] for row in run.metrics["eval_history"]] == [3]
+
+
+def test_final_evaluation_on_the_full_set_after_subset_evaluations(recorder, evaluations, textchem, tmp_path):
+    """Seq2seq --eval-max-batches: periodic evaluations see a subset; the final one is on all of it."""
+    run = seq2seq_run(recorder, textchem, tmp_path / "subset", 2, 1, epochs=2.0, eval_batch_size=1,
+                      eval_max_batches=2)
+    assert evaluations == [3, 6, 6]
+    history = run.metrics["eval_history"]
+    assert [row["step"] for row in history] == [3, 6, 6]
+    assert run.metrics["eval_loss"] == history[-1]["eval_loss"] != history[-2]["eval_loss"]

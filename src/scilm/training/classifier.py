@@ -22,6 +22,7 @@ from scilm.models.protein import load_protein_classifier
 from scilm.training.common import (
     check_out_dir,
     finish_run,
+    freeze_unused,
     prepare_out_dir,
     resolve_precision,
     save_run,
@@ -88,6 +89,7 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
 
     # Model before data: the tokenizer comes with it. LoRA is chosen at construction time.
     model, tokenizer = load_protein_classifier(config.model, labels, seed=config.seed)
+    freeze_unused(model)
     if config.lora:
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)

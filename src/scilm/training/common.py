@@ -151,6 +151,17 @@ def trainer_options(config: TrainConfig, sample_names: list[str] | None = None) 
             "sample_names": sample_names}
 
 
+def freeze_unused(model) -> None:
+    """Freeze parameters no recipe's loss reaches: ESM-2's contact-prediction head.
+
+    They would count as trainable, get no gradient and carry optimizer state; frozen, the reported
+    trainable-parameter count is what training changes (the saved weights are unchanged).
+    """
+    for name, module in model.named_modules():
+        if name.endswith("contact_head"):
+            module.requires_grad_(False)
+
+
 def with_sample_index(examples: list[dict]) -> list[dict]:
     """Tag each training example with its position: bad batches and the reuse policy name samples by it."""
     from scilm.training.trainer import INDEX_KEY

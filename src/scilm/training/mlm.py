@@ -28,6 +28,7 @@ from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve
 from scilm.training.common import (
     check_out_dir,
     finish_run,
+    freeze_unused,
     prepare_out_dir,
     save_run,
     with_sample_index,
@@ -109,6 +110,7 @@ def pretrain_mlm(
         model = resolve_source(model)
         net = load_pretrained(AutoModelForMaskedLM, model, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model)
+    freeze_unused(net)
     out = prepare_out_dir(out, overwrite, resume)  # the model loaded: now the directory is ours
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
