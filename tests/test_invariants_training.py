@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEEPLOC_TRAIN, DEEPLOC_VALID, REPO, write_fasta
+from conftest import DEEPLOC_TRAIN, DEEPLOC_VALID, REPO, deeploc_slice, write_fasta
 from scilm.data.protein import read_proteins
 from scilm.training.trainer import INDEX_KEY, ScilmTrainer
 
@@ -445,3 +445,40 @@ def test_final_evaluation_on_the_full_set_after_subset_evaluations(recorder, eva
     history = run.metrics["eval_history"]
     assert [row["step"] for row in history] == [3, 6, 6]
     assert run.metrics["eval_loss"] == history[-1]["eval_loss"] != history[-2]["eval_loss"]
+
+
+# -- pinned early losses (torchtune's habit) ------------------------------------------------------
+
+# The first five training losses of configs/membrane_demo.yaml (esm2-tiny-mlm, batch 16, lr 5e-4,
+# truncate 512, seed 0) on 16 + 16 training and 4 + 4 validation records (the first membrane and
+# soluble ones) of the bundled DeepLoc-1 files, uncut. Any change to data order, masking of padding, loss, initialisation (of the new head) or
+# optimizer shows here. Regenerate (only after a deliberate change, and say why in the commit):
+#   PYTHONPATH=src python3 -m pytest tests/test_invariants_training.py -k pinned -s
+# prints the values it got; paste them below.
+PINNED_DEMO_LOSSES = [0.687732, 0.692419, 0.683216, 0.676818, 0.659008]
+
+
+def test_pinned_early_losses_of_the_demo_config(tmp_path, monkeypatch):
+    from scilm.training import classifier
+    from scilm.training.config import load_config
+
+    trainers: list[ScilmTrainer] = []
+    init, arguments = ScilmTrainer.__init__, classifier.training_arguments
+
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        trainers.append(self)
+
+    monkeypatch.setattr(ScilmTrainer, "__init__", keep)
+    # log every step's loss (the demo itself logs every 10)
+    monkeypatch.setattr(classifier, "training_arguments",
+                        lambda *args, **kwargs: arguments(*args, **{**kwargs, "logging_steps": 1}))
+    config = load_config(REPO / "configs" / "membrane_demo.yaml", {
+        "data": str(deeploc_slice(tmp_path / "train.fasta", DEEPLOC_TRAIN, 16, max_residues=100_000)),
+        "valid": str(deeploc_slice(tmp_path / "valid.fasta", DEEPLOC_VALID, 4, max_residues=100_000)),
+        "out": str(tmp_path / "demo"), "progress": False})
+    assert (config.model, config.batch_size, config.lr, config.truncate) == ("esm2-tiny-mlm", 16, 5e-4, 512)
+    classifier.train_classifier(config)
+    losses = [row["loss"] for row in trainers[-1].state.log_history if "loss" in row][:5]
+    print("first five losses:", losses)
+    assert losses == pytest.approx(PINNED_DEMO_LOSSES, abs=1e-4)
