@@ -395,3 +395,27 @@ def test_two_process_sifting_run_stopped_by_sigterm_resumes_exactly(data, tmp_pa
     assert_same_run(result, expected)
     for key in ("samples_seen", "samples_kept"):
         assert result["sifting"][key] == expected["sifting"][key], key
+
+
+@pytest.mark.slow
+def test_data_parallel_loss_is_normalised_over_all_processes(tmp_path):
+    """2 processes x 2 examples = 1 process x 4: the step's loss is summed over both ranks' target
+    tokens / their global count (DDP's gradient mean is undone by the Trainer's x num_processes)."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "x4.jsonl"
+    data.write_text("\n".join((TEXTCHEM / "train.jsonl").read_text().splitlines()[:4]) + "\n")
+    found = {}
+    for nproc, batch in ((1, 4), (2, 2)):
+        out = tmp_path / f"nproc{nproc}"
+        result = run([sys.executable, "-m", "scilm", "train", "--data", str(data), "--valid", str(TEXTCHEM / "valid.jsonl"),
+                      "--model", "t5-tiny", "--max-steps", "1", "--batch-size", str(batch), "--nproc", str(nproc),
+                      "--no-group-by-length", "--no-progress", "--out", str(out)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        found[nproc] = (metrics(out), load_file(out / "model" / "model.safetensors"))
+    (one, one_weights), (two, two_weights) = found[1], found[2]
+    assert two["processes"] == 2
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+    for name, tensor in one_weights.items():
+        torch.testing.assert_close(two_weights[name], tensor, rtol=1e-5, atol=1e-7)
