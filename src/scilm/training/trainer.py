@@ -2,8 +2,14 @@
 
 * Reproducible data order: length-grouped batches drawn from ``seed + epoch`` (the Trainer's
   default draws from the global RNG, so a resumed epoch would see a different order).
+* One loss normalisation (``losses.py``): each optimizer step's loss is the summed per-item loss of
+  its whole accumulation window (all micro-batches, all processes) / the window's item count, so
+  how a window is split over micro-batches and processes changes cost, never its loss or gradient;
+  ``eval_loss`` likewise sums over the whole validation set.
 * Crash-safe checkpoints: scilm's own state (sifting, eval history) goes into each checkpoint,
-  which then gets its ``COMPLETE`` marker (see ``checkpoints.py``); old ones rotate out after.
+  which then gets its ``COMPLETE`` marker (see ``checkpoints.py``); old ones rotate out after. One
+  due at an epoch's last step is written after that epoch's evaluation, so resuming from any
+  step continues exactly as the uninterrupted run.
 * SIGTERM / Ctrl-C: finish the current step, save a checkpoint, stop; the recipe then exits
   non-zero with a message saying how to resume.
 * Non-finite loss: stop with the step and the samples of the batch, or skip the batch.
