@@ -351,8 +351,9 @@ def parameters_schema(model: type[_Parameters]) -> dict[str, Any]:
             out[name] = {"description": "Not supported: " + UNSUPPORTED[name][1]
                          + (f"; accepted only as {neutral[0]!r}" if neutral else "; accepted only as null")}
             continue
-        branches = [branch for branch in spec.get("anyOf", [spec]) if branch.get("type") != "null"]
-        out[name] = {key: value for branch in branches for key, value in branch.items() if key != "title"}
+        branches = [{k: v for k, v in branch.items() if k != "title"}
+                    for branch in spec.get("anyOf", [spec]) if branch.get("type") != "null"]
+        out[name] = dict(branches[0]) if len(branches) == 1 else {"anyOf": branches}
         out[name]["description"] = spec.get("description", "")
         if name == "generate_parameters":
             out[name] = {"description": spec.get("description", ""), "fields": sorted(_Generation.model_fields)}
