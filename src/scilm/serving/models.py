@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,13 @@ import torch
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
 from scilm.inference.batching import length_sorted_batches
-from scilm.serving.limits import (
-    MAX_BEAMS,
-    MAX_NEW_TOKENS,
+from scilm.serving.limits import RequestError, clean_protein, clean_source
+from scilm.serving.schema import (
+    ClassifierParameters,
+    GenerationParameters,
+    GenerationPlan,
     Payload,
-    RequestError,
-    clean_protein,
-    clean_source,
-    int_parameter,
-    task_parameter,
+    parameters_schema,
 )
 
 _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e30
@@ -82,9 +81,6 @@ def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
 
 # -- classifier -------------------------------------------------------------------------------
 
-_FUNCTIONS = ("softmax", "sigmoid", "none")
-
-
 @dataclass
 class ServedClassifier:
     model: Any
@@ -103,19 +99,15 @@ class ServedClassifier:
         multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
         self.default_function = "sigmoid" if multi_label or config.num_labels == 1 else "softmax"
 
+    parameters = ClassifierParameters  # the schema of this kind's request parameters
+
     def info(self) -> dict:
-        return {"kind": self.kind, "labels": self.labels, "max_residues": self.max_residues}
+        return {"kind": self.kind, "labels": self.labels, "max_residues": self.max_residues,
+                "parameters": parameters_schema(self.parameters)}
 
     def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
-        params = payload.parameters
-        unknown = set(params) - {"top_k", "function_to_apply", "truncation"}
-        if unknown:
-            raise RequestError(422, f"unknown parameter(s) {sorted(unknown)} for a classifier "
-                                    "(top_k, function_to_apply, truncation)")
-        int_parameter(params, "top_k", None, 1, len(self.labels))
-        if params.get("function_to_apply", self.default_function) not in _FUNCTIONS:
-            raise RequestError(422, f"parameters.function_to_apply: one of {', '.join(_FUNCTIONS)}")
-        limit = _HUGE if params.get("truncation") else self.max_residues
+        """Cleaned sequences (parameters were validated by the schema); a bad residue is a 422."""
+        limit = _HUGE if payload.parameters.truncation else self.max_residues
         sequences = []
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
@@ -135,8 +127,8 @@ class ServedClassifier:
 
     def respond(self, payload: Payload, logits: list[list[float]]) -> list:
         """One list of ``{"label", "score"}`` per input, best first (the HF Inference API shape)."""
-        function = payload.parameters.get("function_to_apply", self.default_function)
-        top_k = payload.parameters.get("top_k") or len(self.labels)
+        function = payload.parameters.function_to_apply or self.default_function
+        top_k = payload.parameters.top_k or len(self.labels)  # a cap, as in the HF Inference API
         answers = []
         for row in logits:
             scores = _apply(function, row)
@@ -183,8 +175,13 @@ def _apply(function: str, row: list[float]) -> list[float]:
 
 # -- seq2seq ----------------------------------------------------------------------------------
 
-DEFAULT_BEAMS = 1  # greedy: CPU-friendly; the Text+Chem demo used 10 (ask with parameters.num_beams)
-DEFAULT_MAX_LENGTH = 256
+@dataclass(frozen=True)
+class Source:
+    """One seq2seq input ready to run: its task (None: a free prompt), full source, sampling seed."""
+
+    task: str | None
+    text: str
+    seed: int | None
 
 
 @dataclass
@@ -194,52 +191,63 @@ class ServedSeq2Seq:
     path: Path
     kind: str = "seq2seq"
 
+    parameters = GenerationParameters  # the schema of this kind's request parameters
+
     def __post_init__(self):
         n = self.tokenizer.model_max_length
         self.max_source_tokens = n if n and n < _HUGE else 512
 
     def info(self) -> dict:
         return {"kind": self.kind, "tasks": list(PROMPTS), "molecule_tasks": list(MOLECULE_TASKS),
-                "max_source_tokens": self.max_source_tokens}
+                "max_source_tokens": self.max_source_tokens, "parameters": parameters_schema(self.parameters)}
 
-    def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
-        params = payload.parameters
-        unknown = set(params) - {"task", "num_beams", "max_length", "max_new_tokens"}
-        if unknown:
-            raise RequestError(422, f"unknown parameter(s) {sorted(unknown)} for a seq2seq model "
-                                    "(task, num_beams, max_length, max_new_tokens)")
-        named = task_parameter(params)
-        beams = int_parameter(params, "num_beams", DEFAULT_BEAMS, 1, MAX_BEAMS)
-        length = int_parameter(params, "max_new_tokens", None, 1, MAX_NEW_TOKENS)
-        length = length or int_parameter(params, "max_length", DEFAULT_MAX_LENGTH, 1, MAX_NEW_TOKENS)
+    def prepare(self, payload: Payload) -> tuple[Hashable, list[Source]]:
+        """Validated sources; the group key is the generate call, so only like requests share one."""
+        params: GenerationParameters = payload.parameters
+        plan = params.plan()
+        seed = params.seed
+        if plan.sampling and seed is None:
+            seed = secrets.randbits(63)  # every input of the request draws from this seed
         values = []
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
-            source = clean_source(raw, where, named)
+            source = clean_source(raw, where, params.task)
             n_tokens = len(self.tokenizer(source)["input_ids"])
-            if n_tokens > self.max_source_tokens:
+            if n_tokens > self.max_source_tokens and not plan.truncate:
                 raise RequestError(422, f"{where}: {n_tokens} tokens (prompt included) is over the model's "
-                                        f"limit of {self.max_source_tokens}")
-            values.append((task_of(source), source))  # a written prompt counts as naming its task
-        return (beams, length), values
+                                        f"limit of {self.max_source_tokens} (or send parameters.truncation: "
+                                        "only_first)")
+            # a written prompt counts as naming its task (SMILES outputs are decoded as such)
+            values.append(Source(task_of(source), source, seed if plan.sampling else None))
+        return plan, values
 
-    def run_batch(self, group: Hashable, values: list[tuple[str | None, str]]) -> list[str]:
-        """One generate call per task in the micro-batch (tasks decode SMILES differently)."""
-        from scilm.inference.generate import generate_from_sources, generate_texts
+    def run_batch(self, plan: GenerationPlan, values: list[Source]) -> list[list[str]]:
+        """``plan.k`` texts per input. One generate call per task (tasks decode SMILES differently);
+        sampled inputs run one by one, each from its own seed, so no other input changes its draw."""
+        from scilm.inference import generate
 
-        beams, length = group
-        outputs: list[str] = [""] * len(values)
-        for task in dict.fromkeys(task for task, _ in values):
-            index = [i for i, (t, _) in enumerate(values) if t == task]
-            if task is None:
-                texts = generate_from_sources(self.model, self.tokenizer, [values[i][1] for i in index], False,
-                                          beams, length, len(index))
-            else:
-                inputs = [values[i][1][len(PROMPTS[task]) + 1:] for i in index]
-                texts = generate_texts(self.model, self.tokenizer, task, inputs, beams, length, len(index))
-            for i, text in zip(index, texts):
-                outputs[i] = text
+        outputs: list[list[str]] = [[] for _ in values]
+        for task in dict.fromkeys(v.task for v in values):
+            index = [i for i, v in enumerate(values) if v.task == task]
+            smiles = task in MOLECULE_TASKS
+            if not plan.sampling:
+                texts = generate.generate_sequences(self.model, self.tokenizer, [values[i].text for i in index],
+                                                    smiles, len(index), plan.k, **plan.kwargs)
+                for i, text in zip(index, texts):
+                    outputs[i] = text
+                continue
+            device = next(self.model.parameters()).device
+            for i in index:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(values[i].seed)
+                    outputs[i] = generate.generate_sequences(self.model, self.tokenizer, [values[i].text], smiles,
+                                                             1, plan.k, **plan.kwargs)[0]
         return outputs
 
-    def respond(self, payload: Payload, texts: list[str]) -> list:
-        return [{"generated_text": text} for text in texts]
+    def respond(self, payload: Payload, texts: list[list[str]]) -> list:
+        """``[{"generated_text"}]``, one per input; with num_return_sequences > 1 each input has a list
+        of them (one input: that list alone), as the Transformers text2text pipeline answers."""
+        answers = [[{"generated_text": text} for text in sequences] for sequences in texts]
+        if payload.parameters.plan().k == 1:
+            return [answer[0] for answer in answers]
+        return answers[0] if payload.single else answers

@@ -3,10 +3,13 @@
 Routes: ``POST /predict`` (HF payloads), ``POST /draw`` (SMILES -> SVG), ``GET /info`` (what
 the model takes), ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus) and ``GET /``
 (the web page). A request's life: the :class:`Guard` middleware times it and reads its body
-(413 past the limit, before any parsing); the handler parses and validates it
-(:mod:`scilm.serving.limits`), the model's ``prepare`` checks its inputs, the
+(413 past the limit, before any parsing); the handler parses it (:mod:`scilm.serving.limits`) and
+validates its shape and parameters (:mod:`scilm.serving.schema`), the model's ``prepare`` checks
+its inputs, the
 :class:`MicroBatcher` runs them with other requests' inputs, and ``respond`` shapes the answer.
-Every client error is ``{"error": "..."}`` with a 4xx status; nothing else leaks a traceback.
+Every client error is ``{"error": "..."}`` with a 4xx status; nothing else leaks a traceback. A 422
+adds ``"error_type": "validation"`` and a 503 ``"overloaded"`` (Text Generation Inference's names,
+which ``InferenceClient`` raises as ``ValidationError`` / ``OverloadedError``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scilm.errors import ScilmError
 from scilm.serving.batching import MicroBatcher, QueueFull
-from scilm.serving.limits import MAX_BODY_BYTES, MAX_INPUTS, RequestError, parse_json_body, parse_payload
+from scilm.serving.limits import MAX_BODY_BYTES, MAX_INPUTS, RequestError, parse_json_body
 from scilm.serving.metrics import CONTENT_TYPE, ServerMetrics
+from scilm.serving.schema import parse_payload
 
 log = logging.getLogger("scilm.serving")
 
@@ -41,8 +45,14 @@ _PAGE_HEADERS = {
 }
 
 
+_ERROR_TYPES = {422: "validation", 503: "overloaded"}
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    body = {"error": message}
+    if status in _ERROR_TYPES:
+        body["error_type"] = _ERROR_TYPES[status]
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class Guard:
@@ -156,7 +166,7 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
 
     @app.post("/predict")
     async def predict(request: Request):
-        payload = parse_payload(parse_json_body(await request.body()), max_inputs)
+        payload = parse_payload(parse_json_body(await request.body()), max_inputs, served.parameters)
         group, values = served.prepare(payload)
         batcher = holder.get("batcher")
         if batcher is None:
