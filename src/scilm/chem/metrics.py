@@ -43,11 +43,14 @@ import sys
 import warnings
 from functools import lru_cache
 
-from Levenshtein import distance as levenshtein
-from nltk.translate.bleu_score import corpus_bleu
-from rdkit import Chem, DataStructs, rdBase
-from rdkit.Chem import MACCSkeys, rdFingerprintGenerator
-from rouge_score import rouge_scorer
+from scilm._extras import optional_extra
+
+with optional_extra("chem"):
+    from Levenshtein import distance as levenshtein
+    from nltk.translate.bleu_score import corpus_bleu
+    from rdkit import Chem, DataStructs, rdBase
+    from rdkit.Chem import MACCSkeys, rdFingerprintGenerator
+    from rouge_score import rouge_scorer
 
 from scilm.chem.meteor import load_wordnet, meteor
 from scilm.chem.smiles import canonical_smiles, to_mol

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import re
 
-from rdkit import Chem, rdBase
+from scilm._extras import optional_extra
+
+with optional_extra("chem"):
+    from rdkit import Chem, rdBase
 
 _SEPARATORS = re.compile(r"[.~>]")
 MAX_ROUNDS = 16  # write/read passes before giving up on a fixed point; the tracker's cases need 3
