@@ -325,6 +325,13 @@ def main() -> None:
                 sys.exit(code)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(code)
+    except ModuleNotFoundError as exc:  # a package of an optional extra, imported outside optional_extra()
+        from scilm._extras import missing_extra
+
+        if (missing := missing_extra(exc)) is None:
+            raise
+        typer.echo(f"error: {missing}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
