@@ -24,7 +24,7 @@ class TrainConfig:
     data: str = ""  # training file: FASTA, CSV/TSV (protein) or JSONL (seq2seq)
     valid: str | None = None  # validation file; without it a stratified split of `data`
     valid_fraction: float = 0.2  # share held out when there is no --valid / --split-column
-    task: str = "membrane"  # membrane | localization (FASTA); ignored for tables and JSONL
+    task: str = "membrane"  # membrane | localization: FASTA headers, or a table's Membrane / one-hot location columns
     sequence_column: str = "Sequence"
     label_column: str = "Membrane"
     id_column: str | None = None
@@ -33,6 +33,7 @@ class TrainConfig:
     min_length: int | None = None  # drop shorter sequences (published recipe: 100)
     max_length: int | None = None  # drop longer sequences (published recipe: 512)
     truncate: int = 1022  # residues kept per sequence (ESM-2 sees at most 1022 + 2 specials)
+    drop_missing_labels: bool = False  # exclude (and count) rows whose label is empty/NaN/NA/None; else an error
     # -- seq2seq (Text+Chem JSONL); ignored by protein classification
     max_source_length: int = 512  # tokens kept of each source (prompt + input)
     max_target_length: int = 512  # tokens kept of each target
@@ -159,11 +160,14 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConf
     """A YAML file of TrainConfig keys (optional), then the command-line values on top."""
     values: dict[str, Any] = {}
     if path is not None:
+        from scilm.data.textio import open_text
+
         path = Path(path)
+        if not path.is_file():
+            raise ScilmError(f"{path}: no such config file")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ScilmError(f"{path}: no such config file") from None
+            with open_text(path) as handle:  # UTF-8, a byte-order mark ignored
+                loaded = yaml.safe_load(handle.read()) or {}
         except yaml.YAMLError as exc:
             raise ScilmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(loaded, dict):

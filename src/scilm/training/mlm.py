@@ -20,7 +20,16 @@ from transformers import (
     set_seed,
 )
 
-from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
+from scilm.errors import ScilmError
+from scilm.models.protein import (
+    _first_line,
+    esm2_config,
+    esm2_tokenizer,
+    is_preset,
+    load_tokenizer,
+    record_max_residues,
+    resolve_source,
+)
 from scilm.training.common import (
     finish_run,
     prepare_out_dir,
@@ -68,16 +77,20 @@ def pretrain_mlm(
     ``save_every`` / ``resume`` / ``overwrite`` work as in ``scilm train`` (atomic checkpoints,
     SIGTERM saves one and exits non-zero).
     """
+    if truncate < 1:
+        raise ScilmError(f"--truncate must be at least 1 (got {truncate})")
     out = prepare_out_dir(out, overwrite, resume)
     set_seed(seed)
     if is_preset(model):
         net, tokenizer = EsmForMaskedLM(esm2_config(model)), esm2_tokenizer()
     else:
-        from transformers import AutoTokenizer
-
         model = resolve_source(model)
-        net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        try:
+            net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise ScilmError(f"--model {model}: cannot load as a masked-LM model ({_first_line(exc)})") from None
+        tokenizer = load_tokenizer(model, net.config)
+    record_max_residues(net, truncate)  # predict/embed from this model default to it
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
     args = TrainingArguments(
