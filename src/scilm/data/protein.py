@@ -188,7 +188,7 @@ def read_fasta(path: Path, task: str | None, counts: MutableMapping[str, int] | 
 
     with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
-            line = line.strip()
+            line = line.strip(string.whitespace)  # ASCII only: a stray U+00A0 must reach the residue check
             if line.startswith(">"):
                 flush()
                 fields = line[1:].split(maxsplit=1)
