@@ -208,23 +208,25 @@ def load_protein_classifier(
         model = EsmForSequenceClassification(esm2_config(name_or_path, **_label_maps(labels)))
         return model, esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)  # first: a missing tokenizer fails before the weights load
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, use_safetensors=True, ignore_mismatched_sizes=True, **_label_maps(labels)
         )
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
-    return model, load_tokenizer(name_or_path, model.config)
+    return model, tokenizer
 
 
 def load_trained_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A classifier saved by ``scilm train`` (or any local/hub classifier), in eval mode."""
     path = resolve_source(path)
+    tokenizer = load_tokenizer(path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
     except OSError as exc:
         raise ScilmError(f"--model {path}: cannot load ({_first_line(exc)})") from None
-    return model.eval(), load_tokenizer(path, model.config)
+    return model.eval(), tokenizer
 
 
 def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -232,11 +234,12 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
     if is_preset(name_or_path):
         return EsmModel(esm2_config(name_or_path), add_pooling_layer=False).eval(), esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
     try:
         model = AutoModel.from_pretrained(name_or_path, use_safetensors=True, add_pooling_layer=False)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
-    return model.eval(), load_tokenizer(name_or_path, model.config)
+    return model.eval(), tokenizer
 
 
 def _first_line(exc: BaseException) -> str:

@@ -116,10 +116,11 @@ def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").exists():
         raise ScilmError(f"--model {name_or_path}: no config.json (expected OUT/model of a seq2seq run)")
     try:
-        model_type = AutoConfig.from_pretrained(name_or_path).model_type
-        if model_type != "t5":
-            raise ScilmError(f"--model {name_or_path}: a {model_type} model, not a T5 seq2seq model")
+        config = AutoConfig.from_pretrained(name_or_path)
+        if config.model_type != "t5":
+            raise ScilmError(f"--model {name_or_path}: a {config.model_type} model, not a T5 seq2seq model")
+        tokenizer = load_tokenizer(name_or_path, config)  # before the weights: fail fast, in one line
         model = T5ForConditionalGeneration.from_pretrained(name_or_path, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load as a T5 seq2seq model ({_first_line(exc)})") from None
-    return model, load_tokenizer(name_or_path, model.config)
+    return model, tokenizer

@@ -85,11 +85,11 @@ def pretrain_mlm(
         net, tokenizer = EsmForMaskedLM(esm2_config(model)), esm2_tokenizer()
     else:
         model = resolve_source(model)
+        tokenizer = load_tokenizer(model)
         try:
             net = AutoModelForMaskedLM.from_pretrained(model, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise ScilmError(f"--model {model}: cannot load as a masked-LM model ({_first_line(exc)})") from None
-        tokenizer = load_tokenizer(model, net.config)
     record_max_residues(net, truncate)  # predict/embed from this model default to it
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
