@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import logging
 import re
 from collections import Counter
@@ -69,6 +70,17 @@ def test_bom_is_ignored_in_jsonl_converters_configs_and_input_lists(tmp_path):
     assert load_config(write(tmp_path / "b.yaml", yaml_text, bom=True), {}) == \
         load_config(write(tmp_path / "a.yaml", yaml_text), {})
     assert read_inputs([], write(tmp_path / "smiles.txt", "CCO\nc1ccccc1\n", bom=True)) == ["CCO", "c1ccccc1"]
+
+
+def test_bom_is_ignored_in_json_settings_files(tmp_path):
+    """--fsdp-config / --deepspeed files are read by scilm (BOM ignored) and handed over as dicts."""
+    from scilm.data.textio import read_json
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "zero2.json"
+    text = shipped.read_text(encoding="utf-8")
+    assert read_json(write(tmp_path / "b.json", text, bom=True)) == read_json(shipped) == json.loads(text)
+    with pytest.raises(ScilmError, match=r"--deepspeed .*c.json:2: not valid JSON"):
+        read_json(write(tmp_path / "c.json", '{\n  "a": }'), "--deepspeed ")
 
 
 def test_non_utf8_byte_is_named_by_line(tmp_path):

@@ -71,3 +71,22 @@ def open_text(path: str | Path, newline: str | None = None, what: str = "") -> I
             raise ScilmError(what + _locate_bad_utf8(path)) from None
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise ScilmError(f"{what}{path}: not a readable gzip file ({exc or type(exc).__name__})") from None
+
+
+def read_json(path: str | Path, what: str = "") -> dict:
+    """A JSON object from a user's file (e.g. ``--fsdp-config``, ``--deepspeed``), BOM ignored.
+
+    Raises :class:`ScilmError` naming the file (and ``what``) when it is missing, not UTF-8, not
+    valid JSON (with line and column) or not an object.
+    """
+    import json
+
+    with open_text(path, what=what) as handle:
+        text = handle.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScilmError(f"{what}{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise ScilmError(f"{what}{path}: expected a JSON object of settings")
+    return data
