@@ -20,7 +20,7 @@ from transformers import DataCollatorWithPadding, set_seed
 from scilm.data import protein as pdata
 from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, trainable_parameters
-from scilm.models.protein import load_protein_classifier, record_max_residues
+from scilm.models.protein import load_protein_classifier, record_max_residues, truncate_sequences
 from scilm.training.common import (
     finish_run,
     prepare_out_dir,
@@ -92,9 +92,16 @@ def load_splits(
 
 
 def encode(records: list[pdata.ProteinRecord], tokenizer, labels: list[str], truncate: int) -> list[dict]:
-    """Token ids (with <cls>/<eos>) and the class index of each record."""
+    """Token ids (with <cls>/<eos>) and the class index of each record.
+
+    Sequences are cut to ``truncate`` residues before tokenizing (one token per residue), the same
+    cut as predict/embed/serve make (:func:`scilm.models.protein.truncate_sequences`).
+    """
     index = {name: i for i, name in enumerate(labels)}
-    encoded = tokenizer([r.sequence for r in records], truncation=True, max_length=truncate + 2)
+    sequences, n_cut = truncate_sequences([r.sequence for r in records], truncate)
+    if n_cut:
+        log.info("%d of %d sequences cut to %d residues (--truncate)", n_cut, len(records), truncate)
+    encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     return [
         {"input_ids": ids, "attention_mask": mask, "labels": index[r.label]}
         for ids, mask, r in zip(encoded["input_ids"], encoded["attention_mask"], records)

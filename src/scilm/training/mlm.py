@@ -29,6 +29,7 @@ from scilm.models.protein import (
     load_tokenizer,
     record_max_residues,
     resolve_source,
+    truncate_sequences,
 )
 from scilm.training.common import (
     finish_run,
@@ -91,7 +92,8 @@ def pretrain_mlm(
         except (OSError, ValueError) as exc:
             raise ScilmError(f"--model {model}: cannot load as a masked-LM model ({_first_line(exc)})") from None
     record_max_residues(net, truncate)  # predict/embed from this model default to it
-    encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
+    # cut before tokenizing (one token per residue), as train/predict/embed/serve do
+    encoded = tokenizer(truncate_sequences(sequences, truncate)[0], truncation=True, max_length=truncate + 2)
     dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
