@@ -124,6 +124,8 @@ def test_ragged_rows_are_errors(tmp_path):
         pdata.read_proteins(write(tmp_path / "a.csv", "ACC,Membrane,Sequence\nP1,0,MKT\nP2,1,MKV,x\n"))
     with pytest.raises(ScilmError, match=r"b.csv:2: fewer fields than the header's 3"):
         pdata.read_proteins(write(tmp_path / "b.csv", "ACC,Membrane,Sequence\nP1,0\n"))
+    with pytest.raises(ScilmError, match=r"c.csv:1: column name\(s\) 'Sequence' appear more than once"):
+        pdata.read_proteins(write(tmp_path / "c.csv", "ACC,Sequence,Membrane,Sequence\nP1,MKT,0,MKV\n"))
 
 
 # -- case 9: one alphabet policy -----------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_duplicated_id_with_different_sequences(tmp_path):
 def test_exact_repeat_is_dropped_and_counted(tmp_path, caplog):
     path = write_fasta(tmp_path / "rep.fasta", [*ISO[:2], ISO[0], ISO[0]])
     counts = Counter()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         records = pdata.read_proteins(path, counts=counts)
     assert [r.id for r in records] == ["sp|P12345|ISO", "sp|P99999|OTHER"]
     assert counts[pdata.DROPPED_EXACT_DUPLICATES] == 2
@@ -187,7 +189,7 @@ def test_exact_repeat_is_dropped_and_counted(tmp_path, caplog):
 @pytest.mark.parametrize("marker", ["NaN", "nan", "NA", "None", "", "  ", "N/A", "null"])
 def test_missing_label_is_an_error_naming_the_line_or_dropped_and_counted(tmp_path, marker):
     path = write(tmp_path / "a.csv", f"ACC,label,Sequence\nP1,a,MKT\nP2,{marker},MKV\nP3,b,MKW\n")
-    with pytest.raises(ScilmError, match=rf"a.csv:3 \(record P2\): missing label .* in column 'label'"):
+    with pytest.raises(ScilmError, match=r"a.csv:3 \(record P2\): missing label .* in column 'label'"):
         pdata.read_proteins(path, label_column="label")
     counts = Counter()
     records = pdata.read_proteins(path, label_column="label", drop_missing_labels=True, counts=counts)

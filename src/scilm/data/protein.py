@@ -283,6 +283,9 @@ def read_table(
         reader = csv.DictReader(itertools.chain([header], handle), delimiter=delimiter)
         try:
             columns = reader.fieldnames or []
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            if repeated:  # csv.DictReader would silently keep the last of them
+                raise ScilmError(f"{path}:1: column name(s) {', '.join(map(repr, repeated))} appear more than once")
             if id_column is None:
                 id_column = next((c for c in _ID_COLUMNS if c in columns), None)
             for name, flag in ((sequence_column, "--sequence-column"), (label_column, "--label-column"),
@@ -393,7 +396,7 @@ def read_proteins(
         records = _dedupe(records, path, counts)
     left_out = {key: counts[key] - before[key] for key in COUNT_KEYS if counts[key] - before[key]}
     for key, number in left_out.items():
-        log.warning("%s: %d %s", path, number, _COUNT_WORDS[key])
+        log.info("%s: %d %s", path, number, _COUNT_WORDS[key])
     if not records:
         why = "; ".join(f"{number} {_COUNT_WORDS[key]}" for key, number in left_out.items())
         raise ScilmError(f"{path}: no usable records ({why or 'empty file'})")

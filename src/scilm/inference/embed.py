@@ -26,12 +26,12 @@ def embed_proteins(
 
     Row i belongs to ``sequences[i]`` whatever ``batch_size`` or the input order. Each sequence is
     cut to ``truncate`` residues, by default the length the model was trained with
-    (:func:`scilm.models.protein.max_residues`); the number cut is logged.
+    (:func:`scilm.models.protein.max_residues`); the number cut is logged at DEBUG (the CLI reports it).
     """
     limit = truncate if truncate is not None else max_residues(model.config, tokenizer)
     sequences, n_cut = truncate_sequences(sequences, limit)
     if n_cut:
-        log.info("%d of %d sequences cut to %d residues", n_cut, len(sequences), limit)
+        log.debug("%d of %d sequences cut to %d residues", n_cut, len(sequences), limit)  # the CLI reports it
     device = next(model.parameters()).device
     out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
     for batch in length_sorted_batches([len(s) for s in sequences], batch_size):

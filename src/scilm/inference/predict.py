@@ -24,13 +24,14 @@ def predict_proteins(
 
     ``sequences`` are validated residues (:func:`scilm.data.protein.normalize_sequence`). Each is cut
     to ``truncate`` residues, by default the length the model was trained with
-    (:func:`scilm.models.protein.max_residues`); the number cut is logged. The result does not depend
-    on ``batch_size`` or on the order of ``sequences`` (padding is masked), beyond float rounding.
+    (:func:`scilm.models.protein.max_residues`); the number cut is logged at DEBUG (the CLI reports
+    it). The result does not depend on ``batch_size`` or on the order of ``sequences`` (padding is
+    masked), beyond float rounding.
     """
     limit = truncate if truncate is not None else max_residues(model.config, tokenizer)
     sequences, n_cut = truncate_sequences(sequences, limit)
     if n_cut:
-        log.info("%d of %d sequences cut to %d residues", n_cut, len(sequences), limit)
+        log.debug("%d of %d sequences cut to %d residues", n_cut, len(sequences), limit)  # the CLI reports it
     device = next(model.parameters()).device
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     results: list[dict[str, float]] = [{} for _ in sequences]
