@@ -34,7 +34,7 @@ class TrainConfig:
     max_length: int | None = None  # drop longer sequences (published recipe: 512)
     truncate: int = 1022  # residues kept per sequence (ESM-2 sees at most 1022 + 2 specials)
     drop_missing_labels: bool = False  # exclude (and count) rows whose label is empty/NaN/NA/None; else an error
-    # -- seq2seq (Text+Chem JSONL); ignored by protein classification
+    # -- seq2seq (Text+Chem JSONL); a non-default value with protein data is an error
     max_source_length: int = 512  # tokens kept of each source (prompt + input)
     max_target_length: int = 512  # tokens kept of each target
     tokenizer_vocab_size: int = 1000  # t5-tiny only: size of the tokenizer trained on the corpus
