@@ -24,7 +24,8 @@ from scilm.errors import ScilmError
 # the packages those pull in that scilm imports directly)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "chem": ("rdkit", "nltk", "rouge_score", "Levenshtein", "wn"),
-    "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client", "huggingface_hub", "httpx", "rdkit"),
+    # huggingface_hub is listed for the tests' InferenceClient, but transformers (core) depends on it
+    "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client", "httpx", "rdkit"),
     "lightning": ("pytorch_lightning", "lightning_fabric", "lightning_utilities", "torchmetrics"),
 }
 

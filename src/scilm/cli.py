@@ -106,18 +106,40 @@ def predict(
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(32, help="Sequences per batch."),
-    truncate: int = Opt(1022, help="Residues kept per sequence."),
+    truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
 ) -> None:
-    """Class probabilities per protein: id, predicted_label, prob_<label>..."""
-    from scilm.data.protein import read_proteins
+    """Class probabilities per protein, one row per input record in input order: id, predicted_label, prob_<label>..."""
     from scilm.inference import predict_proteins, write_predictions
     from scilm.models.protein import load_trained_classifier
 
-    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, id_column=id_column)
+    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_trained_classifier(model)
-    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, truncate)
+    limit, cut = _truncation(records, net, tokenizer, truncate)
+    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
     write_predictions(records, probabilities, out)
-    typer.echo(f"wrote {len(records)} predictions to {out}")
+    typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
+
+
+def _read_unlabelled(data: str, sequence_column: str, id_column: Optional[str], batch_size: int,
+                     truncate: Optional[int]):
+    """predict/embed input: every record kept, in input order (a repeated id is one row per record)."""
+    from scilm.data.protein import read_proteins
+
+    if batch_size < 1:
+        raise ScilmError(f"--batch-size must be at least 1 (got {batch_size})")
+    if truncate is not None and truncate < 1:
+        raise ScilmError(f"--truncate must be at least 1 (got {truncate})")
+    return read_proteins(data, task=None, sequence_column=sequence_column, label_column=None,
+                         id_column=id_column, unique_ids=False)
+
+
+def _truncation(records, net, tokenizer, truncate: Optional[int]) -> tuple[int, str]:
+    """The residues kept (--truncate, else the model's trained length) and a note of how many were cut."""
+    from scilm.models.protein import max_residues
+
+    limit = truncate if truncate is not None else max_residues(net.config, tokenizer)
+    n_cut = sum(len(r.sequence) > limit for r in records)
+    return limit, f" ({n_cut} of {len(records)} sequences cut to {limit} residues)" if n_cut else ""
 
 
 @app.command()
@@ -128,21 +150,22 @@ def embed(
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(16, help="Sequences per batch."),
-    truncate: int = Opt(1022, help="Residues kept per sequence."),
+    truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
 ) -> None:
-    """Mean-pooled per-protein embeddings, with ids."""
-    from scilm.data.protein import read_proteins
+    """Mean-pooled per-protein embeddings with ids, one row per input record in input order."""
     from scilm.inference import embed_proteins, write_embeddings
     from scilm.inference.embed import EMBEDDING_SUFFIXES
     from scilm.models.protein import load_protein_encoder
 
     if out.suffix.lower() not in EMBEDDING_SUFFIXES:
         raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
-    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, id_column=id_column)
+    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_protein_encoder(model)
-    embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, truncate)
+    limit, cut = _truncation(records, net, tokenizer, truncate)
+    embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
     written = write_embeddings([r.id for r in records], embeddings, out)
-    typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {', '.join(map(str, written))}")
+    typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
+               f"{', '.join(map(str, written))}{cut}")
 
 
 @app.command()
@@ -217,7 +240,8 @@ def pretrain(
     from scilm.data.protein import read_proteins
     from scilm.training.mlm import pretrain_mlm
 
-    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None)
+    # unlabelled: every record is a training sequence (repeated ids are kept, in file order)
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, unique_ids=False)
     path = pretrain_mlm([r.sequence for r in records], model, out, epochs=epochs, batch_size=batch_size, lr=lr,
                         truncate=truncate, seed=seed, progress=True, save_every=save_every, resume=resume,
                         overwrite=overwrite)

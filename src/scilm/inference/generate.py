@@ -131,13 +131,10 @@ def read_inputs(inputs: list[str], input_file: Path | None) -> list[str]:
     """Command-line inputs, then the non-empty lines of ``input_file``."""
     texts = [text.strip() for text in inputs]
     if input_file is not None:
-        try:
-            with open(input_file, encoding="utf-8-sig") as handle:
-                texts += [line.strip() for line in handle if line.strip()]
-        except FileNotFoundError:
-            raise ScilmError(f"--input-file {input_file}: no such file") from None
-        except UnicodeDecodeError as exc:
-            raise ScilmError(f"--input-file {input_file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        from scilm.data.textio import open_text
+
+        with open_text(input_file, what="--input-file ") as handle:  # BOM ignored, .gz read
+            texts += [line.strip() for line in handle if line.strip()]
     if not texts or not all(texts):
         raise ScilmError("no inputs: give INPUT arguments or --input-file with one input per line"
                          if not texts else "an input is empty")

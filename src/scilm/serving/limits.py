@@ -9,11 +9,11 @@ payload's shape and its parameters are checked by :mod:`scilm.serving.schema`.
 from __future__ import annotations
 
 import json
-import unicodedata
 from typing import Any
 
-from scilm.data.protein import VALID_RESIDUES
+from scilm.data.protein import describe_char, normalize_sequence
 from scilm.data.textchem import PROMPTS
+from scilm.errors import ScilmError
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 64 proteins of 1022 residues need ~70 kB
 MAX_INPUTS = 64  # inputs per request (also capped by the queue size)
@@ -38,10 +38,6 @@ class RequestError(Exception):
         self.headers = headers or {}
 
 
-def describe_char(char: str) -> str:
-    """``'А' (U+0410 CYRILLIC CAPITAL LETTER A)``: look-alikes named, so the user sees why."""
-    name = unicodedata.name(char, "unnamed character")
-    return f"{char!r} (U+{ord(char):04X} {name})" if char.isprintable() else f"U+{ord(char):04X} ({name})"
 
 
 def parse_json_body(body: bytes) -> Any:
@@ -61,26 +57,18 @@ def parse_json_body(body: bytes) -> Any:
 
 
 def clean_protein(raw: str, where: str, max_residues: int) -> str:
-    """Whitespace dropped, upper-cased, one trailing ``*`` allowed; anything else names its position.
-
-    Non-ASCII is rejected *before* upper-casing: ``'ı'.upper() == 'I'`` and ``'ſ'.upper() == 'S'``,
-    so a look-alike would otherwise slip through as a residue.
+    """The residues of one input, by the one alphabet policy of every reader, ``predict`` and ``embed``
+    (:func:`scilm.data.protein.normalize_sequence`: non-ASCII rejected before upper-casing, the
+    character and its position named); its error becomes a 422 with the same message. A sequence
+    over ``max_residues`` is a 422 too.
     """
-    seq = "".join(raw.split())
-    if seq.endswith("*"):
-        seq = seq[:-1]
-    if not seq:
-        raise RequestError(422, f"{where}: empty sequence")
-    for position, char in enumerate(seq, start=1):
-        if not char.isascii() or char.upper() not in VALID_RESIDUES:
-            raise RequestError(
-                422,
-                f"{where}: invalid residue {describe_char(char)} at position {position} "
-                "(allowed: the 20 standard amino acids and X B Z U O)",
-            )
+    try:
+        seq = normalize_sequence(raw, where)
+    except ScilmError as exc:
+        raise RequestError(422, str(exc)) from None
     if len(seq) > max_residues:
         raise RequestError(422, f"{where}: sequence of {len(seq)} residues is over the model's limit of {max_residues}")
-    return seq.upper()
+    return seq
 
 
 def check_smiles_chars(text: str, where: str) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
-from scilm.inference.batching import length_sorted_batches
+from scilm.inference.batching import encode_proteins, length_sorted_batches
 from scilm.serving.limits import RequestError, clean_protein, clean_source
 from scilm.serving.schema import (
     ClassifierParameters,
@@ -89,13 +89,12 @@ class ServedClassifier:
     kind: str = "classifier"
 
     def __post_init__(self):
+        from scilm.models.protein import max_residues
+
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions and config.model_type == "esm":
-            positions -= 2  # ESM offsets positions past the padding index: 1026 -> 1024 tokens
-        known = [n for n in (positions, self.tokenizer.model_max_length) if n and n < _HUGE]
-        self.max_residues = (min(known) if known else 1024) - 2  # <cls> ... <eos>
+        # the one length policy of predict/embed/serve: the trained length (config.json), else positions
+        self.max_residues = max_residues(config, self.tokenizer)
         multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
         self.default_function = "sigmoid" if multi_label or config.num_labels == 1 else "softmax"
 
@@ -119,7 +118,7 @@ class ServedClassifier:
         """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward."""
         logits: list[list[float]] = [[] for _ in sequences]
         for batch in tight_batches([len(s) for s in sequences]):
-            encoded = self.tokenizer([sequences[i] for i in batch], padding=True, return_tensors="pt")
+            encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])  # as predict/embed do
             out = self.model(**encoded).logits.float()  # (B, num_labels)
             for row, i in enumerate(batch):
                 logits[i] = out[row].tolist()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
+from scilm._extras import optional_extra
+
+with optional_extra("lightning"):
+    import pytorch_lightning as pl
 
 from scilm.sifting.dataloader.sift_dataloader import SiftingDataloader
 
