@@ -159,7 +159,8 @@ def test_predict_serve_and_in_process_see_the_same_tokens_and_give_the_same_prob
         run_cli, model_dir, proteins, tmp_path, seen_tokens):
     from scilm.inference import predict_proteins
     from scilm.models.protein import load_trained_classifier
-    from scilm.serving.limits import RequestError, parse_payload
+    from scilm.serving.limits import RequestError
+    from scilm.serving.schema import parse_payload
     from scilm.serving.models import load_served_model
 
     picked = proteins[:6]  # 12 .. 51 residues: cut and uncut ones
@@ -193,7 +194,8 @@ def test_predict_serve_and_in_process_see_the_same_tokens_and_give_the_same_prob
 
 
 def test_one_alphabet_end_to_end(run_cli, model_dir, tmp_path):
-    from scilm.serving.limits import RequestError, parse_payload
+    from scilm.serving.limits import RequestError
+    from scilm.serving.schema import parse_payload
     from scilm.serving.models import load_served_model
 
     message = "invalid residue 'ı' (U+0131 LATIN SMALL LETTER DOTLESS I) at position 3"
