@@ -23,6 +23,7 @@ from scilm.serving.local import server_process, server_thread
 from scilm.serving.models import load_served_model, model_kind
 from scilm.serving.server import create_app, serve
 
+JSON = {"content-type": "application/json"}  # POST bodies must say so (a 415 otherwise)
 PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
 
 
@@ -156,17 +157,18 @@ def test_hostile_inputs_get_4xx_and_the_server_stays_healthy(url):
             yield b"A" * 65536
 
     cases = {
-        "huge body": httpx.post(f"{url}/predict", content=huge),
-        "huge streamed body": httpx.post(f"{url}/predict", content=chunked()),
-        "deep JSON": httpx.post(f"{url}/predict", content=deep),
-        "binary junk": httpx.post(f"{url}/predict", content=bytes(range(256)) * 64),
-        "10^5 sequences": httpx.post(f"{url}/predict", content=many),
+        "huge body": httpx.post(f"{url}/predict", content=huge, headers=JSON),
+        "huge streamed body": httpx.post(f"{url}/predict", content=chunked(), headers=JSON),
+        "deep JSON": httpx.post(f"{url}/predict", content=deep, headers=JSON),
+        "binary junk": httpx.post(f"{url}/predict", content=bytes(range(256)) * 64, headers=JSON),
+        "10^5 sequences": httpx.post(f"{url}/predict", content=many, headers=JSON),
         "look-alike letters": httpx.post(f"{url}/predict", json={"inputs": "МКТАУ"}),  # all Cyrillic
-        "not JSON": httpx.post(f"{url}/predict", content=b"inputs=MKT"),
-        "huge number": httpx.post(f"{url}/predict", content=b'{"inputs": ' + b"9" * 50_000 + b"}"),
+        "not JSON": httpx.post(f"{url}/predict", content=b"inputs=MKT", headers=JSON),
+        "huge number": httpx.post(f"{url}/predict", content=b'{"inputs": ' + b"9" * 50_000 + b"}", headers=JSON),
     }
     statuses = {name: r.status_code for name, r in cases.items()}
-    statuses["bad Content-Length"] = raw_status(url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n{}")
+    statuses["bad Content-Length"] = raw_status(url, b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                                                      b"Content-Length: x\r\n\r\n{}")
     statuses["garbage request line"] = raw_status(url, bytes(range(1, 256)) + b"\r\n\r\n")
     assert statuses["huge body"] == statuses["huge streamed body"] == 413
     assert all(400 <= s < 500 for s in statuses.values()), statuses

@@ -1,6 +1,20 @@
-"""SMILES -> SVG with RDKit, for the web page's molecule pictures (server-side, no JS chemistry)."""
+"""SMILES -> SVG with RDKit, for the web page's molecule pictures (server-side, no JS chemistry).
+
+RDKit holds Python's GIL while it parses and draws (a 280-atom cage took 2.8 s here, and the
+event loop of a thread beside it did not run once in that time), so a thread pool would not keep
+``/health`` answering: drawings run in **one worker process** (:class:`DrawWorker`), one at a
+time, with a short wait list (more waiting: 503), and a drawing past its time limit kills the
+worker (a new one starts for the next). Before any of that, cheap bounds refuse what cannot be
+worth drawing: characters, atoms, rings, and a reaction that is not ``reactants>agents>products``.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from typing import Any
 
 from rdkit import rdBase
 from rdkit.Chem import rdChemReactions
@@ -10,24 +24,165 @@ from scilm.chem.smiles import canonical_smiles, to_mol
 from scilm.serving.limits import RequestError, check_smiles_chars
 
 MAX_SMILES_CHARS = 1000
+# Bounds a drawing must fit. Large drug-like and natural-product molecules (vancomycin: 101 heavy atoms,
+# 9 rings; maitotoxin: 32 rings) pass; a 280-atom cage with 598 rings (2.8 s here) does not.
+MAX_ATOMS = 300
+MAX_RINGS = 40
+DRAW_SECONDS = 5.0  # wall time of one drawing in the worker; past it the worker is killed
+MAX_WAITING = 8  # drawings waiting for the worker; more is a 503
 
 
-def smiles_svg(smiles: str, width: int = 360, height: int = 240) -> dict[str, str]:
-    """``{"smiles", "canonical", "svg"}``; a string RDKit cannot parse is a 422 naming the problem."""
+class DrawError(Exception):
+    """A SMILES that cannot be drawn; the message names the field (``smiles: ...``)."""
+
+
+def check_smiles(smiles: str) -> str:
+    """The stripped SMILES if its length and characters are acceptable (cheap: runs in the server)."""
     smiles = smiles.strip()
     if not smiles:
         raise RequestError(422, "smiles: empty")
     if len(smiles) > MAX_SMILES_CHARS:
         raise RequestError(422, f"smiles: {len(smiles)} characters is over the limit of {MAX_SMILES_CHARS}")
     check_smiles_chars(smiles, "smiles")
+    return smiles
+
+
+def smiles_svg(smiles: str, width: int = 360, height: int = 240) -> dict[str, str]:
+    """``{"smiles", "canonical", "svg"}``; raises DrawError naming the problem. Runs in the worker.
+
+    A reaction must have exactly three ``>``-separated parts (RDKit's reaction SMILES; an empty part
+    is allowed, as in ``A>>B``); atoms (over all molecules) and SSSR rings are bounded.
+    """
     canonical = canonical_smiles(smiles)
     if canonical is None:
-        raise RequestError(422, f"smiles: RDKit cannot parse {smiles!r}")
-    drawer = rdMolDraw2D.MolDraw2DSVG(width * (2 if ">" in canonical else 1), height)
+        raise DrawError(f"smiles: RDKit cannot parse {smiles!r}")
+    parts = canonical.count(">") + 1
+    if parts not in (1, 3):
+        raise DrawError(f"smiles: a reaction is reactants>agents>products (three parts, two '>'); "
+                        f"got {parts} parts")
+    mol = to_mol(canonical)
+    if mol.GetNumAtoms() > MAX_ATOMS:
+        raise DrawError(f"smiles: {mol.GetNumAtoms()} atoms is over the drawing limit of {MAX_ATOMS}")
+    rings = mol.GetRingInfo().NumRings()
+    if rings > MAX_RINGS:
+        raise DrawError(f"smiles: {rings} rings is over the drawing limit of {MAX_RINGS}")
+    drawer = rdMolDraw2D.MolDraw2DSVG(width * (2 if parts == 3 else 1), height)
     with rdBase.BlockLogs():
-        if ">" in canonical:  # a reaction: reactants > reagents > products, with arrows
-            drawer.DrawReaction(rdChemReactions.ReactionFromSmarts(canonical.replace("~", "."), useSmiles=True))
-        else:
-            drawer.DrawMolecule(to_mol(canonical))
+        try:
+            if parts == 3:  # a reaction: reactants > reagents > products, with arrows
+                drawer.DrawReaction(rdChemReactions.ReactionFromSmarts(canonical.replace("~", "."), useSmiles=True))
+            else:
+                drawer.DrawMolecule(mol)
+        except (ValueError, RuntimeError) as exc:  # RDKit's own refusals, in its words
+            raise DrawError(f"smiles: RDKit cannot draw it ({exc})") from None
     drawer.FinishDrawing()
     return {"smiles": smiles, "canonical": canonical, "svg": drawer.GetDrawingText()}
+
+
+def _worker_main(conn) -> None:
+    """The worker process: answer each SMILES with ("ok", result) or ("invalid", message)."""
+    conn.send(("ready", None))
+    while True:
+        try:
+            smiles = conn.recv()
+        except EOFError:
+            return
+        if smiles is None:
+            return
+        try:
+            conn.send(("ok", smiles_svg(smiles)))
+        except DrawError as exc:
+            conn.send(("invalid", str(exc)))
+        except Exception as exc:  # anything else RDKit raises is still about this input
+            conn.send(("invalid", f"smiles: RDKit cannot draw it ({type(exc).__name__}: {exc})"))
+
+
+class DrawWorker:
+    """One drawing process, used by one request at a time, with a bounded wait list and a time limit.
+
+    ``draw`` is a coroutine; the blocking pipe talk runs in a thread (``asyncio.to_thread``), so the
+    event loop only awaits. Raises RequestError: 422 (the SMILES; its time limit included), 503
+    (too many waiting, or closing).
+    """
+
+    def __init__(self, seconds: float = DRAW_SECONDS, max_waiting: int = MAX_WAITING, start_seconds: float = 60.0):
+        self.seconds, self.max_waiting, self.start_seconds = seconds, max_waiting, start_seconds
+        self._context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
+        self._process = None
+        self._conn = None
+        self._lock = threading.Lock()  # the process and its pipe: one caller at a time
+        self._slot = asyncio.Semaphore(1)
+        self._waiting = 0
+        self.closing = False
+
+    def start(self) -> None:
+        """Start the process now (else the first drawing starts it)."""
+        threading.Thread(target=self._ensure_started, daemon=True, name="scilm-draw-start").start()
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._process is not None and self._process.is_alive():
+                return
+            parent, child = self._context.Pipe()
+            process = self._context.Process(target=_worker_main, args=(child,), daemon=True, name="scilm-draw")
+            process.start()
+            child.close()
+            if not parent.poll(self.start_seconds):
+                process.kill()
+                raise RuntimeError("the drawing process did not start")
+            parent.recv()
+            self._process, self._conn = process, parent
+
+    def _kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(5)
+        self._process = self._conn = None
+
+    def _call(self, smiles: str) -> tuple[str, Any]:
+        self._ensure_started()
+        with self._lock:
+            started = time.monotonic()
+            try:
+                self._conn.send(smiles)
+                if self._conn.poll(self.seconds):
+                    return self._conn.recv()
+            except (EOFError, OSError, BrokenPipeError):  # the process died (out of memory...): a fresh one next
+                self._kill()
+                return "invalid", "smiles: the drawing process failed on this input"
+            self._kill()
+            return "timeout", time.monotonic() - started
+
+    async def draw(self, smiles: str) -> dict[str, str]:
+        """``{"smiles", "canonical", "svg"}`` for a SMILES already through :func:`check_smiles`."""
+        if self.closing:
+            raise RequestError(503, "server is shutting down", {"Retry-After": "5"})
+        if self._waiting >= self.max_waiting:
+            raise RequestError(503, f"overloaded: {self._waiting} drawings waiting; retry later",
+                               {"Retry-After": str(max(1, round(self._waiting * self.seconds / 2)))})
+        self._waiting += 1
+        try:
+            async with self._slot:
+                if self.closing:
+                    raise RequestError(503, "server is shutting down", {"Retry-After": "5"})
+                kind, value = await asyncio.to_thread(self._call, smiles)
+        finally:
+            self._waiting -= 1
+        if kind == "ok":
+            return value
+        if kind == "timeout":
+            raise RequestError(422, f"smiles: drawing it took over the limit of {self.seconds:g} s")
+        raise RequestError(422, value)
+
+    def close(self) -> None:
+        """Refuse new drawings and stop the process (a drawing in progress is cut)."""
+        self.closing = True
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.send(None)
+                except OSError:
+                    pass
+            if self._process is not None:
+                self._process.join(1)
+            self._kill()
