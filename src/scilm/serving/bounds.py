@@ -48,6 +48,9 @@ class ServerLimits:
     prepare_threads: int = 2  # threads parsing and validating request bodies, off the event loop
     draw_seconds: float = 5.0  # one RDKit drawing, in its own process
     draw_waiting: int = 8  # drawings waiting for that process
+    draw_max_chars: int = 1000  # SMILES characters
+    draw_max_atoms: int = 300  # atoms over all molecules of the SMILES
+    draw_max_rings: int = 40  # SSSR rings
 
     def request_cost(self, kind: str) -> int:
         return self.max_request_cost if self.max_request_cost is not None else REQUEST_COST[kind]

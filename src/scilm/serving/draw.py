@@ -36,18 +36,19 @@ class DrawError(Exception):
     """A SMILES that cannot be drawn; the message names the field (``smiles: ...``)."""
 
 
-def check_smiles(smiles: str) -> str:
+def check_smiles(smiles: str, max_chars: int = MAX_SMILES_CHARS) -> str:
     """The stripped SMILES if its length and characters are acceptable (cheap: runs in the server)."""
     smiles = smiles.strip()
     if not smiles:
         raise RequestError(422, "smiles: empty")
-    if len(smiles) > MAX_SMILES_CHARS:
-        raise RequestError(422, f"smiles: {len(smiles)} characters is over the limit of {MAX_SMILES_CHARS}")
+    if len(smiles) > max_chars:
+        raise RequestError(422, f"smiles: {len(smiles)} characters is over the limit of {max_chars}")
     check_smiles_chars(smiles, "smiles")
     return smiles
 
 
-def smiles_svg(smiles: str, width: int = 360, height: int = 240) -> dict[str, str]:
+def smiles_svg(smiles: str, width: int = 360, height: int = 240, max_atoms: int = MAX_ATOMS,
+               max_rings: int = MAX_RINGS) -> dict[str, str]:
     """``{"smiles", "canonical", "svg"}``; raises DrawError naming the problem. Runs in the worker.
 
     A reaction must have exactly three ``>``-separated parts (RDKit's reaction SMILES; an empty part
@@ -61,11 +62,11 @@ def smiles_svg(smiles: str, width: int = 360, height: int = 240) -> dict[str, st
         raise DrawError(f"smiles: a reaction is reactants>agents>products (three parts, two '>'); "
                         f"got {parts} parts")
     mol = to_mol(canonical)
-    if mol.GetNumAtoms() > MAX_ATOMS:
-        raise DrawError(f"smiles: {mol.GetNumAtoms()} atoms is over the drawing limit of {MAX_ATOMS}")
+    if mol.GetNumAtoms() > max_atoms:
+        raise DrawError(f"smiles: {mol.GetNumAtoms()} atoms is over the drawing limit of {max_atoms}")
     rings = mol.GetRingInfo().NumRings()
-    if rings > MAX_RINGS:
-        raise DrawError(f"smiles: {rings} rings is over the drawing limit of {MAX_RINGS}")
+    if rings > max_rings:
+        raise DrawError(f"smiles: {rings} rings is over the drawing limit of {max_rings}")
     drawer = rdMolDraw2D.MolDraw2DSVG(width * (2 if parts == 3 else 1), height)
     with rdBase.BlockLogs():
         try:
@@ -80,17 +81,18 @@ def smiles_svg(smiles: str, width: int = 360, height: int = 240) -> dict[str, st
 
 
 def _worker_main(conn) -> None:
-    """The worker process: answer each SMILES with ("ok", result) or ("invalid", message)."""
+    """The worker process: answer each (SMILES, bounds) with ("ok", result) or ("invalid", message)."""
     conn.send(("ready", None))
     while True:
         try:
-            smiles = conn.recv()
+            task = conn.recv()
         except EOFError:
             return
-        if smiles is None:
+        if task is None:
             return
+        smiles, bounds = task
         try:
-            conn.send(("ok", smiles_svg(smiles)))
+            conn.send(("ok", smiles_svg(smiles, **bounds)))
         except DrawError as exc:
             conn.send(("invalid", str(exc)))
         except Exception as exc:  # anything else RDKit raises is still about this input
@@ -105,8 +107,10 @@ class DrawWorker:
     (too many waiting, or closing).
     """
 
-    def __init__(self, seconds: float = DRAW_SECONDS, max_waiting: int = MAX_WAITING, start_seconds: float = 60.0):
+    def __init__(self, seconds: float = DRAW_SECONDS, max_waiting: int = MAX_WAITING, start_seconds: float = 60.0,
+                 max_atoms: int = MAX_ATOMS, max_rings: int = MAX_RINGS):
         self.seconds, self.max_waiting, self.start_seconds = seconds, max_waiting, start_seconds
+        self.bounds = {"max_atoms": max_atoms, "max_rings": max_rings}
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
         self._process = None
         self._conn = None
@@ -144,7 +148,7 @@ class DrawWorker:
         with self._lock:
             started = time.monotonic()
             try:
-                self._conn.send(smiles)
+                self._conn.send((smiles, self.bounds))
                 if self._conn.poll(self.seconds):
                     return self._conn.recv()
             except (EOFError, OSError, BrokenPipeError):  # the process died (out of memory...): a fresh one next

@@ -268,7 +268,8 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
     holder: dict = {}
     metrics = ServerMetrics(queue_depth=lambda: holder["batcher"].depth if "batcher" in holder else 0)
     prepare_pool = ThreadPoolExecutor(max_workers=limits.prepare_threads, thread_name_prefix="scilm-prepare")
-    drawer = DrawWorker(limits.draw_seconds, limits.draw_waiting)
+    drawer = DrawWorker(limits.draw_seconds, limits.draw_waiting, max_atoms=limits.draw_max_atoms,
+                        max_rings=limits.draw_max_rings)
 
     def retry_after() -> int:
         batcher = holder.get("batcher") or holder.get("closed")
@@ -370,7 +371,7 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
         unknown = set(data) - {"smiles"}
         if unknown:
             raise RequestError(422, f"unknown field(s) {sorted(unknown)}; expected only 'smiles'")
-        return check_smiles(data["smiles"])
+        return check_smiles(data["smiles"], limits.draw_max_chars)
 
     @app.post("/draw")
     async def draw(request: Request):
