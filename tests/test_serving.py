@@ -455,7 +455,8 @@ def test_num_return_sequences_and_nested_generate_parameters(t5_url, t5_served):
 
 @pytest.mark.parametrize("parameters, message", [
     ({"do_sample": False, "temperature": 0.5}, r"parameters\.temperature: a sampling parameter, but do_sample is false"),
-    ({"temperature": 0}, r"parameters\.temperature: input should be greater than 0 \(got 0\)"),
+    ({"temperature": 0}, r"parameters\.temperature: input should be greater than or equal to 0\.01 \(got 0\)"),
+    ({"temperature": 1e-300}, r"parameters\.temperature: input should be greater than or equal to 0\.01"),
     ({"temperature": "hot"}, r"parameters\.temperature: input should be a valid number"),
     ({"top_p": 0}, r"parameters\.top_p: input should be greater than 0"),
     ({"top_p": 1.5}, r"parameters\.top_p: input should be less than or equal to 1"),
@@ -471,7 +472,7 @@ def test_num_return_sequences_and_nested_generate_parameters(t5_url, t5_served):
     ({"max_length": 1}, r"parameters\.max_length: input should be greater than or equal to 2"),
     ({"max_new_tokens": 5, "max_length": 6}, r"parameters\.max_length: give max_new_tokens or max_length"),
     ({"min_new_tokens": 9, "max_new_tokens": 4}, r"parameters\.min_new_tokens: 9 is over the maximum of 4"),
-    ({"repetition_penalty": 0}, r"parameters\.repetition_penalty: input should be greater than 0"),
+    ({"repetition_penalty": 0}, r"parameters\.repetition_penalty: input should be greater than or equal to 0\.01"),
     ({"early_stopping": "soon"}, r"parameters\.early_stopping"),
     ({"details": True}, r"parameters\.details: True is not supported"),
     ({"return_full_text": True}, r"parameters\.return_full_text: True is not supported"),

@@ -1,9 +1,8 @@
 """SMILES -> SVG with RDKit, for the web page's molecule pictures (server-side, no JS chemistry).
 
-RDKit holds Python's GIL while it parses and draws (a 280-atom cage took 2.8 s here, and the
-event loop of a thread beside it did not run once in that time), so a thread pool would not keep
-``/health`` answering: drawings run in **one worker process** (:class:`DrawWorker`), one at a
-time, with a short wait list (more waiting: 503), and a drawing past its time limit kills the
+RDKit holds Python's GIL while it parses and draws (a 280-atom cage took 2.8 s here, and a
+thread beside it did not run once in that time), so a thread pool would not keep ``/health``
+answering: drawings run in **one worker process** (:class:`DrawWorker`), one at a time, with a short wait list (more waiting: 503), and a drawing past its time limit kills the
 worker (a new one starts for the next). Before any of that, cheap bounds refuse what cannot be
 worth drawing: characters, atoms, rings, and a reaction that is not ``reactants>agents>products``.
 """
@@ -11,7 +10,12 @@ worth drawing: characters, atoms, rings, and a reaction that is not ``reactants>
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -22,6 +26,8 @@ from rdkit.Chem.Draw import rdMolDraw2D
 
 from scilm.chem.smiles import canonical_smiles, to_mol
 from scilm.serving.limits import RequestError, check_smiles_chars
+
+log = logging.getLogger("scilm.serving")
 
 MAX_SMILES_CHARS = 1000
 # Bounds a drawing must fit. Large drug-like and natural-product molecules (vancomycin: 101 heavy atoms,
@@ -80,82 +86,108 @@ def smiles_svg(smiles: str, width: int = 360, height: int = 240, max_atoms: int 
     return {"smiles": smiles, "canonical": canonical, "svg": drawer.GetDrawingText()}
 
 
-def _worker_main(conn) -> None:
-    """The worker process: answer each (SMILES, bounds) with ("ok", result) or ("invalid", message)."""
-    conn.send(("ready", None))
-    while True:
+def _worker_main() -> None:
+    """The worker process (``python -m scilm.serving.draw``): one JSON line in, one JSON line out.
+
+    In: ``{"smiles": ..., "bounds": {...}}``; out: ``{"ok": result}`` or ``{"invalid": message}``.
+    """
+    import json
+    import sys
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing else may write to the answer pipe
+    out.write('{"ready": true}\n')
+    out.flush()
+    for line in sys.stdin:
+        task = json.loads(line)
         try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        smiles, bounds = task
-        try:
-            conn.send(("ok", smiles_svg(smiles, **bounds)))
+            answer = {"ok": smiles_svg(task["smiles"], **task["bounds"])}
         except DrawError as exc:
-            conn.send(("invalid", str(exc)))
+            answer = {"invalid": str(exc)}
         except Exception as exc:  # anything else RDKit raises is still about this input
-            conn.send(("invalid", f"smiles: RDKit cannot draw it ({type(exc).__name__}: {exc})"))
+            answer = {"invalid": f"smiles: RDKit cannot draw it ({type(exc).__name__}: {exc})"}
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
 
 
 class DrawWorker:
     """One drawing process, used by one request at a time, with a bounded wait list and a time limit.
 
-    ``draw`` is a coroutine; the blocking pipe talk runs in a thread (``asyncio.to_thread``), so the
-    event loop only awaits. Raises RequestError: 422 (the SMILES; its time limit included), 503
-    (too many waiting, or closing).
+    The process is ``python -m scilm.serving.draw`` (a plain subprocess: nothing of the server is
+    copied or re-imported into it), spoken to in JSON lines. ``draw`` is a coroutine; the blocking
+    pipe talk runs in a thread, so the event loop only awaits. Raises RequestError: 422 (the
+    SMILES; its time limit included), 503 (too many waiting, or closing).
     """
 
     def __init__(self, seconds: float = DRAW_SECONDS, max_waiting: int = MAX_WAITING, start_seconds: float = 60.0,
                  max_atoms: int = MAX_ATOMS, max_rings: int = MAX_RINGS):
         self.seconds, self.max_waiting, self.start_seconds = seconds, max_waiting, start_seconds
         self.bounds = {"max_atoms": max_atoms, "max_rings": max_rings}
-        self._context = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
-        self._process = None
-        self._conn = None
-        self._lock = threading.Lock()  # the process and its pipe: one caller at a time
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # the process and its pipes: one caller at a time
         self._slot = asyncio.Semaphore(1)
         self._waiting = 0
         self.closing = False
 
     def start(self) -> None:
-        """Start the process now (else the first drawing starts it)."""
-        threading.Thread(target=self._ensure_started, daemon=True, name="scilm-draw-start").start()
+        """Start the process now, in a thread (else the first drawing starts it)."""
+        threading.Thread(target=self._start_quietly, daemon=True, name="scilm-draw-start").start()
+
+    def _start_quietly(self) -> None:
+        try:
+            with self._lock:
+                self._ensure_started()
+        except RuntimeError as exc:
+            log.warning("the drawing process did not start: %s (the next drawing tries again)", exc)
 
     def _ensure_started(self) -> None:
-        with self._lock:
-            if self._process is not None and self._process.is_alive():
-                return
-            parent, child = self._context.Pipe()
-            process = self._context.Process(target=_worker_main, args=(child,), daemon=True, name="scilm-draw")
-            process.start()
-            child.close()
-            if not parent.poll(self.start_seconds):
-                process.kill()
-                raise RuntimeError("the drawing process did not start")
-            parent.recv()
-            self._process, self._conn = process, parent
+        """(With the lock held.) A live worker process, started if needed."""
+        if self._process is not None and self._process.poll() is None:
+            return
+        if self.closing:
+            raise RuntimeError("closing")
+        process = subprocess.Popen([sys.executable, "-m", "scilm.serving.draw"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        if self._readline(process, self.start_seconds) is None:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"no answer within {self.start_seconds:g} s")
+        self._process = process
+
+    @staticmethod
+    def _readline(process: subprocess.Popen, seconds: float) -> bytes | None:
+        ready, _, _ = select.select([process.stdout], [], [], seconds)
+        if not ready:
+            return None
+        return process.stdout.readline() or None
 
     def _kill(self) -> None:
         if self._process is not None:
             self._process.kill()
-            self._process.join(5)
-        self._process = self._conn = None
+            self._process.wait()
+        self._process = None
 
     def _call(self, smiles: str) -> tuple[str, Any]:
-        self._ensure_started()
         with self._lock:
+            try:
+                self._ensure_started()
+            except RuntimeError as exc:
+                return "unavailable", str(exc)
             started = time.monotonic()
             try:
-                self._conn.send((smiles, self.bounds))
-                if self._conn.poll(self.seconds):
-                    return self._conn.recv()
-            except (EOFError, OSError, BrokenPipeError):  # the process died (out of memory...): a fresh one next
+                self._process.stdin.write((json.dumps({"smiles": smiles, "bounds": self.bounds}) + "\n").encode())
+                self._process.stdin.flush()
+                line = self._readline(self._process, self.seconds)
+            except OSError:
+                line = b""
+            if line is None:  # past the time limit: kill it; a fresh one starts for the next drawing
+                self._kill()
+                return "timeout", time.monotonic() - started
+            if not line:  # it died (out of memory, a crash in RDKit): a fresh one next time
                 self._kill()
                 return "invalid", "smiles: the drawing process failed on this input"
-            self._kill()
-            return "timeout", time.monotonic() - started
+            answer = json.loads(line)
+            return ("ok", answer["ok"]) if "ok" in answer else ("invalid", answer["invalid"])
 
     async def draw(self, smiles: str) -> dict[str, str]:
         """``{"smiles", "canonical", "svg"}`` for a SMILES already through :func:`check_smiles`."""
@@ -176,17 +208,19 @@ class DrawWorker:
             return value
         if kind == "timeout":
             raise RequestError(422, f"smiles: drawing it took over the limit of {self.seconds:g} s")
+        if kind == "unavailable":
+            raise RequestError(503, f"drawing is unavailable ({value}); retry later", {"Retry-After": "5"})
         raise RequestError(422, value)
 
     def close(self) -> None:
         """Refuse new drawings and stop the process (a drawing in progress is cut)."""
         self.closing = True
+        process = self._process
+        if process is not None:
+            process.kill()  # the pipe talk of a drawing in progress then ends at once
         with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.send(None)
-                except OSError:
-                    pass
-            if self._process is not None:
-                self._process.join(1)
             self._kill()
+
+
+if __name__ == "__main__":
+    _worker_main()

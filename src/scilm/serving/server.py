@@ -362,6 +362,9 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
                                {"Retry-After": str(retry_after())}) from None
         except Cancelled:
             return Response(status_code=499)
+        except Exception:  # a model failure no validation foresaw: logged, answered, the connection kept
+            log.exception("model call failed for /predict")
+            return _error(500, "internal error (details are in the server log)")
         return await off_loop(served.respond, payload, results)
 
     def draw_request(body: bytes) -> str:
