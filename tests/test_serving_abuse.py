@@ -13,11 +13,11 @@ import socket
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from scilm.serving.abuse import _wait_for_depth, cage_smiles
 from scilm.serving.batching import Control, MicroBatcher, QueueFull, ShuttingDown, TimeLimit
 from scilm.serving.bounds import ServerLimits
 from scilm.serving.local import server_process, server_thread
@@ -27,29 +27,6 @@ from test_serving import PROTEIN, classifier_dir, t5_dir  # noqa: F401  (module 
 
 PROMPT = "Caption the following SMILES: CCO"
 LONG = {"num_beams": 10, "max_new_tokens": 512, "min_new_tokens": 512}  # minutes on this machine, uncut
-# a valid SMILES of 280 atoms (a 7 x 8 x 5 cage of sulfur atoms, 598 rings) that RDKit takes seconds to draw
-CAGE = None
-
-
-def cage_smiles(a: int = 7, b: int = 8, c: int = 5) -> str:
-    from rdkit import Chem
-
-    mol = Chem.RWMol()
-    index = {}
-    for i in range(a):
-        for j in range(b):
-            for k in range(c):
-                index[i, j, k] = mol.AddAtom(Chem.Atom(16))
-    for (i, j, k), atom in index.items():
-        for step in ((1, 0, 0), (0, 1, 0), (0, 0, 1)):
-            other = (i + step[0], j + step[1], k + step[2])
-            if other in index:
-                mol.AddBond(atom, index[other], Chem.BondType.SINGLE)
-    result = mol.GetMol()
-    Chem.SanitizeMol(result)
-    return Chem.MolToSmiles(result)
-
-
 @pytest.fixture(scope="module")
 def t5(t5_dir):  # noqa: F811
     return load_served_model(t5_dir)
@@ -386,7 +363,7 @@ def test_sigterm_answers_queued_503_at_once_and_exits_in_bound(t5_dir, tmp_path)
         time.sleep(0.5)
         for thread in threads[1:]:
             thread.start()
-        time.sleep(0.5)
+        _wait_for_depth(base, 5)  # the running input and four queued ones are in the server
         signalled = time.perf_counter()
         process.send_signal(signal.SIGTERM)
         for thread in threads:

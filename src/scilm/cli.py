@@ -309,8 +309,15 @@ def bench_serve(
     out: Path = Opt(Path("bench/serve"), help="Output directory."),
     model: Optional[str] = Opt(None, help="Model directory to serve [a classifier trained on the spot]."),
     quick: bool = Opt(False, "--quick", help="Fewer requests per level."),
+    abuse: bool = Opt(False, "--abuse", help="Instead: replay each kind of abuse (issue 12) for ~2 minutes; "
+                      "writes OUT/abuse."),
 ) -> None:
     """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
+    if abuse:
+        from scilm.serving.abuse import run_abuse_bench
+
+        typer.echo(run_abuse_bench(out / "abuse", model=model))
+        return
     from scilm.serving.bench import run_serve_bench
 
     typer.echo(run_serve_bench(out, model=model, quick=quick))
