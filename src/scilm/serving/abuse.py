@@ -252,8 +252,11 @@ def _run_kinds(base: str, kinds: dict[str, Kind], probe: HealthProbe) -> None:
                                       {"inputs": PROMPT, "parameters": {"max_length": 2}},
                                       {"inputs": PROMPT, "parameters": {"temperature": 1e-300}}], (200, 422)))
     # 12. browser-reachable server
-    run("12 text/plain and form posts",
-        lambda k: _requests(base, k, [b'{"inputs": "CCO"}'] * 3, (415,), headers={"content-type": "text/plain"}))
+    async def not_json(k):
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            await _requests(base, k, [b'{"inputs": "CCO"}'], (415,), headers={"content-type": content_type})
+
+    run("12 text/plain and form posts", not_json)
     run("12 DNS rebinding (foreign Host) and foreign Origin", lambda k: _foreign(base, k))
     # 13. HEAD /health
     kinds["13 HEAD /health"] = Kind("13 HEAD /health")

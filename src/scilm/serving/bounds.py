@@ -14,7 +14,7 @@ Defaults, sized on the 2-core x86_64 machine this was written on (no GPU, shared
   most 1,024 tokens) fits; the esm2-8m shape runs ~4,300 tokens/s here (``scilm bench serve``), so
   a full request is ~15 s.
 - seq2seq ``max_request_cost`` 8,192: one input with the Text+Chem demo's 10 beams x 512 tokens
-  (5,120 + its source) fits, as do 16 greedy inputs of 512 tokens; the issue's 64 inputs x 10 beams
+  (5,120 + its source) fits, as do 15 greedy inputs of 512 tokens with short prompts; the issue's 64 inputs x 10 beams
   x 512 tokens (327,680) is refused at once. A T5-base-shaped model generated 1-6 token-steps/s
   on this (busy) machine, so such requests are still bounded by the time limit, not the estimate;
   on a GPU raise both.

@@ -11,10 +11,11 @@ few seconds hold a thousand connections for ever, and with ``limit_concurrency``
   opened (or after its previous response), whatever trickles in meanwhile (as nginx's
   ``client_header_timeout``);
 - caps connections per client address (``per_client``) and in all (``max_connections``): past a
-  cap, the oldest connection of that client (or of anyone) that is *not* waiting for an answer,
-  i.e. idle, still sending its headers or its body, is closed to make room; only if there is none
-  is the new connection refused. So an abuser's half-sent requests are what gets dropped, and a new
-  request (a ``/health`` probe) always gets in.
+  cap, the oldest connections of that client (or of anyone) that are *not* waiting for an answer,
+  i.e. idle, still sending their headers or their body, are closed to make room (the per-client
+  cap ``grace`` seconds later, so that a new connection that sends its request at once is no
+  longer a candidate); only if there is none is a new connection refused (total cap). So an
+  abuser's half-sent requests are what gets dropped, and a new request (a ``/health`` probe) gets in.
 
 The request body's deadline is the ASGI middleware's (:class:`scilm.serving.server.Guard`), and the
 request-level concurrency limit too, so ``/health`` bypasses it; uvicorn's own
@@ -39,6 +40,7 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     per_client: int = 64
     max_connections: int = 2048
+    grace: float = 0.2  # seconds a connection over the per-client cap has to send its request
     # open connections by client address, oldest first: shared by every connection of one server
     _by_client: dict[str, OrderedDict] = field(default_factory=dict, repr=False)
     _all: OrderedDict = field(default_factory=OrderedDict, repr=False)
@@ -62,11 +64,21 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
             mine = limits._by_client.setdefault(self._address, OrderedDict())
             mine[self] = None
             limits._all[self] = None
-            if len(mine) > limits.per_client and not self._make_room(mine):
-                return
             if len(limits._all) > limits.max_connections and not self._make_room(limits._all):
                 return
+            if len(mine) > limits.per_client:
+                # a moment's grace: a new connection that sends its request at once (a /health probe) is
+                # then no longer evictable, and the stalled ones go first, even in a flood of connects
+                self.loop.call_later(limits.grace, self._enforce_client_cap, mine)
             self._arm_header_timer()
+
+        def _enforce_client_cap(self, mine: OrderedDict) -> None:
+            while len(mine) > limits.per_client:
+                oldest = next((c for c in mine if c.evictable), None)
+                if oldest is None:
+                    return  # all are waiting for answers: those are bounded by the request limits
+                oldest._close("evicted: too many connections from this address")
+                limits.evicted += 1
 
         def _make_room(self, pool: OrderedDict) -> bool:
             """Close the oldest evictable connection in ``pool`` other than this one; else refuse this one."""

@@ -2,8 +2,9 @@
 
 RDKit holds Python's GIL while it parses and draws (a 280-atom cage took 2.8 s here, and a
 thread beside it did not run once in that time), so a thread pool would not keep ``/health``
-answering: drawings run in **one worker process** (:class:`DrawWorker`), one at a time, with a short wait list (more waiting: 503), and a drawing past its time limit kills the
-worker (a new one starts for the next). Before any of that, cheap bounds refuse what cannot be
+answering: drawings run in **one worker process** (:class:`DrawWorker`), one at a time, with a
+short wait list (more waiting: 503), and a drawing past its time limit kills the worker (a new
+one starts for the next). Before any of that, cheap bounds refuse what cannot be
 worth drawing: characters, atoms, rings, and a reaction that is not ``reactants>agents>products``.
 """
 
