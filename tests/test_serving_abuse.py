@@ -466,3 +466,20 @@ def test_head_health_and_strict_truncation(classifier, t5):
     with server_thread(create_app(t5)) as base:
         no = httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": {"truncation": "no"}})
         assert no.status_code == 422 and "parameters.truncation" in no.json()["error"]
+
+
+def test_in_flight_request_cap_spares_the_probes(classifier):
+    """Past max_requests in progress a request gets 503 + Retry-After; /health and /ready still answer."""
+    app = create_app(classifier, max_wait_ms=1500, limits=ServerLimits(max_requests=1))
+    with server_thread(app) as base:
+        first = {}
+        thread = threading.Thread(target=lambda: first.setdefault(
+            "r", httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30)))
+        thread.start()  # waits 1.5 s for its batch to fill: in progress meanwhile
+        time.sleep(0.5)
+        second = httpx.post(f"{base}/predict", json={"inputs": PROTEIN})
+        assert second.status_code == 503 and int(second.headers["Retry-After"]) >= 1
+        assert "requests in progress" in second.json()["error"]
+        assert httpx.get(f"{base}/health").status_code == httpx.get(f"{base}/ready").status_code == 200
+        thread.join(30)
+        assert first["r"].status_code == 200

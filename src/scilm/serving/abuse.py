@@ -18,10 +18,8 @@ import asyncio
 import json
 import signal
 import socket
-import statistics
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
