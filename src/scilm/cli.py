@@ -309,8 +309,8 @@ def bench_serve(
     out: Path = Opt(Path("bench/serve"), help="Output directory."),
     model: Optional[str] = Opt(None, help="Model directory to serve [a classifier trained on the spot]."),
     quick: bool = Opt(False, "--quick", help="Fewer requests per level."),
-    abuse: bool = Opt(False, "--abuse", help="Instead: replay each kind of abuse (issue 12) for ~2 minutes; "
-                      "writes OUT/abuse."),
+    abuse: bool = Opt(False, "--abuse", help="Instead: replay each kind of abuse (issue 12) for ~2 minutes "
+                      "against a seq2seq model [t5-tiny shape built on the spot]; writes OUT/abuse."),
 ) -> None:
     """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
     if abuse:

@@ -341,6 +341,12 @@ def run_abuse_bench(out: Path, model: str | None = None) -> str:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if model:
+        from scilm.errors import ScilmError
+        from scilm.serving.models import model_kind
+
+        if model_kind(model) != "seq2seq":
+            raise ScilmError(f"--model {model}: --abuse needs a seq2seq model (its kinds use generation parameters)")
     model_dir = Path(model) if model else save_tiny_t5(out / "model-t5-tiny-random")
     busy = psutil.cpu_percent(interval=1.0)
     kinds: dict[str, Kind] = {}
