@@ -23,6 +23,7 @@ from scilm.serving.local import server_process, server_thread
 from scilm.serving.models import load_served_model, model_kind
 from scilm.serving.server import create_app, serve
 
+JSON = {"content-type": "application/json"}  # POST bodies must say so (a 415 otherwise)
 PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
 
 
@@ -156,17 +157,18 @@ def test_hostile_inputs_get_4xx_and_the_server_stays_healthy(url):
             yield b"A" * 65536
 
     cases = {
-        "huge body": httpx.post(f"{url}/predict", content=huge),
-        "huge streamed body": httpx.post(f"{url}/predict", content=chunked()),
-        "deep JSON": httpx.post(f"{url}/predict", content=deep),
-        "binary junk": httpx.post(f"{url}/predict", content=bytes(range(256)) * 64),
-        "10^5 sequences": httpx.post(f"{url}/predict", content=many),
+        "huge body": httpx.post(f"{url}/predict", content=huge, headers=JSON),
+        "huge streamed body": httpx.post(f"{url}/predict", content=chunked(), headers=JSON),
+        "deep JSON": httpx.post(f"{url}/predict", content=deep, headers=JSON),
+        "binary junk": httpx.post(f"{url}/predict", content=bytes(range(256)) * 64, headers=JSON),
+        "10^5 sequences": httpx.post(f"{url}/predict", content=many, headers=JSON),
         "look-alike letters": httpx.post(f"{url}/predict", json={"inputs": "МКТАУ"}),  # all Cyrillic
-        "not JSON": httpx.post(f"{url}/predict", content=b"inputs=MKT"),
-        "huge number": httpx.post(f"{url}/predict", content=b'{"inputs": ' + b"9" * 50_000 + b"}"),
+        "not JSON": httpx.post(f"{url}/predict", content=b"inputs=MKT", headers=JSON),
+        "huge number": httpx.post(f"{url}/predict", content=b'{"inputs": ' + b"9" * 50_000 + b"}", headers=JSON),
     }
     statuses = {name: r.status_code for name, r in cases.items()}
-    statuses["bad Content-Length"] = raw_status(url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n{}")
+    statuses["bad Content-Length"] = raw_status(url, b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                                                      b"Content-Length: x\r\n\r\n{}")
     statuses["garbage request line"] = raw_status(url, bytes(range(1, 256)) + b"\r\n\r\n")
     assert statuses["huge body"] == statuses["huge streamed body"] == 413
     assert all(400 <= s < 500 for s in statuses.values()), statuses
@@ -453,7 +455,8 @@ def test_num_return_sequences_and_nested_generate_parameters(t5_url, t5_served):
 
 @pytest.mark.parametrize("parameters, message", [
     ({"do_sample": False, "temperature": 0.5}, r"parameters\.temperature: a sampling parameter, but do_sample is false"),
-    ({"temperature": 0}, r"parameters\.temperature: input should be greater than 0 \(got 0\)"),
+    ({"temperature": 0}, r"parameters\.temperature: input should be greater than or equal to 0\.01 \(got 0\)"),
+    ({"temperature": 1e-300}, r"parameters\.temperature: input should be greater than or equal to 0\.01"),
     ({"temperature": "hot"}, r"parameters\.temperature: input should be a valid number"),
     ({"top_p": 0}, r"parameters\.top_p: input should be greater than 0"),
     ({"top_p": 1.5}, r"parameters\.top_p: input should be less than or equal to 1"),
@@ -469,7 +472,7 @@ def test_num_return_sequences_and_nested_generate_parameters(t5_url, t5_served):
     ({"max_length": 1}, r"parameters\.max_length: input should be greater than or equal to 2"),
     ({"max_new_tokens": 5, "max_length": 6}, r"parameters\.max_length: give max_new_tokens or max_length"),
     ({"min_new_tokens": 9, "max_new_tokens": 4}, r"parameters\.min_new_tokens: 9 is over the maximum of 4"),
-    ({"repetition_penalty": 0}, r"parameters\.repetition_penalty: input should be greater than 0"),
+    ({"repetition_penalty": 0}, r"parameters\.repetition_penalty: input should be greater than or equal to 0\.01"),
     ({"early_stopping": "soon"}, r"parameters\.early_stopping"),
     ({"details": True}, r"parameters\.details: True is not supported"),
     ({"return_full_text": True}, r"parameters\.return_full_text: True is not supported"),

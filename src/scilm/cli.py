@@ -213,12 +213,27 @@ def serve(
     max_queue: int = Opt(256, help="Queued inputs before answering 503."),
     batching: bool = Opt(True, "--batching/--no-batching", help="Dynamic micro-batching [on]."),
     api_key_env: Optional[str] = Opt(None, help="Environment variable holding the API key (else no auth)."),
+    allowed_host: Optional[list[str]] = Opt(None, help="Host name clients may reach the server by, besides the "
+                                            "bound address (repeat; '*': any, e.g. behind a proxy that checks)."),
+    max_request_cost: Optional[int] = Opt(None, help="Token-steps one request may cost [classifier 65536, "
+                                          "seq2seq 8192]."),
+    max_pending_cost: Optional[int] = Opt(None, help="Token-steps queued and running, server-wide [4 requests]."),
+    max_batch_seconds: float = Opt(60.0, help="Wall time of one model call (generate's max_time); SIGTERM "
+                                   "exits within this + 5 s."),
+    header_timeout: float = Opt(10.0, help="Seconds for a request's headers."),
+    body_timeout: float = Opt(30.0, help="Seconds for a request's body."),
+    per_client_connections: int = Opt(64, help="Open connections per client address."),
 ) -> None:
     """A real-time HTTP endpoint (Hugging Face inference payloads) and a web page at /."""
+    from scilm.serving.bounds import ServerLimits
     from scilm.serving.server import serve as run_server
 
+    limits = ServerLimits(max_request_cost=max_request_cost, max_pending_cost=max_pending_cost,
+                          max_batch_seconds=max_batch_seconds, header_timeout=header_timeout,
+                          body_timeout=body_timeout, per_client_connections=per_client_connections)
     run_server(model=model, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-               max_queue=max_queue, batching=batching, api_key_env=api_key_env)
+               max_queue=max_queue, batching=batching, api_key_env=api_key_env, limits=limits,
+               allowed_host=tuple(allowed_host or ()))
 
 
 @app.command()
@@ -318,8 +333,15 @@ def bench_serve(
     out: Path = Opt(Path("bench/serve"), help="Output directory."),
     model: Optional[str] = Opt(None, help="Model directory to serve [a classifier trained on the spot]."),
     quick: bool = Opt(False, "--quick", help="Fewer requests per level."),
+    abuse: bool = Opt(False, "--abuse", help="Instead: replay each kind of abuse (issue 12) for ~2 minutes "
+                      "against a seq2seq model [t5-tiny shape built on the spot]; writes OUT/abuse."),
 ) -> None:
     """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
+    if abuse:
+        from scilm.serving.abuse import run_abuse_bench
+
+        typer.echo(run_abuse_bench(out / "abuse", model=model))
+        return
     from scilm.serving.bench import run_serve_bench
 
     typer.echo(run_serve_bench(out, model=model, quick=quick))

@@ -12,19 +12,23 @@ batcher's thread; ``respond`` turns the results into the HF payload.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import secrets
+import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.serving.batching import Control
 from scilm.serving.limits import RequestError, clean_protein, clean_source
 from scilm.serving.schema import (
     ClassifierParameters,
@@ -113,11 +117,21 @@ class ServedClassifier:
             sequences.append(clean_protein(raw, where, limit)[: self.max_residues])
         return None, sequences
 
+    def cost(self, group: Hashable, sequence: str) -> int:
+        """Token-steps of one input: its tokens (residues + <cls> + <eos>), one forward each."""
+        return len(sequence) + 2
+
     @torch.inference_mode()
-    def run_batch(self, group: Hashable, sequences: list[str]) -> list[list[float]]:
-        """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward."""
+    def run_batch(self, group: Hashable, sequences: list[str], control: Control | None = None) -> list[list[float]]:
+        """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward.
+
+        Between forwards ``control`` is checked: past its deadline TimeLimit, all inputs abandoned
+        Cancelled (a forward itself is bounded by FORWARD_TOKENS).
+        """
         logits: list[list[float]] = [[] for _ in sequences]
         for batch in tight_batches([len(s) for s in sequences]):
+            if control is not None:
+                control.check()
             encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])  # as predict/embed do
             out = self.model(**encoded).logits.float()  # (B, num_labels)
             for row, i in enumerate(batch):
@@ -174,6 +188,30 @@ def _apply(function: str, row: list[float]) -> list[float]:
 
 # -- seq2seq ----------------------------------------------------------------------------------
 
+class _StopOnControl(StoppingCriteria):
+    """A Transformers stopping criterion: every row stops once ``control`` says so (deadline or all abandoned)."""
+
+    def __init__(self, control: Control):
+        self.control = control
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        stop = self.control.should_stop()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _bounded(control: Control, generate_sequences, *args, **generation):
+    """``generate_sequences`` with ``max_time`` and a stop on ``control``; raises if it was cut short."""
+    control.check()
+    criterion = _StopOnControl(control)
+    if math.isfinite(control.deadline):
+        generation["max_time"] = control.remaining()
+    result = generate_sequences(*args, stopping_criteria=StoppingCriteriaList([criterion]), **generation)
+    if control.stop_reason is not None or control.remaining() == 0:  # cut short: its text is not an answer
+        control.stop_reason = control.stop_reason or "time"
+        raise control.error()
+    return result
+
+
 @dataclass(frozen=True)
 class Source:
     """One seq2seq input ready to run: its task (None: a free prompt), full source, sampling seed."""
@@ -181,6 +219,7 @@ class Source:
     task: str | None
     text: str
     seed: int | None
+    tokens: int = 0  # source tokens the encoder reads (after truncation)
 
 
 @dataclass
@@ -195,6 +234,11 @@ class ServedSeq2Seq:
     def __post_init__(self):
         n = self.tokenizer.model_max_length
         self.max_source_tokens = n if n and n < _HUGE else 512
+        # prepare() runs in the request threads while run_batch() tokenizes in the model thread: a fast
+        # tokenizer shared between threads fails ("Already borrowed") when one sets truncation, so
+        # requests are counted with their own copy, one thread at a time
+        self._counter = copy.deepcopy(self.tokenizer)
+        self._counter_lock = threading.Lock()
 
     def info(self) -> dict:
         return {"kind": self.kind, "tasks": list(PROMPTS), "molecule_tasks": list(MOLECULE_TASKS),
@@ -211,36 +255,51 @@ class ServedSeq2Seq:
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
             source = clean_source(raw, where, params.task)
-            n_tokens = len(self.tokenizer(source)["input_ids"])
+            with self._counter_lock:
+                n_tokens = len(self._counter(source)["input_ids"])
             if n_tokens > self.max_source_tokens and not plan.truncate:
                 raise RequestError(422, f"{where}: {n_tokens} tokens (prompt included) is over the model's "
                                         f"limit of {self.max_source_tokens} (or send parameters.truncation: "
                                         "only_first)")
             # a written prompt counts as naming its task (SMILES outputs are decoded as such)
-            values.append(Source(task_of(source), source, seed if plan.sampling else None))
+            values.append(Source(task_of(source), source, seed if plan.sampling else None,
+                                 min(n_tokens, self.max_source_tokens)))
         return plan, values
 
-    def run_batch(self, plan: GenerationPlan, values: list[Source]) -> list[list[str]]:
+    def cost(self, plan: GenerationPlan, source: Source) -> int:
+        """Token-steps of one input: source tokens + rows x new tokens (the decoder runs ``rows`` sequences,
+        ``max(num_beams, num_return_sequences)``, for up to ``max_new_tokens`` steps)."""
+        return source.tokens + max(plan.beams, plan.k) * plan.maximum
+
+    def run_batch(self, plan: GenerationPlan, values: list[Source], control: Control | None = None) -> list[list[str]]:
         """``plan.k`` texts per input. One generate call per task (tasks decode SMILES differently);
-        sampled inputs run one by one, each from its own seed, so no other input changes its draw."""
+        sampled inputs run one by one, each from its own seed, so no other input changes its draw.
+
+        ``control`` bounds the calls: ``max_time`` (its time left) goes to every ``generate``, which
+        also stops at its next step once every input is abandoned; a stopped call raises TimeLimit
+        or Cancelled, never returns its partial text. Abandoned inputs run one-by-one are skipped.
+        """
         from scilm.inference import generate
 
+        control = control or Control(len(values), math.inf)
         outputs: list[list[str]] = [[] for _ in values]
         for task in dict.fromkeys(v.task for v in values):
             index = [i for i, v in enumerate(values) if v.task == task]
             smiles = task in MOLECULE_TASKS
             if not plan.sampling:
-                texts = generate.generate_sequences(self.model, self.tokenizer, [values[i].text for i in index],
-                                                    smiles, len(index), plan.k, **plan.kwargs)
+                texts = _bounded(control, generate.generate_sequences, self.model, self.tokenizer,
+                                 [values[i].text for i in index], smiles, len(index), plan.k, **plan.kwargs)
                 for i, text in zip(index, texts):
                     outputs[i] = text
                 continue
             device = next(self.model.parameters()).device
             for i in index:
+                if control.is_abandoned(i):
+                    continue
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(values[i].seed)
-                    outputs[i] = generate.generate_sequences(self.model, self.tokenizer, [values[i].text], smiles,
-                                                             1, plan.k, **plan.kwargs)[0]
+                    outputs[i] = _bounded(control, generate.generate_sequences, self.model, self.tokenizer,
+                                          [values[i].text], smiles, 1, plan.k, **plan.kwargs)[0]
         return outputs
 
     def respond(self, payload: Payload, texts: list[list[str]]) -> list:

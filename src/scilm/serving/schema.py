@@ -28,6 +28,9 @@ from scilm.serving.limits import MAX_BEAMS, MAX_NEW_TOKENS, RequestError
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 MAX_TOP_K = 2**31 - 1
 MAX_TEMPERATURE = 100.0
+# temperature and repetition_penalty divide float32 logits: 1e-300 is 0.0 in float32, the division gives
+# inf and sampling fails (a 500 before this floor); 0.01 keeps every division finite
+MIN_DIVISOR = 0.01
 MAX_REPETITION_PENALTY = 100.0
 DEFAULT_BEAMS = 1  # greedy: CPU-friendly; the Text+Chem demo used 10 (ask with parameters.num_beams)
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -114,15 +117,16 @@ class _Generation(_Parameters):
     do_sample: bool | None = Field(
         None, description="Sample instead of greedy/beam search. Default: false, or true when a sampling "
                           f"parameter ({', '.join(SAMPLING_FIELDS)}) is given.")
-    temperature: float | None = Field(None, gt=0, le=MAX_TEMPERATURE,
-                                      description="Sampling temperature. Default 1.0.")
+    temperature: float | None = Field(None, ge=MIN_DIVISOR, le=MAX_TEMPERATURE,
+                                      description=f"Sampling temperature ({MIN_DIVISOR}-{MAX_TEMPERATURE:g}). "
+                                                  "Default 1.0.")
     top_k: int | None = Field(None, ge=1, le=MAX_TOP_K,
                               description="Sample from the top_k most likely tokens. Default: off.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass. Default 1.0 (off).")
     typical_p: float | None = Field(None, gt=0, le=1, description="Typical sampling mass. Default 1.0 (off).")
     epsilon_cutoff: float | None = Field(None, ge=0, lt=1, description="Epsilon sampling cutoff. Default 0 (off).")
     eta_cutoff: float | None = Field(None, ge=0, lt=1, description="Eta sampling cutoff. Default 0 (off).")
-    repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPETITION_PENALTY,
+    repetition_penalty: float | None = Field(None, ge=MIN_DIVISOR, le=MAX_REPETITION_PENALTY,
                                              description="Penalty for repeated tokens (1.0: none).")
     num_return_sequences: int | None = Field(
         None, ge=1, le=MAX_BEAMS,
