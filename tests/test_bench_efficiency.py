@@ -17,7 +17,12 @@ def test_efficiency_bench_writes_every_row(tmp_path, tiny_fastas):
     assert [r["configuration"] for r in results["rows"]] == list(METHODS)
     for row in results["rows"]:
         assert row["cost_samples_per_second"] > 0 and row["cost_peak_memory_mb"] > 0
-        assert 0 <= row["eval_accuracy"] <= 1
+        # the row's accuracy is its run's, a count of right answers over the 16 validation proteins
+        run = json.loads((tmp_path / "runs" / f"acc-{row['configuration'].strip('+ ').replace(' ', '-').lower()}"
+                          / "metrics.json").read_text())
+        assert row["eval_accuracy"] == run["eval_accuracy"] and run["n_eval"] == 16
+        assert abs(row["eval_accuracy"] * 16 - round(row["eval_accuracy"] * 16)) < 1e-9
+        assert row["accuracy_vs_base_points"] == 100 * (row["eval_accuracy"] - results["rows"][0]["eval_accuracy"])
     lora_rows = [r for r in results["rows"] if r["switches"].get("lora")]
     assert all(r["trainable_parameters"] < results["rows"][0]["trainable_parameters"] for r in lora_rows)
     assert "all methods" in table and "Machine:" in (tmp_path / "table.md").read_text()

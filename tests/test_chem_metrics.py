@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,184 @@ def test_evaluate_survives_garbage(capfd):
 def test_evaluate_needs_one_prediction_per_example():
     with pytest.raises(ScilmError, match="10 examples but 9 predictions"):
         evaluate_predictions(read_jsonl(SAMPLE), [""] * 9)
+
+
+# --- every metric is a float, in every branch ------------------------------------------------------
+
+EDGE_PREDICTIONS = ["", " ", ".", "C", "NOACTION.", "xyz", "C1CC(("]
+FLAGS = {"valid", "similarity_counted", "canonical_prediction", "meteor_unavailable"}
+MAYBE_NONE = {"maccs_fts_valid_only", "rdk_fts_valid_only", "morgan_fts_valid_only", "meteor"}
+
+
+def assert_all_floats(result: dict) -> None:
+    for name, value in result.items():
+        if name in FLAGS:
+            continue
+        if name in MAYBE_NONE and value is None:
+            continue
+        assert type(value) is float, (name, value)
+
+
+@pytest.mark.parametrize("prediction", EDGE_PREDICTIONS)
+def test_every_metric_is_a_float_per_example(prediction):
+    assert_all_floats(molecule_scores("CCO", prediction))
+    assert_all_floats(caption_scores(CAPTION, prediction))
+    assert_all_floats(metrics.action_scores("ADD water; STIR.", prediction))
+
+
+@pytest.mark.parametrize("prediction", EDGE_PREDICTIONS)
+def test_every_metric_is_a_float_per_corpus(prediction):
+    for function, target in ((molecule_metrics, "CCO"), (caption_metrics, CAPTION),
+                             (action_metrics, "ADD water; STIR.")):
+        assert_all_floats(function([target], [prediction]))
+        assert_all_floats(function([target, target], [prediction, target]))
+
+
+def test_empty_caption_prediction_scores_float_zero():
+    # rouge-score itself returns int 0 for ROUGE-L of an empty text (issue 11, case 12)
+    scores = caption_scores(CAPTION, "")
+    assert {k: (type(v), v) for k, v in scores.items()} == {
+        "bleu2": (float, 0.0), "rouge1": (float, 0.0), "rouge2": (float, 0.0), "rougeL": (float, 0.0),
+        "meteor": (float, 0.0) if scores["meteor"] is not None else (type(None), None)}
+
+
+@pytest.mark.parametrize("function", [molecule_metrics, caption_metrics, action_metrics])
+def test_no_examples_is_an_error_not_a_zero(function):
+    with pytest.raises(ValueError, match="no examples"):
+        function([], [])
+
+
+# --- against MolT5's own evaluation scripts (blender-nlp/MolT5, evaluation/) ----------------------
+# Each reference below repeats the library calls of MolT5's script on the same inputs: a change of
+# tokenisation, weights, averaging or argument order in scilm shows up as a different value.
+
+CHEBI = Path(__file__).parent / "data" / "textchem" / "chebi20-validation.txt"
+
+
+def chebi_rows() -> list[tuple[str, str]]:
+    lines = CHEBI.read_text(encoding="utf-8").splitlines()[1:]
+    return [(fields[1].replace("\\\\", "\\"), fields[2]) for fields in (line.split("\t") for line in lines)]
+
+
+def molecule_pairs() -> tuple[list[str], list[str]]:
+    """Real ChEBI-20 targets; predictions: the same string, another molecule, broken strings."""
+    targets = [smiles for smiles, _ in chebi_rows()]
+    predictions = [targets[0], targets[1], targets[3], targets[2][:-1], "C1CC((", targets[5][:20], "CCO"]
+    return targets, predictions
+
+
+def molt5_molecule_metrics(targets: list[str], predictions: list[str]) -> dict:
+    """mol_translation_metrics.py + fingerprint_metrics.py, their calls verbatim on lists."""
+    import numpy as np
+    from Levenshtein import distance as lev
+    from nltk.translate.bleu_score import corpus_bleu
+    from rdkit import Chem, DataStructs, rdBase
+    from rdkit.Chem import AllChem, MACCSkeys
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = {"bleu": corpus_bleu([[list(gt)] for gt in targets], [list(out) for out in predictions]),
+                  "exact_match": sum(out == gt for gt, out in zip(targets, predictions)) / len(targets),
+                  "levenshtein": np.mean([lev(out, gt) for gt, out in zip(targets, predictions)])}
+    maccs, rdk, morgan = [], [], []
+    with rdBase.BlockLogs():
+        pairs = [(Chem.MolFromSmiles(gt), Chem.MolFromSmiles(out)) for gt, out in zip(targets, predictions)]
+        good = [(gt_m, ot_m) for gt_m, ot_m in pairs if ot_m is not None]
+        for gt_m, ot_m in good:
+            maccs.append(DataStructs.FingerprintSimilarity(MACCSkeys.GenMACCSKeys(gt_m), MACCSkeys.GenMACCSKeys(ot_m),
+                                                           metric=DataStructs.TanimotoSimilarity))
+            rdk.append(DataStructs.FingerprintSimilarity(Chem.RDKFingerprint(gt_m), Chem.RDKFingerprint(ot_m),
+                                                         metric=DataStructs.TanimotoSimilarity))
+            morgan.append(DataStructs.TanimotoSimilarity(AllChem.GetMorganFingerprint(gt_m, 2),
+                                                         AllChem.GetMorganFingerprint(ot_m, 2)))
+    result["validity"] = len(good) / len(pairs)
+    for name, sims in (("maccs", maccs), ("rdk", rdk), ("morgan", morgan)):
+        result[f"{name}_fts_valid_only"] = np.mean(sims)
+        result[f"{name}_fts"] = sum(sims) / len(targets)  # scilm's all-examples mean: invalid = 0
+    return result
+
+
+def test_molecule_metrics_equal_molt5s_on_chebi20():
+    targets, predictions = molecule_pairs()
+    reference = molt5_molecule_metrics(targets, predictions)
+    ours = molecule_metrics(targets, predictions)
+    assert 0 < reference["validity"] < 1 and 0 < reference["exact_match"] < 1  # every branch exercised
+    for name, value in reference.items():
+        assert ours[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+
+
+def test_molecule_deviations_from_molt5_are_the_documented_ones():
+    # MolT5 compares raw strings and calls "" valid (an empty molecule); scilm compares molecules
+    # and calls "" invalid
+    reference = molt5_molecule_metrics(["CCO", "CCO"], ["OCC", ""])
+    ours = molecule_metrics(["CCO", "CCO"], ["OCC", ""])
+    assert reference["exact_match"] == 0.0 and ours["exact_match"] == 0.5
+    assert reference["validity"] == 1.0 and ours["validity"] == 0.5
+    assert reference["morgan_fts_valid_only"] == 0.5 and ours["morgan_fts_valid_only"] == 1.0
+
+
+def molt5_tokenizer(texts: list[str]):
+    """A BertTokenizerFast (SciBERT's class and settings: uncased) whose WordPiece vocabulary holds every
+    whole word of ``texts``: its tokens are BERT's pre-WordPiece pieces, the part scilm reproduces."""
+    from transformers import BertTokenizerFast
+
+    words = sorted({token for text in texts for token in metrics.caption_tokens(text)})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(specials + words)}, do_lower_case=True)
+
+
+def molt5_tokens(tokenizer, text: str) -> list[str]:
+    """text_translation_metrics.py's tokenisation, verbatim."""
+    tokens = tokenizer.tokenize(text, truncation=True, max_length=512, padding="max_length")
+    return [t for t in tokens if t not in ("[PAD]", "[CLS]", "[SEP]")]
+
+
+def caption_pairs() -> tuple[list[str], list[str]]:
+    targets = [caption for _, caption in chebi_rows()]
+    predictions = [targets[0], targets[2], " ".join(targets[3].split()[:12]), "",
+                   targets[4].upper(), " ".join(reversed(targets[5].split())), targets[6] + " It is a_b café."]
+    return targets, predictions
+
+
+def test_caption_tokens_are_berts_pre_wordpiece_tokens():
+    # a piece scilm splits differently from BERT is missing from the vocabulary: [UNK] or ## pieces
+    targets, predictions = caption_pairs()
+    for text in targets + predictions + ["It is a (2S)-amino acid; café_au-lait 1,2-diol [Na+]"]:
+        assert molt5_tokens(molt5_tokenizer([text]), text) == metrics.caption_tokens(text)
+
+
+def test_caption_metrics_equal_molt5s_on_chebi20():
+    import numpy as np
+    from nltk.translate.bleu_score import corpus_bleu
+    from nltk.translate.meteor_score import meteor_score
+    from rouge_score import rouge_scorer
+
+    targets, predictions = caption_pairs()
+    tokenizer = molt5_tokenizer(targets + predictions)
+    references = [[molt5_tokens(tokenizer, gt)] for gt in targets]
+    hypotheses = [molt5_tokens(tokenizer, out) for out in predictions]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    rouge = [scorer.score(out, gt) for gt, out in zip(targets, predictions)]  # MolT5's argument order
+    reference = {"bleu2": corpus_bleu(references, hypotheses, weights=(.5, .5)),
+                 "bleu4": corpus_bleu(references, hypotheses, weights=(.25, .25, .25, .25)),
+                 **{name: np.mean([r[name].fmeasure for r in rouge]) for name in ("rouge1", "rouge2", "rougeL")}}
+    wordnet, _ = load_wordnet()
+    if wordnet is not None:
+        reference["meteor"] = np.mean([meteor_score(ref, hyp, wordnet=wordnet)
+                                       for ref, hyp in zip(references, hypotheses)])
+    ours = caption_metrics(targets, predictions)
+    assert 0.1 < reference["bleu4"] < 0.9
+    for name, value in reference.items():
+        assert ours[name] == pytest.approx(value, rel=1e-12), name
+
+
+def test_action_metrics_equal_nltk_on_whitespace_tokens():
+    from nltk.translate.bleu_score import corpus_bleu
+
+    src = Path(__file__).parent / "data" / "textchem" / "p2a-tgt-test.txt"
+    targets = [line for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    predictions = [targets[0], targets[1][: len(targets[1]) // 2], targets[3], "", *targets[4:]][:len(targets)]
+    reference = corpus_bleu([[t.split()] for t in targets], [p.split() for p in predictions], weights=(.5, .5))
+    ours = action_metrics(targets, predictions)
+    assert ours["bleu2"] == pytest.approx(reference, rel=1e-12)
+    assert ours["exact_match"] == sum(t.strip() == p.strip() for t, p in zip(targets, predictions)) / len(targets)

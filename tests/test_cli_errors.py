@@ -26,7 +26,7 @@ def bad_inputs(tmp_path, good_fasta):
     config = tmp_path / "c.yaml"
     config.write_text("data: x.fasta\nlearning_rate: 0.1\n")
     return [
-        (["--data", bad_residue], "record P1): invalid residue 'J' at position 4"),
+        (["--data", bad_residue], "record P1): invalid residue 'J' (U+004A LATIN CAPITAL LETTER J) at position 4"),
         (["--data", single], "only one label class"),
         (["--data", dup], "duplicated id 'P1' with conflicting labels"),
         (["--data", empty], "no usable records"),
@@ -79,6 +79,6 @@ def test_real_process_prints_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "scilm", "train", "--data", str(bad), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {bad}:1 (record P9): invalid residue '#' at position 3 " \
+    assert proc.stderr.strip() == f"error: {bad}:1 (record P9): invalid residue '#' (U+0023 NUMBER SIGN) at position 3 " \
                                   "(allowed: the 20 standard amino acids and X B Z U O)"
     assert not (tmp_path / "o").exists()

@@ -35,9 +35,9 @@ def test_sequence_normalisation(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (">P1 Cytoplasm-S\nMKTJAY\n", "record P1) : invalid residue 'J' at position 4"),
-        (">P1 Cytoplasm-S\nMK1\n", "invalid residue '1' at position 3"),
-        (">P1 Cytoplasm-S\nMKА\n", "invalid residue 'А' at position 3"),  # Cyrillic A look-alike
+        (">P1 Cytoplasm-S\nMKTJAY\n", "record P1) : invalid residue 'J' (U+004A LATIN CAPITAL LETTER J) at position 4"),
+        (">P1 Cytoplasm-S\nMK1\n", "invalid residue '1' (U+0031 DIGIT ONE) at position 3"),
+        (">P1 Cytoplasm-S\nMKА\n", "invalid residue 'А' (U+0410 CYRILLIC CAPITAL LETTER A) at position 3"),  # Cyrillic A look-alike
         (">P1 Cytoplasm-S\n\n>P2 Nucleus-M\nMK\n", "record P1): empty sequence"),
         ("MKT\n", ":1: sequence before the first '>' header"),
         (">P1 Cytoplasm\nMKT\n", "no DeepLoc label"),
@@ -78,7 +78,7 @@ def test_table_errors(tmp_path, deeploc2_csv):
         pdata.read_proteins(empty)
     bad = tmp_path / "bad.csv"
     bad.write_text("ACC,Membrane,Sequence\nP1,1,MKT\nP2,0,MK*T\n")
-    with pytest.raises(ScilmError, match=r"bad.csv:3 \(record P2\): invalid residue '\*' at position 3"):
+    with pytest.raises(ScilmError, match=r"bad.csv:3 \(record P2\): invalid residue '\*' \(U\+002A ASTERISK\) at position 3"):
         pdata.read_proteins(bad)
     with pytest.raises(ScilmError, match="no such file"):
         pdata.read_proteins(tmp_path / "missing.fasta")

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, TASKS
+from scilm.chem.evaluate import evaluate_predictions
+from scilm.chem.smiles import canonical_smiles
+from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, TASKS, read_jsonl
 
 SAMPLE = Path(__file__).parent / "data" / "textchem" / "textchem-sample"
 DECODE = ["--num-beams", "2", "--max-length", "24", "--batch-size", "3"]
@@ -121,9 +123,19 @@ def test_evaluate_gives_every_metric_per_task(run_cli, model_dir, tmp_path):
     assert set(tasks) == set(TASKS) | {"other"} and metrics["n"] == 12
     for task in MOLECULE_TASKS:
         assert MOLECULE_KEYS <= set(tasks[task])
-        assert 0 <= tasks[task]["validity"] <= 1
     assert CAPTION_KEYS <= set(tasks["smiles-to-caption"])
     assert ACTION_KEYS <= set(tasks["paragraph-to-actions"]) and tasks["text-to-smiles"]["n"] == 3
     rows = [json.loads(line) for line in (out.parent / "metrics.predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and {"task", "source", "target", "prediction"} <= set(rows[0])
     assert rows[-1]["task"] == "other"
+    # the metrics are those of the predictions written beside them, and agree with the per-example rows
+    examples = read_jsonl(data, require_task=False)
+    assert [r["source"] for r in rows] == [e.source for e in examples]
+    assert tasks == evaluate_predictions(examples, [r["prediction"] for r in rows])
+    for task in MOLECULE_TASKS:
+        mine = [r for r in rows if r["task"] == task]
+        assert tasks[task]["validity"] == pytest.approx(sum(r["valid"] for r in mine) / len(mine))
+        assert tasks[task]["validity"] == pytest.approx(
+            sum(canonical_smiles(r["prediction"]) is not None for r in mine) / len(mine))
+        assert tasks[task]["exact_match"] == pytest.approx(sum(r["exact_match"] for r in mine) / len(mine))
+    assert rows[-2]["target"] == "C1CC((" and rows[-2]["exact_match"] == 0.0  # unparsable target: never a match

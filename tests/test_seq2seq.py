@@ -251,7 +251,9 @@ def test_sifting_with_the_seq2seq_loss(run_cli, tmp_path, single_thread, policy)
                      "--epochs", "2", "--sift-beta", "1", "--sift-delay", "1", "--sift-policy", policy)
     assert result.exit_code == 0, result.stderr
     sifting = json.loads((out / "metrics.json").read_text())["sifting"]
-    assert sifting["policy"] == policy and 0 < sifting["keep_rate"] <= 1
+    assert sifting["policy"] == policy
+    kept, offered = sifting["samples_kept"], sifting["samples_seen" if policy == "relative" else "samples_planned"]
+    assert 0 < kept <= offered and sifting["keep_rate"] == kept / offered
 
 
 def test_valid_split_without_valid_file(run_cli, tmp_path, single_thread):

@@ -23,6 +23,7 @@ from scilm.serving.local import server_process, server_thread
 from scilm.serving.models import load_served_model, model_kind
 from scilm.serving.server import create_app, serve
 
+JSON = {"content-type": "application/json"}  # POST bodies must say so (a 415 otherwise)
 PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
 
 
@@ -130,7 +131,14 @@ def test_huggingface_inference_client(url, monkeypatch):
     ({"inputs": 5}, 422, "string or a list"),
     ({"inputs": ["MKT", None]}, 422, r"inputs\[1\] is NoneType"),
     ({"text": "MKT"}, 422, '"inputs"'),
-    ({"inputs": "MKT", "parameters": {"top_k": 9}}, 422, "top_k"),
+    ({"inputs": "MKT", "parameters": {"top_k": 0}}, 422, r"parameters\.top_k: input should be greater than or equal to 1 \(got 0\)"),
+    ({"inputs": "MKT", "parameters": {"top_k": 1.5}}, 422, r"parameters\.top_k: input should be a valid integer \(got 1\.5\)"),
+    ({"inputs": "MKT", "parameters": {"top_k": "2"}}, 422, r"parameters\.top_k: input should be a valid integer"),
+    ({"inputs": "MKT", "parameters": {"top_k": True}}, 422, r"parameters\.top_k: input should be a valid integer"),
+    ({"inputs": "MKT", "parameters": {"function_to_apply": "relu"}}, 422, r"parameters\.function_to_apply"),
+    ({"inputs": "MKT", "parameters": {"truncation": "no"}}, 422, r"parameters\.truncation: input should be a valid boolean"),
+    ({"inputs": "MKT", "stream": True}, 422, "stream: True is not supported"),
+    ({"inputs": "MKT", "options": {"wait_for_model": "yes"}}, 422, '"options"'),
     ({"inputs": "MKT", "parameters": {"temperature": 1}}, 422, "unknown parameter"),
 ])
 def test_bad_inputs_are_clear_4xx(url, body, status, message):
@@ -149,17 +157,18 @@ def test_hostile_inputs_get_4xx_and_the_server_stays_healthy(url):
             yield b"A" * 65536
 
     cases = {
-        "huge body": httpx.post(f"{url}/predict", content=huge),
-        "huge streamed body": httpx.post(f"{url}/predict", content=chunked()),
-        "deep JSON": httpx.post(f"{url}/predict", content=deep),
-        "binary junk": httpx.post(f"{url}/predict", content=bytes(range(256)) * 64),
-        "10^5 sequences": httpx.post(f"{url}/predict", content=many),
+        "huge body": httpx.post(f"{url}/predict", content=huge, headers=JSON),
+        "huge streamed body": httpx.post(f"{url}/predict", content=chunked(), headers=JSON),
+        "deep JSON": httpx.post(f"{url}/predict", content=deep, headers=JSON),
+        "binary junk": httpx.post(f"{url}/predict", content=bytes(range(256)) * 64, headers=JSON),
+        "10^5 sequences": httpx.post(f"{url}/predict", content=many, headers=JSON),
         "look-alike letters": httpx.post(f"{url}/predict", json={"inputs": "МКТАУ"}),  # all Cyrillic
-        "not JSON": httpx.post(f"{url}/predict", content=b"inputs=MKT"),
-        "huge number": httpx.post(f"{url}/predict", content=b'{"inputs": ' + b"9" * 50_000 + b"}"),
+        "not JSON": httpx.post(f"{url}/predict", content=b"inputs=MKT", headers=JSON),
+        "huge number": httpx.post(f"{url}/predict", content=b'{"inputs": ' + b"9" * 50_000 + b"}", headers=JSON),
     }
     statuses = {name: r.status_code for name, r in cases.items()}
-    statuses["bad Content-Length"] = raw_status(url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n{}")
+    statuses["bad Content-Length"] = raw_status(url, b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                                                      b"Content-Length: x\r\n\r\n{}")
     statuses["garbage request line"] = raw_status(url, bytes(range(1, 256)) + b"\r\n\r\n")
     assert statuses["huge body"] == statuses["huge streamed body"] == 413
     assert all(400 <= s < 500 for s in statuses.values()), statuses
@@ -330,3 +339,193 @@ def test_cli_serve_user_errors_are_one_line(run_cli, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     unknown = run_cli("serve", "--model", tmp_path)
     assert unknown.exit_code == 2 and "cannot serve" in unknown.stderr
+
+
+# -- Hugging Face parameter semantics (issue 11, case 6) -------------------------------------------
+
+def test_classifier_top_k_is_a_cap(url, monkeypatch):
+    """HF semantics: top_k larger than the number of labels returns every label, best first (200)."""
+    from huggingface_hub import InferenceClient, constants
+
+    every = httpx.post(f"{url}/predict", json={"inputs": PROTEIN}).json()
+    for top_k in (2, 5, 10**6):
+        capped = httpx.post(f"{url}/predict", json={"inputs": PROTEIN, "parameters": {"top_k": top_k}})
+        assert capped.status_code == 200 and capped.json() == every
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    answer = InferenceClient(model=f"{url}/predict").text_classification(PROTEIN, top_k=5)
+    assert [(a.label, a.score) for a in answer] == [(d["label"], d["score"]) for d in every[0]]
+    assert InferenceClient(model=f"{url}/predict").text_classification(PROTEIN, top_k=1)[0].label == every[0][0]["label"]
+    info = httpx.get(f"{url}/info").json()["parameters"]
+    assert info["top_k"]["minimum"] == 1 and "cap" in info["top_k"]["description"]
+
+
+@pytest.fixture(scope="module")
+def t5_served(t5_dir):
+    return load_served_model(t5_dir)
+
+
+@pytest.fixture(scope="module")
+def t5_url(t5_served):
+    with server_thread(create_app(t5_served, max_wait_ms=20)) as base:
+        yield base
+
+
+PROMPT = "Caption the following SMILES: CCO"
+
+
+def reference(served, source: str, seed: int | None = None, **generation) -> list[str]:
+    """What Transformers' generate gives for one source, decoded as the server decodes."""
+    import torch
+
+    from scilm.inference.generate import decode
+
+    encoded = served.tokenizer(source, return_tensors="pt")
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = served.model.generate(**encoded, **generation)
+    return [decode(served.tokenizer, row.tolist(), smiles=False) for row in out]
+
+
+def generated(base: str, inputs, **parameters):
+    response = httpx.post(f"{base}/predict", json={"inputs": inputs, "parameters": parameters}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_max_new_tokens_yields_exactly_what_generate_gives(t5_url, t5_served):
+    """max_new_tokens: N is N new tokens (not N - 1: T5's max_length counts its start token)."""
+    encoded = t5_served.tokenizer(PROMPT, return_tensors="pt")
+    for n in (1, 2, 5, 9):
+        ids = t5_served.model.generate(**encoded, max_new_tokens=n, do_sample=False, num_beams=1)[0]
+        assert len(ids) - 1 == n  # the random model emits no end token this early: N tokens come
+        want = reference(t5_served, PROMPT, max_new_tokens=n, do_sample=False, num_beams=1)
+        assert generated(t5_url, PROMPT, max_new_tokens=n) == [{"generated_text": want[0]}]
+        # Transformers' max_length: the decoder sequence with its start token, so one token fewer
+        assert generated(t5_url, PROMPT, max_length=n + 1) == [{"generated_text": want[0]}]
+    shorter = reference(t5_served, PROMPT, max_new_tokens=8, do_sample=False, num_beams=1)
+    assert generated(t5_url, PROMPT, max_new_tokens=9)[0]["generated_text"] != shorter[0]
+
+
+def test_generate_cli_max_length_counts_new_tokens(t5_served):
+    """``scilm generate --max-length N`` (generate_from_sources) writes N tokens, as its help says."""
+    from scilm.inference.generate import generate_from_sources
+
+    for n in (1, 4):
+        want = reference(t5_served, PROMPT, max_new_tokens=n, do_sample=False, num_beams=2)
+        assert generate_from_sources(t5_served.model, t5_served.tokenizer, [PROMPT], False, 2, n, 1) == want
+
+
+def test_sampling_parameters_are_honoured_and_seeded(t5_url, t5_served):
+    sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "max_new_tokens": 12}
+    want = reference(t5_served, PROMPT, seed=123, **sampling)
+    assert generated(t5_url, PROMPT, seed=123, **sampling) == [{"generated_text": want[0]}]
+    # a sampling parameter alone asks for sampling (TGI); unset filters are off, not Transformers' top_k 50
+    implied = reference(t5_served, PROMPT, seed=7, do_sample=True, temperature=1.5, top_k=0, max_new_tokens=12)
+    assert generated(t5_url, PROMPT, seed=7, temperature=1.5, max_new_tokens=12) == [{"generated_text": implied[0]}]
+    # batching changes cost, not the draw: the same seeded input alone, in a list, and among others
+    alone = generated(t5_url, PROMPT, seed=5, **sampling)[0]
+    listed = generated(t5_url, ["Caption the following SMILES: CC", PROMPT, PROMPT], seed=5, **sampling)
+    assert listed[1] == listed[2] == alone
+
+    async def concurrent():
+        async with httpx.AsyncClient(base_url=t5_url, timeout=60) as client:
+            bodies = [{"inputs": PROMPT if i == 3 else f"Caption the following SMILES: {'C' * (i + 1)}",
+                       "parameters": {**sampling, "seed": 5 if i == 3 else i}} for i in range(6)]
+            return await asyncio.gather(*(client.post("/predict", json=body) for body in bodies))
+
+    assert asyncio.run(concurrent())[3].json()[0] == alone
+    greedy = {"max_new_tokens": 8, "repetition_penalty": 1.3, "num_beams": 2, "early_stopping": True}
+    assert generated(t5_url, PROMPT, **greedy) == [{"generated_text": reference(t5_served, PROMPT, do_sample=False,
+                                                                                **greedy)[0]}]
+
+
+def test_num_return_sequences_and_nested_generate_parameters(t5_url, t5_served):
+    beams = reference(t5_served, PROMPT, num_beams=3, num_return_sequences=3, max_new_tokens=6, do_sample=False)
+    one = generated(t5_url, PROMPT, num_beams=3, num_return_sequences=3, max_new_tokens=6)
+    assert one == [{"generated_text": text} for text in beams]  # one input: its list alone, as the pipeline
+    many = generated(t5_url, [PROMPT, PROMPT], num_beams=3, num_return_sequences=3, max_new_tokens=6)
+    assert many == [one, one]
+    nested = generated(t5_url, PROMPT, generate_parameters={"num_beams": 3, "max_new_tokens": 6},
+                       num_return_sequences=3)
+    assert nested == one
+    sampled = generated(t5_url, PROMPT, do_sample=True, num_return_sequences=4, seed=3, max_new_tokens=6)
+    assert sampled == [{"generated_text": text} for text in reference(
+        t5_served, PROMPT, seed=3, do_sample=True, num_return_sequences=4, max_new_tokens=6, top_k=0)]
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"do_sample": False, "temperature": 0.5}, r"parameters\.temperature: a sampling parameter, but do_sample is false"),
+    ({"temperature": 0}, r"parameters\.temperature: input should be greater than or equal to 0\.01 \(got 0\)"),
+    ({"temperature": 1e-300}, r"parameters\.temperature: input should be greater than or equal to 0\.01"),
+    ({"temperature": "hot"}, r"parameters\.temperature: input should be a valid number"),
+    ({"top_p": 0}, r"parameters\.top_p: input should be greater than 0"),
+    ({"top_p": 1.5}, r"parameters\.top_p: input should be less than or equal to 1"),
+    ({"top_k": 0}, r"parameters\.top_k: input should be greater than or equal to 1"),
+    ({"num_beams": 2, "num_return_sequences": 3}, r"parameters\.num_return_sequences: 3 is over num_beams \(2\)"),
+    ({"num_return_sequences": 11, "do_sample": True}, r"parameters\.num_return_sequences: input should be less than or equal to 10"),
+    ({"seed": "1"}, r"parameters\.seed: input should be a valid integer"),
+    ({"seed": 1.5}, r"parameters\.seed: input should be a valid integer"),
+    ({"seed": True}, r"parameters\.seed: input should be a valid integer"),
+    ({"seed": -1}, r"parameters\.seed: input should be greater than or equal to 0"),
+    ({"max_new_tokens": 0}, r"parameters\.max_new_tokens: input should be greater than or equal to 1"),
+    ({"max_new_tokens": 513}, r"parameters\.max_new_tokens: input should be less than or equal to 512"),
+    ({"max_length": 1}, r"parameters\.max_length: input should be greater than or equal to 2"),
+    ({"max_new_tokens": 5, "max_length": 6}, r"parameters\.max_length: give max_new_tokens or max_length"),
+    ({"min_new_tokens": 9, "max_new_tokens": 4}, r"parameters\.min_new_tokens: 9 is over the maximum of 4"),
+    ({"repetition_penalty": 0}, r"parameters\.repetition_penalty: input should be greater than or equal to 0\.01"),
+    ({"early_stopping": "soon"}, r"parameters\.early_stopping"),
+    ({"details": True}, r"parameters\.details: True is not supported"),
+    ({"return_full_text": True}, r"parameters\.return_full_text: True is not supported"),
+    ({"stop": ["\n"]}, r"parameters\.stop: \['\\n'\] is not supported"),
+    ({"best_of": 2}, r"parameters\.best_of: 2 is not supported"),
+    ({"watermark": 1}, r"parameters\.watermark: 1 is not supported"),  # 1 is not false
+    ({"num_beam_groups": 2}, r"parameters\.num_beam_groups: 2 is not supported"),
+    ({"generate_parameters": {"num_beams": 3}, "num_beams": 2}, r"generate_parameters\.num_beams: 3 disagrees"),
+    ({"generate_parameters": {"temprature": 1.0}}, r"parameters\.generate_parameters\.temprature: unknown parameter"),
+    ({"truncation": "only_second"}, r"parameters\.truncation"),
+    ({"temprature": 0.5}, r"unknown parameter\(s\) \['temprature'\] for a seq2seq model"),
+])
+def test_generation_parameters_out_of_bounds_are_named(t5_url, parameters, message):
+    response = httpx.post(f"{t5_url}/predict", json={"inputs": PROMPT, "parameters": parameters})
+    assert response.status_code == 422, response.text
+    assert re.search(message, response.json()["error"]), response.json()
+    assert response.json()["error_type"] == "validation"
+
+
+def test_neutral_tgi_parameters_and_stream_false_are_accepted(t5_url, t5_served):
+    want = generated(t5_url, PROMPT, max_new_tokens=5)
+    neutral = {"details": False, "return_full_text": False, "best_of": 1, "watermark": False, "stop": [],
+               "decoder_input_details": False, "truncate": None, "use_cache": False, "num_beam_groups": 1}
+    assert generated(t5_url, PROMPT, max_new_tokens=5, **neutral) == want  # use_cache: cost, not answer
+    streamed = httpx.post(f"{t5_url}/predict", json={"inputs": PROMPT, "stream": False,
+                                                     "parameters": {"max_new_tokens": 5}})
+    assert streamed.status_code == 200 and streamed.json() == want
+    info = httpx.get(f"{t5_url}/info").json()["parameters"]
+    assert info["top_p"]["exclusiveMinimum"] == 0 and info["top_p"]["maximum"] == 1
+    assert info["max_new_tokens"]["maximum"] == 512 and "Not supported" in info["details"]["description"]
+    long = "Caption the following SMILES: " + "C" * 400
+    assert httpx.post(f"{t5_url}/predict", json={"inputs": long}).status_code == 422
+    from scilm.inference.generate import decode
+
+    encoded = t5_served.tokenizer(long, truncation=True, max_length=128, return_tensors="pt")  # the model's limit
+    ids = t5_served.model.generate(**encoded, max_new_tokens=3, do_sample=False, num_beams=1)[0]
+    cut = generated(t5_url, long, truncation="only_first", max_new_tokens=3)
+    assert cut == [{"generated_text": decode(t5_served.tokenizer, ids.tolist(), smiles=False)}]
+
+
+def test_inference_client_text_generation(t5_url, t5_served, monkeypatch):
+    """huggingface_hub's InferenceClient.text_generation, parameters and all, against the seq2seq server."""
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import ValidationError
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    client = InferenceClient(model=f"{t5_url}/predict")
+    want = reference(t5_served, PROMPT, seed=11, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+                     repetition_penalty=1.1, max_new_tokens=7)
+    text = client.text_generation(PROMPT, do_sample=True, temperature=0.8, top_p=0.95, repetition_penalty=1.1,
+                                  max_new_tokens=7, seed=11, stream=False, details=False, return_full_text=False)
+    assert text == want[0]
+    greedy = reference(t5_served, PROMPT, max_new_tokens=4, do_sample=False, num_beams=1)
+    assert client.text_generation(PROMPT, max_new_tokens=4) == greedy[0]
+    with pytest.raises(ValidationError, match=r"parameters\.top_p: input should be less than or equal to 1"):
+        client.text_generation(PROMPT, top_p=1.5)

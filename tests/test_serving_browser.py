@@ -158,10 +158,10 @@ def test_page_draws_generated_smiles(browser, monkeypatch):
     from scilm.models.protein import esm2_tokenizer  # any tokenizer will do to count source tokens
     from scilm.serving.models import ServedSeq2Seq
 
-    def generate(model, tokenizer, task, inputs, num_beams, max_length, batch_size):
-        return ["OCC"] * len(inputs)
+    def generate(model, tokenizer, sources, smiles, batch_size, num_return_sequences, **generation):
+        return [["OCC"] * num_return_sequences for _ in sources]
 
-    monkeypatch.setattr(generate_module, "generate_texts", generate)
+    monkeypatch.setattr(generate_module, "generate_sequences", generate)
     served = ServedSeq2Seq(None, esm2_tokenizer(), Path("."))
     with server_thread(create_app(served, max_wait_ms=2)) as url:
         browser.send("Page.navigate", url=f"{url}/")

@@ -20,6 +20,9 @@ def test_example_runs(name):
 
 
 def test_original_api_port_changes_only_imports():
-    code = (EXAMPLES / "original_api.py").read_text().split('"""', 2)[2]  # below the docstring
-    scilm_lines = [line for line in code.splitlines() if "scilm" in line]
-    assert len(scilm_lines) == 3 and all(line.startswith("from scilm.sifting import ") for line in scilm_lines)
+    """Each smart_sifting import of the original becomes the same line with scilm.sifting, nothing else."""
+    docstring, code = (EXAMPLES / "original_api.py").read_text().split('"""', 2)[1:]
+    original = [line.strip() for line in docstring.splitlines() if line.strip().startswith("from smart_sifting")]
+    ported = [line for line in code.splitlines() if "scilm" in line]
+    assert len(original) == 5 and ported == [line.replace("smart_sifting", "scilm.sifting") for line in original]
+    assert "log_batch_data=False" in code and "batch_transforms=" in code  # the guide's step 2 and 4

@@ -27,15 +27,31 @@ def base_run(tmp_path_factory, tiny_fastas):
     return out, metrics
 
 
-def test_train_writes_metrics_and_a_loadable_model(base_run):
+def test_train_writes_metrics_and_a_loadable_model(base_run, tiny_fastas):
     out, metrics = base_run
     saved = json.loads((out / "metrics.json").read_text())
     assert METRIC_KEYS <= set(saved)
     assert saved["n_train"] == 48 and saved["n_eval"] == 16 and saved["global_step"] == 4
     assert saved["peak_memory_method"] == "process_peak_rss" and saved["peak_memory_mb"] > 0
-    assert 0.0 <= saved["eval_accuracy"] <= 1.0
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert model.config.id2label == {0: "soluble", 1: "membrane"}
+    # the saved metrics are those of the saved model on the validation file (sklearn on its outputs)
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+
+    from scilm.data.protein import read_proteins
+    from scilm.inference import predict_proteins
+    from scilm.models.protein import load_trained_classifier
+
+    records = read_proteins(tiny_fastas[1], task="membrane")
+    net, tokenizer = load_trained_classifier(str(out / "model"))
+    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], 8, 100)
+    truth = np.array([r.label == "membrane" for r in records], dtype=int)
+    p_membrane = np.array([p["membrane"] for p in probabilities])
+    predicted = np.array([max(p, key=p.get) == "membrane" for p in probabilities], dtype=int)
+    assert saved["eval_accuracy"] == pytest.approx(accuracy_score(truth, predicted), abs=1e-9)
+    assert saved["eval_f1"] == pytest.approx(f1_score(truth, predicted, zero_division=0), abs=1e-9)
+    assert saved["eval_mcc"] == pytest.approx(matthews_corrcoef(truth, predicted), abs=1e-9)
+    assert saved["eval_auroc"] == pytest.approx(roc_auc_score(truth, p_membrane), abs=1e-6)
     files = {p.name for p in (out / "model").iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
 

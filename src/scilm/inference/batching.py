@@ -1,4 +1,4 @@
-"""Length-sorted batching: similar lengths together means little padding."""
+"""Length-sorted batching (similar lengths together means little padding) and the one protein encoding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ from collections.abc import Iterator, Sequence
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices in batches of similar length (longest first, so memory peaks early)."""
+    """Indices in batches of similar length (longest first, so memory peaks early).
+
+    Ties keep input order (a stable sort); results are written back by index, so outputs are in
+    input order whatever the batch size or the order of the input.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+def encode_proteins(tokenizer, sequences: list[str]):
+    """Token ids of already validated and truncated sequences, padded: ``input_ids`` and
+    ``attention_mask`` of shape (B, T), T = longest + 2 (<cls> ... <eos>). The one encoding used by
+    ``predict``, ``embed`` and the server, so the same protein gets the same tokens everywhere."""
+    return tokenizer(list(sequences), padding=True, return_tensors="pt")

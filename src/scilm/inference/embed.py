@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,19 +10,32 @@ import numpy as np
 import torch
 
 from scilm.errors import ScilmError
-from scilm.inference.batching import length_sorted_batches
+from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.models.protein import max_residues, truncate_sequences
+
+log = logging.getLogger(__name__)
 
 EMBEDDING_SUFFIXES = (".npy", ".npz", ".parquet")
 
 
 @torch.inference_mode()
-def embed_proteins(model, tokenizer, sequences: list[str], batch_size: int = 16, truncate: int = 1022) -> np.ndarray:
-    """(N, hidden) float32: the mean of the last layer over residues (<cls>, <eos>, padding excluded)."""
+def embed_proteins(
+    model, tokenizer, sequences: list[str], batch_size: int = 16, truncate: int | None = None
+) -> np.ndarray:
+    """(N, hidden) float32: the mean of the last layer over residues (<cls>, <eos>, padding excluded).
+
+    Row i belongs to ``sequences[i]`` whatever ``batch_size`` or the input order. Each sequence is
+    cut to ``truncate`` residues, by default the length the model was trained with
+    (:func:`scilm.models.protein.max_residues`); the number cut is logged at DEBUG (the CLI reports it).
+    """
+    limit = truncate if truncate is not None else max_residues(model.config, tokenizer)
+    sequences, n_cut = truncate_sequences(sequences, limit)
+    if n_cut:
+        log.debug("%d of %d sequences cut to %d residues", n_cut, len(sequences), limit)  # the CLI reports it
     device = next(model.parameters()).device
     out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
     for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
-        encoded = tokenizer([sequences[i] for i in batch], padding=True, truncation=True,
-                            max_length=truncate + 2, return_tensors="pt").to(device)
+        encoded = encode_proteins(tokenizer, [sequences[i] for i in batch]).to(device)
         hidden = model(**encoded).last_hidden_state.float()  # (B, T, H)
         mask = encoded["attention_mask"].clone()
         mask[:, 0] = 0  # <cls>

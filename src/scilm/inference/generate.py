@@ -71,22 +71,42 @@ def decode(tokenizer, ids: list[int], smiles: bool) -> str:
 
 
 @torch.inference_mode()
-def generate_from_sources(model, tokenizer, sources: list[str], smiles: bool, num_beams: int = 10,
-                          max_length: int = 512, batch_size: int = 8) -> list[str]:
-    """Generated text for each full source (prompt included), in input order."""
-    _check_decoding(num_beams, max_length, batch_size)
+def generate_sequences(model, tokenizer, sources: list[str], smiles: bool, batch_size: int = 8,
+                       num_return_sequences: int = 1, **generation: Any) -> list[list[str]]:
+    """``num_return_sequences`` generated texts for each full source (prompt included), in input order.
+
+    ``generation`` goes to ``model.generate`` as is (``num_beams``, ``max_new_tokens``,
+    ``do_sample``, ``temperature`` ...), with Transformers' meaning: ``max_new_tokens`` counts
+    generated tokens, ``max_length`` the whole decoder sequence *including* its start token.
+    Sampling draws from the global torch RNG: seed it (``torch.manual_seed``) around the call.
+    """
     device = next(model.parameters()).device
     limit = tokenizer.model_max_length if 0 < tokenizer.model_max_length < 100_000 else DEFAULT_SOURCE_TOKENS
     lengths = [len(ids) for ids in tokenizer(sources, truncation=True, max_length=limit)["input_ids"]]
-    outputs: list[str] = [""] * len(sources)
+    outputs: list[list[str]] = [[] for _ in sources]
     for batch in length_sorted_batches(lengths, batch_size):
         encoded = tokenizer([sources[i] for i in batch], padding=True, truncation=True, max_length=limit,
                             return_tensors="pt").to(device)
         generated = model.generate(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
-                                   num_beams=num_beams, max_length=max_length, do_sample=False)
-        for row, i in enumerate(batch):
-            outputs[i] = decode(tokenizer, generated[row].tolist(), smiles)
+                                   num_return_sequences=num_return_sequences, **generation)
+        for row, i in enumerate(batch):  # generate returns the k sequences of an input together
+            rows = generated[row * num_return_sequences:(row + 1) * num_return_sequences]
+            outputs[i] = [decode(tokenizer, ids.tolist(), smiles) for ids in rows]
     return outputs
+
+
+def generate_from_sources(model, tokenizer, sources: list[str], smiles: bool, num_beams: int = 10,
+                          max_length: int = 512, batch_size: int = 8) -> list[str]:
+    """Generated text for each full source (prompt included), in input order.
+
+    ``max_length`` is the number of generated tokens at most (``--max-length``), passed to
+    ``generate`` as ``max_new_tokens``: Transformers' own ``max_length`` also counts T5's decoder
+    start token, so it would give one token fewer.
+    """
+    _check_decoding(num_beams, max_length, batch_size)
+    return [texts[0] for texts in generate_sequences(model, tokenizer, sources, smiles, batch_size,
+                                                     num_beams=num_beams, max_new_tokens=max_length,
+                                                     do_sample=False)]
 
 
 def generate_texts(model, tokenizer, task: str, inputs: list[str], num_beams: int = 10, max_length: int = 512,
@@ -111,13 +131,10 @@ def read_inputs(inputs: list[str], input_file: Path | None) -> list[str]:
     """Command-line inputs, then the non-empty lines of ``input_file``."""
     texts = [text.strip() for text in inputs]
     if input_file is not None:
-        try:
-            with open(input_file, encoding="utf-8-sig") as handle:
-                texts += [line.strip() for line in handle if line.strip()]
-        except FileNotFoundError:
-            raise ScilmError(f"--input-file {input_file}: no such file") from None
-        except UnicodeDecodeError as exc:
-            raise ScilmError(f"--input-file {input_file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        from scilm.data.textio import open_text
+
+        with open_text(input_file, what="--input-file ") as handle:  # BOM ignored, .gz read
+            texts += [line.strip() for line in handle if line.strip()]
     if not texts or not all(texts):
         raise ScilmError("no inputs: give INPUT arguments or --input-file with one input per line"
                          if not texts else "an input is empty")

@@ -7,14 +7,17 @@ have the exact shapes of the released checkpoints, for cost measurements.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     EsmConfig,
     EsmForSequenceClassification,
     EsmModel,
@@ -25,6 +28,8 @@ from transformers import (
 
 from scilm.errors import ScilmError
 from scilm.models.loading import load_pretrained
+
+log = logging.getLogger(__name__)
 
 # Shared by every ESM-2 size (values of the released facebook/esm2_* configs).
 _ESM2_COMMON = dict(
@@ -99,6 +104,102 @@ def _label_maps(labels: list[str]) -> dict:
     )
 
 
+# Files any Hugging Face tokenizer is saved as; a directory with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json",
+                   "tokenizer.model", "sentencepiece.bpe.model")
+
+
+def is_esm2_vocabulary(config: PretrainedConfig) -> bool:
+    """True for an ESM config whose embedding has ESM-2's 33 tokens (and its pad/mask ids, if given)."""
+    return (getattr(config, "model_type", None) == "esm" and getattr(config, "vocab_size", None) == 33
+            and getattr(config, "pad_token_id", 1) in (None, 1) and getattr(config, "mask_token_id", 32) in (None, 32))
+
+
+def load_tokenizer(source: str, config: PretrainedConfig | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model: the one loader every command uses (train, predict, embed,
+    serve, pretrain, and the seq2seq commands).
+
+    ``source`` is a local directory (as resolved by :func:`resolve_source`) or a hub id. A local
+    directory without its tokenizer files (``config.json`` + ``model.safetensors`` only) falls back,
+    for an ESM-2 config (``model_type`` esm, 33 tokens), to scilm's shipped ESM-2 vocabulary, with a
+    one-line notice; any other model raises :class:`ScilmError` naming the missing file(s).
+    """
+    path = Path(source)
+    if path.is_dir():
+        if config is None:
+            config = _load_config(source)
+        present = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+        esm_without_vocab = config.model_type == "esm" and not (path / "vocab.txt").is_file()
+        if not present or esm_without_vocab:
+            if is_esm2_vocabulary(config):
+                log.warning("%s: no tokenizer files; using the ESM-2 vocabulary shipped with scilm "
+                            "(the config is ESM-2's 33 tokens)", source)
+                return esm2_tokenizer()
+            missing = "vocab.txt" if config.model_type == "esm" else " / ".join(TOKENIZER_FILES[:4])
+            raise ScilmError(f"--model {source}: no tokenizer ({missing} missing beside config.json); "
+                             "save it with the model (tokenizer.save_pretrained)")
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, TypeError, ValueError) as exc:
+        raise ScilmError(f"--model {source}: cannot load its tokenizer ({_first_line(exc)})") from None
+
+
+def _load_config(source: str) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ScilmError(f"--model {source}: cannot load config.json ({_first_line(exc)})") from None
+
+
+# -- the length policy: the residues a model was trained with, recorded in its config.json -----
+
+MAX_RESIDUES_KEY = "scilm_max_residues"  # residues per sequence at training (specials excluded)
+_HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e30
+
+
+def record_max_residues(model, max_residues: int) -> None:
+    """Write the training truncation into ``model.config`` (saved in ``config.json``), so that
+    ``predict``, ``embed`` and ``serve`` default to it. Works through a PEFT wrapper (same config)."""
+    setattr(model.config, MAX_RESIDUES_KEY, int(max_residues))
+
+
+def positional_max_residues(config: PretrainedConfig) -> int | None:
+    """Residues the architecture can see: ESM offsets positions past the padding index, so
+    1026 positions -> 1024 tokens -> 1022 residues between <cls> and <eos>."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return None
+    if getattr(config, "model_type", None) == "esm":
+        positions -= 2
+    return positions - 2
+
+
+def max_residues(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
+    """The one truncation default of ``predict``, ``embed`` and ``serve``: the length the model was
+    trained with (:data:`MAX_RESIDUES_KEY` in config.json, written by ``scilm train`` / ``pretrain``),
+    capped by what the positions and the tokenizer allow; 1022 (ESM-2's) when nothing is known."""
+    limits = []
+    recorded = getattr(config, MAX_RESIDUES_KEY, None)
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+        limits.append(recorded)
+    positional = positional_max_residues(config)
+    if positional and positional > 0:
+        limits.append(positional)
+    n = getattr(tokenizer, "model_max_length", None)
+    if n and 2 < n < _HUGE:
+        limits.append(n - 2)
+    return min(limits) if limits else 1022
+
+
+def truncate_sequences(sequences: list[str], max_residues: int) -> tuple[list[str], int]:
+    """Each sequence cut to ``max_residues`` (before tokenizing: ESM-2 has one token per residue),
+    and how many were cut."""
+    if max_residues < 1:
+        raise ScilmError(f"--truncate must be at least 1 (got {max_residues})")
+    cut = [s[:max_residues] for s in sequences]
+    return cut, sum(len(s) > max_residues for s in sequences)
+
+
 def load_protein_classifier(
     name_or_path: str, labels: list[str], seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -108,11 +209,11 @@ def load_protein_classifier(
         model = EsmForSequenceClassification(esm2_config(name_or_path, **_label_maps(labels)))
         return model, esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)  # first: a missing tokenizer fails before the weights load
     try:
         model = load_pretrained(AutoModelForSequenceClassification, name_or_path, new_head=("classifier.",),
                                 unused=("lm_head.",), use_safetensors=True, ignore_mismatched_sizes=True,
                                 **_label_maps(labels))
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
     return model, tokenizer
@@ -121,9 +222,9 @@ def load_protein_classifier(
 def load_trained_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A classifier saved by ``scilm train`` (or any local/hub classifier), in eval mode."""
     path = resolve_source(path)
+    tokenizer = load_tokenizer(path)
     try:
         model = load_pretrained(AutoModelForSequenceClassification, path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise ScilmError(f"--model {path}: cannot load ({_first_line(exc)})") from None
     return model.eval(), tokenizer
@@ -134,11 +235,11 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
     if is_preset(name_or_path):
         return EsmModel(esm2_config(name_or_path), add_pooling_layer=False).eval(), esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
     try:
         # a classifier's or masked LM's encoder: its head is not needed to embed
         model = load_pretrained(AutoModel, name_or_path, unused=("classifier.", "lm_head."), use_safetensors=True,
                                 add_pooling_layer=False)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
     return model.eval(), tokenizer
@@ -147,4 +248,3 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoConfig,
-    AutoTokenizer,
     GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -34,7 +33,7 @@ from transformers import (
 from scilm.chem.tokenize import SMILES_REGEX
 from scilm.errors import ScilmError
 from scilm.models.loading import load_pretrained
-from scilm.models.protein import _first_line, resolve_source
+from scilm.models.protein import _first_line, load_tokenizer, resolve_source
 
 # name -> T5Config shape. Dropout 0: a tiny model on tiny data underfits, it does not overfit.
 SEQ2SEQ_PRESETS: dict[str, dict] = {
@@ -118,11 +117,11 @@ def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").exists():
         raise ScilmError(f"--model {name_or_path}: no config.json (expected OUT/model of a seq2seq run)")
     try:
-        model_type = AutoConfig.from_pretrained(name_or_path).model_type
-        if model_type != "t5":
-            raise ScilmError(f"--model {name_or_path}: a {model_type} model, not a T5 seq2seq model")
+        config = AutoConfig.from_pretrained(name_or_path)
+        if config.model_type != "t5":
+            raise ScilmError(f"--model {name_or_path}: a {config.model_type} model, not a T5 seq2seq model")
+        tokenizer = load_tokenizer(name_or_path, config)  # before the weights: fail fast, in one line
         model = load_pretrained(T5ForConditionalGeneration, name_or_path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load as a T5 seq2seq model ({_first_line(exc)})") from None
     return model, tokenizer

@@ -2,18 +2,18 @@
 
 The checks run in the order a hostile request meets them: body size (before parsing), UTF-8,
 JSON (depth bounded by the parser and by the payload's shape), payload shape, number of inputs,
-then each input (characters with their position, length against the model's limit).
+then each input (characters with their position, length against the model's limit). The
+payload's shape and its parameters are checked by :mod:`scilm.serving.schema`.
 """
 
 from __future__ import annotations
 
 import json
-import unicodedata
-from dataclasses import dataclass, field
 from typing import Any
 
-from scilm.data.protein import VALID_RESIDUES
+from scilm.data.protein import describe_char, normalize_sequence
 from scilm.data.textchem import PROMPTS
+from scilm.errors import ScilmError
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 64 proteins of 1022 residues need ~70 kB
 MAX_INPUTS = 64  # inputs per request (also capped by the queue size)
@@ -38,19 +38,6 @@ class RequestError(Exception):
         self.headers = headers or {}
 
 
-@dataclass
-class Payload:
-    """A parsed ``{"inputs": ..., "parameters": {...}}`` request."""
-
-    inputs: list[str]
-    single: bool  # "inputs" was one string, not a list
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def describe_char(char: str) -> str:
-    """``'А' (U+0410 CYRILLIC CAPITAL LETTER A)``: look-alikes named, so the user sees why."""
-    name = unicodedata.name(char, "unnamed character")
-    return f"{char!r} (U+{ord(char):04X} {name})" if char.isprintable() else f"U+{ord(char):04X} ({name})"
 
 
 def parse_json_body(body: bytes) -> Any:
@@ -69,57 +56,19 @@ def parse_json_body(body: bytes) -> Any:
         raise RequestError(400, f"body is not valid JSON ({exc})") from None
 
 
-def parse_payload(data: Any, max_inputs: int) -> Payload:
-    """The HF inference payload: ``inputs`` a string or a list of strings, ``parameters`` a flat dict."""
-    if isinstance(data, str):  # a bare JSON string is what some clients send
-        data = {"inputs": data}
-    if not isinstance(data, dict) or "inputs" not in data:
-        raise RequestError(422, 'expected a JSON object with "inputs" (a string or a list of strings)')
-    unknown = set(data) - {"inputs", "parameters", "options"}
-    if unknown:
-        raise RequestError(422, f"unknown field(s) {sorted(unknown)}; expected 'inputs' and 'parameters'")
-    inputs, single = data["inputs"], isinstance(data["inputs"], str)
-    if single:
-        inputs = [inputs]
-    if not isinstance(inputs, list):
-        raise RequestError(422, '"inputs" must be a string or a list of strings')
-    if not inputs:
-        raise RequestError(422, '"inputs" is an empty list')
-    if len(inputs) > max_inputs:
-        raise RequestError(413, f"too many inputs: {len(inputs)} (at most {max_inputs} per request)")
-    for i, item in enumerate(inputs):
-        if not isinstance(item, str):
-            raise RequestError(422, f"inputs[{i}] is {type(item).__name__}, expected a string")
-    parameters = data.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise RequestError(422, '"parameters" must be an object')
-    for key, value in parameters.items():
-        if isinstance(value, (dict, list)):
-            raise RequestError(422, f"parameters.{key}: expected a number, string or null")
-    return Payload(inputs=inputs, single=single, parameters=parameters)
-
-
 def clean_protein(raw: str, where: str, max_residues: int) -> str:
-    """Whitespace dropped, upper-cased, one trailing ``*`` allowed; anything else names its position.
-
-    Non-ASCII is rejected *before* upper-casing: ``'ı'.upper() == 'I'`` and ``'ſ'.upper() == 'S'``,
-    so a look-alike would otherwise slip through as a residue.
+    """The residues of one input, by the one alphabet policy of every reader, ``predict`` and ``embed``
+    (:func:`scilm.data.protein.normalize_sequence`: non-ASCII rejected before upper-casing, the
+    character and its position named); its error becomes a 422 with the same message. A sequence
+    over ``max_residues`` is a 422 too.
     """
-    seq = "".join(raw.split())
-    if seq.endswith("*"):
-        seq = seq[:-1]
-    if not seq:
-        raise RequestError(422, f"{where}: empty sequence")
-    for position, char in enumerate(seq, start=1):
-        if not char.isascii() or char.upper() not in VALID_RESIDUES:
-            raise RequestError(
-                422,
-                f"{where}: invalid residue {describe_char(char)} at position {position} "
-                "(allowed: the 20 standard amino acids and X B Z U O)",
-            )
+    try:
+        seq = normalize_sequence(raw, where)
+    except ScilmError as exc:
+        raise RequestError(422, str(exc)) from None
     if len(seq) > max_residues:
         raise RequestError(422, f"{where}: sequence of {len(seq)} residues is over the model's limit of {max_residues}")
-    return seq.upper()
+    return seq
 
 
 def check_smiles_chars(text: str, where: str) -> None:
@@ -149,21 +98,3 @@ def clean_source(raw: str, where: str, task: str | None) -> str:
     if task in SMILES_TASKS:
         check_smiles_chars(text, where)
     return f"{PROMPTS[task]} {text}"
-
-
-def int_parameter(parameters: dict, name: str, default: int | None, low: int, high: int) -> int | None:
-    value = parameters.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RequestError(422, f"parameters.{name}: expected an integer from {low} to {high} (got {value!r})")
-    return value
-
-
-def task_parameter(parameters: dict) -> str | None:
-    task = parameters.get("task")
-    if task is None:
-        return None
-    if task not in PROMPTS:
-        raise RequestError(422, f"parameters.task: unknown task {task!r}; tasks are: {', '.join(PROMPTS)}")
-    return task

@@ -38,13 +38,11 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
 
 @contextlib.contextmanager
 def server_thread(app, port: int | None = None) -> Iterator[str]:
-    """uvicorn serving ``app`` on 127.0.0.1 in a background thread; yields the base URL."""
-    import uvicorn
+    """``app`` served on 127.0.0.1 in a background thread, as ``scilm serve`` serves it; yields the base URL."""
+    from scilm.serving.server import uvicorn_server
 
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+    server = uvicorn_server(app, "127.0.0.1", port, log_level="warning")
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -49,5 +49,6 @@ class ServerMetrics:
 
 
 def _error_kind(status: int) -> str:
-    return {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-            413: "too_large", 422: "invalid_input", 503: "overloaded"}.get(status, "server" if status >= 500 else "client")
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            408: "timeout", 413: "too_large", 415: "not_json", 422: "invalid_input", 499: "client_gone",
+            503: "overloaded"}.get(status, "server" if status >= 500 else "client")

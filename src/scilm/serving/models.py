@@ -12,27 +12,30 @@ batcher's thread; ``respond`` turns the results into the HF payload.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import secrets
+import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
-from scilm.inference.batching import length_sorted_batches
-from scilm.serving.limits import (
-    MAX_BEAMS,
-    MAX_NEW_TOKENS,
+from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.serving.batching import Control
+from scilm.serving.limits import RequestError, clean_protein, clean_source
+from scilm.serving.schema import (
+    ClassifierParameters,
+    GenerationParameters,
+    GenerationPlan,
     Payload,
-    RequestError,
-    clean_protein,
-    clean_source,
-    int_parameter,
-    task_parameter,
+    parameters_schema,
 )
 
 _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e30
@@ -82,9 +85,6 @@ def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
 
 # -- classifier -------------------------------------------------------------------------------
 
-_FUNCTIONS = ("softmax", "sigmoid", "none")
-
-
 @dataclass
 class ServedClassifier:
     model: Any
@@ -93,41 +93,46 @@ class ServedClassifier:
     kind: str = "classifier"
 
     def __post_init__(self):
+        from scilm.models.protein import max_residues
+
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions and config.model_type == "esm":
-            positions -= 2  # ESM offsets positions past the padding index: 1026 -> 1024 tokens
-        known = [n for n in (positions, self.tokenizer.model_max_length) if n and n < _HUGE]
-        self.max_residues = (min(known) if known else 1024) - 2  # <cls> ... <eos>
+        # the one length policy of predict/embed/serve: the trained length (config.json), else positions
+        self.max_residues = max_residues(config, self.tokenizer)
         multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
         self.default_function = "sigmoid" if multi_label or config.num_labels == 1 else "softmax"
 
+    parameters = ClassifierParameters  # the schema of this kind's request parameters
+
     def info(self) -> dict:
-        return {"kind": self.kind, "labels": self.labels, "max_residues": self.max_residues}
+        return {"kind": self.kind, "labels": self.labels, "max_residues": self.max_residues,
+                "parameters": parameters_schema(self.parameters)}
 
     def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
-        params = payload.parameters
-        unknown = set(params) - {"top_k", "function_to_apply", "truncation"}
-        if unknown:
-            raise RequestError(422, f"unknown parameter(s) {sorted(unknown)} for a classifier "
-                                    "(top_k, function_to_apply, truncation)")
-        int_parameter(params, "top_k", None, 1, len(self.labels))
-        if params.get("function_to_apply", self.default_function) not in _FUNCTIONS:
-            raise RequestError(422, f"parameters.function_to_apply: one of {', '.join(_FUNCTIONS)}")
-        limit = _HUGE if params.get("truncation") else self.max_residues
+        """Cleaned sequences (parameters were validated by the schema); a bad residue is a 422."""
+        limit = _HUGE if payload.parameters.truncation else self.max_residues
         sequences = []
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
             sequences.append(clean_protein(raw, where, limit)[: self.max_residues])
         return None, sequences
 
+    def cost(self, group: Hashable, sequence: str) -> int:
+        """Token-steps of one input: its tokens (residues + <cls> + <eos>), one forward each."""
+        return len(sequence) + 2
+
     @torch.inference_mode()
-    def run_batch(self, group: Hashable, sequences: list[str]) -> list[list[float]]:
-        """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward."""
+    def run_batch(self, group: Hashable, sequences: list[str], control: Control | None = None) -> list[list[float]]:
+        """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward.
+
+        Between forwards ``control`` is checked: past its deadline TimeLimit, all inputs abandoned
+        Cancelled (a forward itself is bounded by FORWARD_TOKENS).
+        """
         logits: list[list[float]] = [[] for _ in sequences]
         for batch in tight_batches([len(s) for s in sequences]):
-            encoded = self.tokenizer([sequences[i] for i in batch], padding=True, return_tensors="pt")
+            if control is not None:
+                control.check()
+            encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])  # as predict/embed do
             out = self.model(**encoded).logits.float()  # (B, num_labels)
             for row, i in enumerate(batch):
                 logits[i] = out[row].tolist()
@@ -135,8 +140,8 @@ class ServedClassifier:
 
     def respond(self, payload: Payload, logits: list[list[float]]) -> list:
         """One list of ``{"label", "score"}`` per input, best first (the HF Inference API shape)."""
-        function = payload.parameters.get("function_to_apply", self.default_function)
-        top_k = payload.parameters.get("top_k") or len(self.labels)
+        function = payload.parameters.function_to_apply or self.default_function
+        top_k = payload.parameters.top_k or len(self.labels)  # a cap, as in the HF Inference API
         answers = []
         for row in logits:
             scores = _apply(function, row)
@@ -183,8 +188,38 @@ def _apply(function: str, row: list[float]) -> list[float]:
 
 # -- seq2seq ----------------------------------------------------------------------------------
 
-DEFAULT_BEAMS = 1  # greedy: CPU-friendly; the Text+Chem demo used 10 (ask with parameters.num_beams)
-DEFAULT_MAX_LENGTH = 256
+class _StopOnControl(StoppingCriteria):
+    """A Transformers stopping criterion: every row stops once ``control`` says so (deadline or all abandoned)."""
+
+    def __init__(self, control: Control):
+        self.control = control
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        stop = self.control.should_stop()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _bounded(control: Control, generate_sequences, *args, **generation):
+    """``generate_sequences`` with ``max_time`` and a stop on ``control``; raises if it was cut short."""
+    control.check()
+    criterion = _StopOnControl(control)
+    if math.isfinite(control.deadline):
+        generation["max_time"] = control.remaining()
+    result = generate_sequences(*args, stopping_criteria=StoppingCriteriaList([criterion]), **generation)
+    if control.stop_reason is not None or control.remaining() == 0:  # cut short: its text is not an answer
+        control.stop_reason = control.stop_reason or "time"
+        raise control.error()
+    return result
+
+
+@dataclass(frozen=True)
+class Source:
+    """One seq2seq input ready to run: its task (None: a free prompt), full source, sampling seed."""
+
+    task: str | None
+    text: str
+    seed: int | None
+    tokens: int = 0  # source tokens the encoder reads (after truncation)
 
 
 @dataclass
@@ -194,52 +229,83 @@ class ServedSeq2Seq:
     path: Path
     kind: str = "seq2seq"
 
+    parameters = GenerationParameters  # the schema of this kind's request parameters
+
     def __post_init__(self):
         n = self.tokenizer.model_max_length
         self.max_source_tokens = n if n and n < _HUGE else 512
+        # prepare() runs in the request threads while run_batch() tokenizes in the model thread: a fast
+        # tokenizer shared between threads fails ("Already borrowed") when one sets truncation, so
+        # requests are counted with their own copy, one thread at a time
+        self._counter = copy.deepcopy(self.tokenizer)
+        self._counter_lock = threading.Lock()
 
     def info(self) -> dict:
         return {"kind": self.kind, "tasks": list(PROMPTS), "molecule_tasks": list(MOLECULE_TASKS),
-                "max_source_tokens": self.max_source_tokens}
+                "max_source_tokens": self.max_source_tokens, "parameters": parameters_schema(self.parameters)}
 
-    def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
-        params = payload.parameters
-        unknown = set(params) - {"task", "num_beams", "max_length", "max_new_tokens"}
-        if unknown:
-            raise RequestError(422, f"unknown parameter(s) {sorted(unknown)} for a seq2seq model "
-                                    "(task, num_beams, max_length, max_new_tokens)")
-        named = task_parameter(params)
-        beams = int_parameter(params, "num_beams", DEFAULT_BEAMS, 1, MAX_BEAMS)
-        length = int_parameter(params, "max_new_tokens", None, 1, MAX_NEW_TOKENS)
-        length = length or int_parameter(params, "max_length", DEFAULT_MAX_LENGTH, 1, MAX_NEW_TOKENS)
+    def prepare(self, payload: Payload) -> tuple[Hashable, list[Source]]:
+        """Validated sources; the group key is the generate call, so only like requests share one."""
+        params: GenerationParameters = payload.parameters
+        plan = params.plan()
+        seed = params.seed
+        if plan.sampling and seed is None:
+            seed = secrets.randbits(63)  # every input of the request draws from this seed
         values = []
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
-            source = clean_source(raw, where, named)
-            n_tokens = len(self.tokenizer(source)["input_ids"])
-            if n_tokens > self.max_source_tokens:
+            source = clean_source(raw, where, params.task)
+            with self._counter_lock:
+                n_tokens = len(self._counter(source)["input_ids"])
+            if n_tokens > self.max_source_tokens and not plan.truncate:
                 raise RequestError(422, f"{where}: {n_tokens} tokens (prompt included) is over the model's "
-                                        f"limit of {self.max_source_tokens}")
-            values.append((task_of(source), source))  # a written prompt counts as naming its task
-        return (beams, length), values
+                                        f"limit of {self.max_source_tokens} (or send parameters.truncation: "
+                                        "only_first)")
+            # a written prompt counts as naming its task (SMILES outputs are decoded as such)
+            values.append(Source(task_of(source), source, seed if plan.sampling else None,
+                                 min(n_tokens, self.max_source_tokens)))
+        return plan, values
 
-    def run_batch(self, group: Hashable, values: list[tuple[str | None, str]]) -> list[str]:
-        """One generate call per task in the micro-batch (tasks decode SMILES differently)."""
-        from scilm.inference.generate import generate_from_sources, generate_texts
+    def cost(self, plan: GenerationPlan, source: Source) -> int:
+        """Token-steps of one input: source tokens + rows x new tokens (the decoder runs ``rows`` sequences,
+        ``max(num_beams, num_return_sequences)``, for up to ``max_new_tokens`` steps)."""
+        return source.tokens + max(plan.beams, plan.k) * plan.maximum
 
-        beams, length = group
-        outputs: list[str] = [""] * len(values)
-        for task in dict.fromkeys(task for task, _ in values):
-            index = [i for i, (t, _) in enumerate(values) if t == task]
-            if task is None:
-                texts = generate_from_sources(self.model, self.tokenizer, [values[i][1] for i in index], False,
-                                          beams, length, len(index))
-            else:
-                inputs = [values[i][1][len(PROMPTS[task]) + 1:] for i in index]
-                texts = generate_texts(self.model, self.tokenizer, task, inputs, beams, length, len(index))
-            for i, text in zip(index, texts):
-                outputs[i] = text
+    def run_batch(self, plan: GenerationPlan, values: list[Source], control: Control | None = None) -> list[list[str]]:
+        """``plan.k`` texts per input. One generate call per task (tasks decode SMILES differently);
+        sampled inputs run one by one, each from its own seed, so no other input changes its draw.
+
+        ``control`` bounds the calls: ``max_time`` (its time left) goes to every ``generate``, which
+        also stops at its next step once every input is abandoned; a stopped call raises TimeLimit
+        or Cancelled, never returns its partial text. Abandoned inputs run one-by-one are skipped.
+        """
+        from scilm.inference import generate
+
+        control = control or Control(len(values), math.inf)
+        outputs: list[list[str]] = [[] for _ in values]
+        for task in dict.fromkeys(v.task for v in values):
+            index = [i for i, v in enumerate(values) if v.task == task]
+            smiles = task in MOLECULE_TASKS
+            if not plan.sampling:
+                texts = _bounded(control, generate.generate_sequences, self.model, self.tokenizer,
+                                 [values[i].text for i in index], smiles, len(index), plan.k, **plan.kwargs)
+                for i, text in zip(index, texts):
+                    outputs[i] = text
+                continue
+            device = next(self.model.parameters()).device
+            for i in index:
+                if control.is_abandoned(i):
+                    continue
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(values[i].seed)
+                    outputs[i] = _bounded(control, generate.generate_sequences, self.model, self.tokenizer,
+                                          [values[i].text], smiles, 1, plan.k, **plan.kwargs)[0]
         return outputs
 
-    def respond(self, payload: Payload, texts: list[str]) -> list:
-        return [{"generated_text": text} for text in texts]
+    def respond(self, payload: Payload, texts: list[list[str]]) -> list:
+        """``[{"generated_text"}]``, one per input; with num_return_sequences > 1 each input has a list
+        of them (one input: that list alone), as the Transformers text2text pipeline answers."""
+        answers = [[{"generated_text": text} for text in sequences] for sequences in texts]
+        if payload.parameters.plan().k == 1:
+            return [answer[0] for answer in answers]
+        return answers[0] if payload.single else answers

@@ -1,12 +1,30 @@
 """``scilm serve``: a FastAPI app speaking the Hugging Face inference payloads, run by uvicorn.
 
 Routes: ``POST /predict`` (HF payloads), ``POST /draw`` (SMILES -> SVG), ``GET /info`` (what
-the model takes), ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus) and ``GET /``
-(the web page). A request's life: the :class:`Guard` middleware times it and reads its body
-(413 past the limit, before any parsing); the handler parses and validates it
-(:mod:`scilm.serving.limits`), the model's ``prepare`` checks its inputs, the
-:class:`MicroBatcher` runs them with other requests' inputs, and ``respond`` shapes the answer.
-Every client error is ``{"error": "..."}`` with a 4xx status; nothing else leaks a traceback.
+the model takes), ``GET|HEAD /health``, ``GET /ready``, ``GET /metrics`` (Prometheus) and ``GET /``
+(the web page). A request's life:
+
+1. the connection layer (:mod:`scilm.serving.connections`) gives its headers ``header_timeout``
+   seconds and caps connections per client and in all;
+2. the :class:`Guard` middleware times it and checks, in order: the Host header (DNS rebinding) and
+   any Origin (cross-site pages), the API key, the JSON content type of a POST (415), the number of
+   requests in flight (503; never for ``/health`` and ``/ready``), and reads its body within
+   ``body_timeout`` (408) and the size limit (413, before any parsing);
+3. the handler parses and validates it in a small thread pool, off the event loop
+   (:mod:`scilm.serving.limits`, :mod:`scilm.serving.schema`, the model's ``prepare``), checks its
+   estimated cost against the per-request budget (422) and hands it to the :class:`MicroBatcher`
+   (server-wide budget: 503), and drops it if the client goes away before the answer;
+4. ``respond`` shapes the answer.
+
+Every client error is ``{"error": "..."}`` with a 4xx status; nothing else leaks a traceback. A 422
+adds ``"error_type": "validation"`` and a 503 ``"overloaded"`` (Text Generation Inference's names,
+which ``InferenceClient`` raises as ``ValidationError`` / ``OverloadedError``). No CORS headers are
+ever sent: a page from another origin cannot read answers, and cannot send JSON without a
+preflight that fails.
+
+SIGTERM (:class:`ScilmServer`): queued requests are answered 503 with Retry-After at once, the
+model call being run finishes (it is bounded by ``max_batch_seconds``), and the process exits
+within ``max_batch_seconds + SHUTDOWN_GRACE``.
 """
 
 from __future__ import annotations
@@ -16,45 +34,111 @@ import hmac
 import ipaddress
 import logging
 import os
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
+from urllib.parse import urlsplit
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scilm.errors import ScilmError
-from scilm.serving.batching import MicroBatcher, QueueFull
-from scilm.serving.limits import MAX_BODY_BYTES, MAX_INPUTS, RequestError, parse_json_body, parse_payload
+from scilm.serving.batching import Cancelled, MicroBatcher, QueueFull, ShuttingDown, TimeLimit
+from scilm.serving.bounds import SHUTDOWN_GRACE, ServerLimits
+from scilm.serving.limits import MAX_BODY_BYTES, MAX_INPUTS, RequestError, parse_json_body
 from scilm.serving.metrics import CONTENT_TYPE, ServerMetrics
+from scilm.serving.schema import parse_payload
 
 log = logging.getLogger("scilm.serving")
 
 _PATHS = ("/", "/predict", "/draw", "/info", "/health", "/ready", "/metrics")
 _OPEN_PATHS = ("/", "/health", "/ready")  # no API key needed: the page itself and the probes
+_PROBES = ("/health", "/ready")  # always answered: no Host check, no request limit
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; "
                                "script-src 'unsafe-inline'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+LOOPBACK_HOSTS = frozenset(LOOPBACK_NAMES)
+
+
+_ERROR_TYPES = {422: "validation", 503: "overloaded"}
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    body = {"error": message}
+    if status in _ERROR_TYPES:
+        body["error_type"] = _ERROR_TYPES[status]
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# -- the Host header ------------------------------------------------------------------------------
+
+def host_name(value: str) -> str:
+    """``"Example.COM:8000"`` -> ``"example.com"``, ``"[::1]:80"`` -> ``"::1"`` (no port, lower case, no final dot)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def allowed_hosts(bind: str, extra: tuple[str, ...] | list[str] = ()) -> frozenset[str] | None:
+    """Host names a request may name for a server bound to ``bind`` (None: any, from ``"*"`` in ``extra``).
+
+    Bound to loopback: the loopback names. Bound to every interface (``0.0.0.0``, ``::``): those, the
+    machine's host names and every address of its interfaces. Bound to one address: that address.
+    ``extra`` adds names (the ones a reverse proxy or users reach the server by).
+    """
+    extra = [host_name(h) for h in extra]
+    if "*" in extra:
+        return None
+    names = {host_name(bind), *extra}
+    if is_loopback(bind):
+        names.update(LOOPBACK_NAMES)
+    elif bind in ("0.0.0.0", "::", ""):
+        import psutil
+
+        names.update(LOOPBACK_NAMES)
+        names.update(host_name(n) for n in (socket.gethostname(), socket.getfqdn()))
+        for addresses in psutil.net_if_addrs().values():
+            names.update(a.address.split("%")[0].lower() for a in addresses
+                         if a.family in (socket.AF_INET, socket.AF_INET6))
+    return frozenset(n for n in names if n)
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    kind, *params = value.split(";")
+    parsed = {}
+    for param in params:
+        name, _, v = param.partition("=")
+        parsed[name.strip().lower()] = v.strip().strip('"').lower()
+    return kind.strip().lower(), parsed
 
 
 class Guard:
-    """ASGI middleware: metrics for every request, body size limit, API key.
+    """ASGI middleware: metrics for every request, Host/Origin, API key, content type, in-flight cap, body.
 
     The body is read here, counted as it streams in, and handed on only if it fits: a declared
     ``Content-Length`` over the limit is refused before a byte is read, a body that lies about
-    its length (or is chunked) is cut off at the limit.
+    its length (or is chunked) is cut off at the limit, and one that has not arrived after
+    ``body_timeout`` seconds is a 408.
     """
 
-    def __init__(self, app, metrics: ServerMetrics, max_body: int, api_key: str | None):
+    def __init__(self, app, metrics: ServerMetrics, max_body: int, api_key: str | None,
+                 hosts: frozenset[str] | None = None, body_timeout: float = 30.0, max_requests: int = 512,
+                 retry_after=lambda: 1):
         self.app, self.metrics, self.max_body, self.api_key = app, metrics, max_body, api_key
+        self.hosts, self.body_timeout, self.max_requests = hosts, body_timeout, max_requests
+        self.retry_after = retry_after
+        self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -67,14 +151,43 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
 
+        counted = False
         try:
-            rejection = self._check_auth(scope) or await self._read_body(scope, receive)
+            rejection = None if scope["path"] in _PROBES else (
+                self._check_host(scope) or self._check_auth(scope) or self._check_content_type(scope))
+            if rejection is None and scope["path"] not in _PROBES:
+                if self.in_flight >= self.max_requests:
+                    rejection = _error(503, f"overloaded: {self.in_flight} requests in progress; retry later",
+                                       {"Retry-After": str(self.retry_after())})
+                else:
+                    self.in_flight += 1
+                    counted = True
+            if rejection is None:
+                rejection = await self._read_body(scope, receive)
             if isinstance(rejection, Response):
                 await rejection(scope, receive, send_status)
                 return
             await self.app(scope, rejection, send_status)
         finally:
+            if counted:
+                self.in_flight -= 1
             self.metrics.observe_request(path, status[0], time.perf_counter() - start)
+
+    def _check_host(self, scope) -> Response | None:
+        """A Host (and any Origin) this server answers to: the defence against DNS rebinding and cross-site posts."""
+        if self.hosts is None:
+            return None
+        headers = dict(scope["headers"])
+        host = host_name(headers.get(b"host", b"").decode("latin-1"))
+        if host not in self.hosts:
+            return _error(400, f"Host header {host!r} is not a name this server answers to "
+                               f"({', '.join(sorted(self.hosts))}); the server can allow it with --allowed-host")
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")
+            if host_name(urlsplit(text).netloc) not in self.hosts:
+                return _error(403, f"cross-origin request from {text!r} refused")
+        return None
 
     def _check_auth(self, scope) -> Response | None:
         if self.api_key is None or scope["path"] in _OPEN_PATHS:
@@ -86,8 +199,18 @@ class Guard:
         return _error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                       {"WWW-Authenticate": "Bearer"})
 
+    def _check_content_type(self, scope) -> Response | None:
+        """A POST body must be declared JSON: a form or text/plain post from any web page is refused."""
+        if scope["method"] != "POST":
+            return None
+        value = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        kind, params = _media_type(value)
+        if kind != "application/json" or params.get("charset", "utf-8") not in ("utf-8", "utf8"):
+            return _error(415, f"Content-Type must be application/json (got {value or 'none'!r})")
+        return None
+
     async def _read_body(self, scope, receive):
-        """A replaying ``receive`` with the whole body, or a 413 response."""
+        """A replaying ``receive`` with the whole body, or a 4xx response."""
         declared = dict(scope["headers"]).get(b"content-length")
         too_large = _error(413, f"request body over the limit of {self.max_body} bytes")
         try:
@@ -96,10 +219,15 @@ class Guard:
         except ValueError:
             return _error(400, "invalid Content-Length header")
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.body_timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return _error(408, f"request body not received within {self.body_timeout:g} s",
+                              {"Connection": "close"})
             if message["type"] == "http.disconnect":
-                return Response(status_code=400)  # nobody is listening; the status is for metrics
+                return Response(status_code=499)  # nobody is listening; the status is for metrics
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -117,29 +245,67 @@ class Guard:
         return replay
 
 
+async def _until_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
-               batching: bool = True, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The app around an already loaded model (:func:`scilm.serving.models.load_served_model`)."""
+               batching: bool = True, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               limits: ServerLimits | None = None, hosts: frozenset[str] | None = LOOPBACK_HOSTS) -> FastAPI:
+    """The app around an already loaded model (:func:`scilm.serving.models.load_served_model`).
+
+    ``hosts``: the Host names it answers to (:func:`allowed_hosts`; None: any); ``limits``: its bounds.
+    """
+    from scilm.serving.draw import DrawWorker, check_smiles
+
+    limits = limits or ServerLimits()
+    limits.check()
     if not batching:  # one input per forward, no waiting: the baseline the benchmark compares to
         max_batch_size, max_wait_ms = 1, 0.0
     max_inputs = min(MAX_INPUTS, max_queue)
+    request_cost, pending_cost = limits.request_cost(served.kind), limits.pending_cost(served.kind)
     holder: dict = {}
     metrics = ServerMetrics(queue_depth=lambda: holder["batcher"].depth if "batcher" in holder else 0)
+    prepare_pool = ThreadPoolExecutor(max_workers=limits.prepare_threads, thread_name_prefix="scilm-prepare")
+    drawer = DrawWorker(limits.draw_seconds, limits.draw_waiting, max_atoms=limits.draw_max_atoms,
+                        max_rings=limits.draw_max_rings)
+
+    def retry_after() -> int:
+        batcher = holder.get("batcher") or holder.get("closed")
+        return batcher.retry_after() if batcher is not None else 5
+
+    def close() -> int:
+        """Refuse new work, fail queued work (503), let the running call finish: the start of a shutdown."""
+        drawer.closing = True
+        batcher = holder.pop("batcher", None)
+        if batcher is None:
+            return 0
+        holder["closed"] = batcher
+        failed = batcher.close()
+        log.info("shutting down: %d queued input(s) answered 503, the running call finishes", failed)
+        return failed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = MicroBatcher(served.run_batch, max_batch_size, max_wait_ms, max_queue,
-                               on_batch=metrics.observe_batch)
+                               on_batch=metrics.observe_batch, max_batch_cost=request_cost,
+                               max_pending_cost=pending_cost, max_batch_seconds=limits.max_batch_seconds)
         batcher.start()
         holder["batcher"] = batcher
+        drawer.start()
         yield
-        # uvicorn has stopped accepting and waited for in-flight requests; drain what is left
-        holder.pop("batcher")
-        await batcher.stop()
+        close()
+        await holder["closed"].stop()
+        await asyncio.to_thread(drawer.close)
+        prepare_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="scilm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
-    app.add_middleware(Guard, metrics=metrics, max_body=max_body_bytes, api_key=api_key)
+    app.state.close = close
+    app.state.limits = limits
+    app.add_middleware(Guard, metrics=metrics, max_body=max_body_bytes, api_key=api_key, hosts=hosts,
+                       body_timeout=limits.body_timeout, max_requests=limits.max_requests, retry_after=retry_after)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -154,42 +320,81 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
         log.exception("error while serving %s", request.url.path)
         return _error(500, "internal error (details are in the server log)")
 
+    def prepare(body: bytes):
+        """Parse, validate and price a /predict body (in the prepare pool: CPU work off the event loop)."""
+        payload = parse_payload(parse_json_body(body), max_inputs, served.parameters)
+        group, values = served.prepare(payload)
+        costs = [served.cost(group, value) for value in values]
+        if sum(costs) > request_cost:
+            raise RequestError(422, f"request too expensive: {describe_cost(served.kind, payload, group, costs)} "
+                                    f"is over this server's per-request budget of {request_cost:,} token-steps")
+        return payload, group, values, costs
+
+    async def off_loop(function, *args):
+        return await asyncio.get_running_loop().run_in_executor(prepare_pool, function, *args)
+
     @app.post("/predict")
     async def predict(request: Request):
-        payload = parse_payload(parse_json_body(await request.body()), max_inputs)
-        group, values = served.prepare(payload)
+        payload, group, values, costs = await off_loop(prepare, await request.body())
         batcher = holder.get("batcher")
         if batcher is None:
-            raise RequestError(503, "server is shutting down", {"Retry-After": "5"})
+            raise RequestError(503, "server is shutting down", {"Retry-After": str(retry_after())})
+        work = asyncio.ensure_future(batcher.submit(values, group, costs))
+        gone = asyncio.ensure_future(_until_disconnect(request.receive))
         try:
-            results = await batcher.submit(values, group)
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client went away (or this handler was cancelled): drop its work
+                work.cancel()
+        if not work.done() or work.cancelled():
+            return Response(status_code=499)  # nobody reads it; the status is for metrics
+        try:
+            results = work.result()
         except QueueFull as exc:
             raise RequestError(503, f"overloaded: {exc}; retry later",
-                               {"Retry-After": str(batcher.retry_after())}) from None
-        return served.respond(payload, results)
+                               {"Retry-After": str(batcher.retry_after(sum(costs)))}) from None
+        except ShuttingDown:
+            raise RequestError(503, "server is shutting down; retry later",
+                               {"Retry-After": str(retry_after())}) from None
+        except TimeLimit as exc:
+            raise RequestError(503, f"{exc}; send fewer inputs, beams or new tokens, or retry later",
+                               {"Retry-After": str(retry_after())}) from None
+        except Cancelled:
+            return Response(status_code=499)
+        except Exception:  # a model failure no validation foresaw: logged, answered, the connection kept
+            log.exception("model call failed for /predict")
+            return _error(500, "internal error (details are in the server log)")
+        return await off_loop(served.respond, payload, results)
+
+    def draw_request(body: bytes) -> str:
+        data = parse_json_body(body)
+        if not isinstance(data, dict) or not isinstance(data.get("smiles"), str):
+            raise RequestError(422, 'smiles: expected {"smiles": "..."} with a string')
+        unknown = set(data) - {"smiles"}
+        if unknown:
+            raise RequestError(422, f"unknown field(s) {sorted(unknown)}; expected only 'smiles'")
+        return check_smiles(data["smiles"], limits.draw_max_chars)
 
     @app.post("/draw")
     async def draw(request: Request):
-        from scilm.serving.draw import smiles_svg
-
-        data = parse_json_body(await request.body())
-        if not isinstance(data, dict) or not isinstance(data.get("smiles"), str):
-            raise RequestError(422, 'expected {"smiles": "..."}')
-        return await asyncio.to_thread(smiles_svg, data["smiles"])
+        smiles = await off_loop(draw_request, await request.body())
+        return await drawer.draw(smiles)
 
     @app.get("/info")
     async def info():
         return {**served.info(), "max_inputs": max_inputs, "max_body_bytes": max_body_bytes,
-                "batching": batching, "max_batch_size": max_batch_size}
+                "batching": batching, "max_batch_size": max_batch_size, "max_request_cost": request_cost,
+                "max_pending_cost": pending_cost, "max_batch_seconds": limits.max_batch_seconds}
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok"}
 
     @app.get("/ready")
     async def ready():
         if "batcher" not in holder:
-            return _error(503, "not ready")
+            return _error(503, "not ready", {"Retry-After": str(retry_after())})
         return {"status": "ready", "kind": served.kind}
 
     @app.get("/metrics")
@@ -202,6 +407,18 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
         return HTMLResponse(html, headers=_PAGE_HEADERS)
 
     return app
+
+
+def describe_cost(kind: str, payload, group, costs: list[int]) -> str:
+    """``"327,680 token-steps (64 inputs x 10 rows x 512 new tokens + 640 source tokens)"``, naming the parameters."""
+    total = sum(costs)
+    if kind != "seq2seq":
+        return f"{total:,} token-steps ({len(costs)} inputs, {total:,} tokens in all)"
+    rows = max(group.beams, group.k)
+    steps = len(costs) * rows * group.maximum
+    return (f"{total:,} token-steps ({len(costs)} inputs x {rows} sequences (parameters.num_beams / "
+            f"num_return_sequences) x {group.maximum} new tokens (parameters.max_new_tokens) + "
+            f"{total - steps:,} source tokens)")
 
 
 def is_loopback(host: str) -> bool:
@@ -222,24 +439,64 @@ def api_key_from_env(api_key_env: str | None) -> str | None:
     return key
 
 
+class ScilmServer(uvicorn.Server):
+    """uvicorn's server, but a shutdown first answers queued requests 503 (not after the grace period).
+
+    uvicorn's own shutdown then closes idle connections, waits for the requests in progress (the
+    running model call, bounded by ``max_batch_seconds``) at most ``timeout_graceful_shutdown``,
+    and runs the app's lifespan end.
+    """
+
+    def __init__(self, config, app: FastAPI | None = None):
+        super().__init__(config)
+        self.scilm_app = app
+        self.connections = None  # the ConnectionLimits, when built by uvicorn_server
+
+    async def shutdown(self, sockets=None):
+        if self.scilm_app is not None:
+            self.scilm_app.state.close()
+        for connection in list(self.server_state.connections):  # half-sent requests: nobody to wait for
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_complete and getattr(connection, "evictable", False):
+                connection.transport.close()
+        await super().shutdown(sockets)
+
+
+def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> ScilmServer:
+    """A :class:`ScilmServer` for ``app`` with the connection defences and the bounded shutdown."""
+    from scilm.serving.connections import ConnectionLimits, guarded_protocol
+
+    limits: ServerLimits = app.state.limits
+    connections = ConnectionLimits(limits.header_timeout, limits.per_client_connections, limits.max_connections)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
+                            http=guarded_protocol(connections), limit_concurrency=None, timeout_keep_alive=5,
+                            timeout_graceful_shutdown=limits.max_batch_seconds + SHUTDOWN_GRACE)
+    server = ScilmServer(config, app)
+    server.connections = connections
+    return server
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32,
           max_wait_ms: float = 5.0, max_queue: int = 256, batching: bool = True,
-          api_key_env: str | None = None) -> None:
-    """Load ``model`` and serve it until SIGINT/SIGTERM; in-flight requests finish first."""
-    import uvicorn
-
+          api_key_env: str | None = None, limits: ServerLimits | None = None,
+          allowed_host: tuple[str, ...] = ()) -> None:
+    """Load ``model`` and serve it until SIGINT/SIGTERM (bounded shutdown, see the module docstring)."""
     from scilm.serving.models import load_served_model
 
     if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
         raise ScilmError("--max-batch-size and --max-queue must be at least 1, --max-wait-ms at least 0")
+    limits = limits or ServerLimits()
+    try:
+        limits.check()
+    except ValueError as exc:
+        raise ScilmError(f"--{str(exc).split()[0].replace('_', '-')}: {exc}") from None
     api_key = api_key_from_env(api_key_env)
     if api_key is None and not is_loopback(host):
         log.warning("WARNING: serving on %s without an API key: anyone who can reach this address can use "
                     "the model. Set --api-key-env VAR, or bind 127.0.0.1.", host)
+    hosts = allowed_hosts(host, allowed_host)
     served = load_served_model(model)
-    app = create_app(served, max_batch_size, max_wait_ms, max_queue, batching, api_key)
+    app = create_app(served, max_batch_size, max_wait_ms, max_queue, batching, api_key, limits=limits, hosts=hosts)
     log.info("serving the %s in %s at http://%s:%d/ (batching %s)", served.kind, model, host, port,
              f"on: up to {max_batch_size} inputs, {max_wait_ms:g} ms wait" if batching else "off")
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
-                            server_header=False, timeout_graceful_shutdown=30, limit_concurrency=1024)
-    uvicorn.Server(config).run()
+    uvicorn_server(app, host, port).run()

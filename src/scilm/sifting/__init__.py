@@ -1,6 +1,11 @@
 """scilm.sifting: loss-based online data selection (smart sifting), framework-agnostic.
 
-Port a SageMaker smart-sifting script by changing its imports to ``from scilm.sifting import ...``.
+Port a SageMaker smart-sifting script by changing its imports: ``from smart_sifting.X import Y``
+becomes ``from scilm.sifting.X import Y`` (every module path of the original's guide and SDK
+reference exists here: ``sift_config.sift_configs``, ``dataloader.sift_dataloader``,
+``loss.abstract_sift_loss_module``, ``data_model.data_model_interface``, ``data_model.list_batch``,
+``data_model.tensor_batch``, ``integrations.trainer``, ``metrics.lightning``), or import the names
+from ``scilm.sifting`` itself.
 """
 
 from scilm.sifting.batching import (
@@ -16,6 +21,7 @@ from scilm.sifting.config import (
     SiftingBaseConfig,
 )
 from scilm.sifting.cost import CostVerdict, check_cost
+from scilm.sifting.data_model import ListBatch, SiftingBatch, SiftingBatchTransform, TensorBatch
 from scilm.sifting.dataloader import SiftingDataLoader, SiftingDataloader
 from scilm.sifting.loss import (
     Loss,
@@ -41,9 +47,10 @@ from scilm.sifting.selection import (
 )
 
 __all__ = [
-    "BatchTransform", "CostVerdict", "DEFAULT_PAD_VALUES", "Loss", "LossConfig", "LossHistory",
+    "BatchTransform", "CostVerdict", "DEFAULT_PAD_VALUES", "ListBatch", "Loss", "LossConfig", "LossHistory",
     "RandomLoss", "RelativeProbabilisticSiftConfig", "ReuseLossSifter", "ReuseSampler", "Seq2SeqLoss",
-    "SequenceClassificationLoss", "SiftingBaseConfig", "SiftingDataLoader", "SiftingDataloader", "WithIndex",
+    "SequenceClassificationLoss", "SiftingBaseConfig", "SiftingBatch", "SiftingBatchTransform",
+    "SiftingDataLoader", "SiftingDataloader", "TensorBatch", "WithIndex",
     "batch_size", "check_cost", "concat", "keep_probability", "per_sample_cross_entropy",
     "per_sample_token_mean", "percentile_in", "push_losses", "record_losses", "reuse_keep_probability",
     "select_by_loss", "take",

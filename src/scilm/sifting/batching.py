@@ -1,8 +1,10 @@
 """Slice and join batches: tensors, tuples/lists and dicts of them (nested), re-padding sequences.
 
 Any object with ``len``-n first dimension is a "sample axis": tensors are indexed, plain lists are
-picked from, everything else (a scalar, a string) is carried through unchanged.
-Custom batch types go through a ``BatchTransform`` to one of these forms and back.
+picked from, everything else (a scalar, a string) is carried through unchanged. A
+:class:`~scilm.sifting.data_model.SiftingBatch` (``ListBatch``, ``TensorBatch`` or a user's own)
+is sized, sliced and joined by its own methods. Custom batch types go through a
+``SiftingBatchTransform`` to one of these forms and back.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
+
+from scilm.sifting.data_model.data_model_interface import SiftingBatch, SiftingBatchTransform
 
 # Hugging Face conventions; pad_values given by the user override these, other keys pad with 0.
 DEFAULT_PAD_VALUES: dict[Any, float] = {
@@ -21,8 +25,8 @@ DEFAULT_PAD_VALUES: dict[Any, float] = {
 }
 
 
-class BatchTransform:
-    """Maps a custom batch to a tensor / tuple / dict form the sifter can slice, and back."""
+class BatchTransform(SiftingBatchTransform):
+    """The identity transform: the loader's batches are sliced as they are (tensors, tuples, dicts)."""
 
     def transform(self, batch: Any) -> Any:
         return batch
@@ -31,8 +35,29 @@ class BatchTransform:
         return batch
 
 
+class SampleListTransform(SiftingBatchTransform):
+    """A list or tuple of per-sample records (``batch[i]`` is sample i), kept as a ListBatch.
+
+    What ``batch_format_index=0`` selects: PyTorch's default collate makes feature-first batches
+    (``[inputs, labels]``), but a ``collate_fn=list`` loader yields one record per sample.
+    """
+
+    def transform(self, batch: Any) -> Any:
+        from scilm.sifting.data_model.list_batch import ListBatch
+
+        if not isinstance(batch, (list, tuple)):
+            raise TypeError(f"batch_format_index=0 needs list or tuple batches, got {type(batch).__name__}")
+        self._type = type(batch)
+        return ListBatch(batch)
+
+    def reverse_transform(self, batch: Any) -> Any:
+        return self._type(batch.inputs)
+
+
 def batch_size(batch: Any) -> int:
-    """Number of samples: the first dimension of the first tensor found."""
+    """Number of samples: the first dimension of the first tensor found (a SiftingBatch: its len)."""
+    if isinstance(batch, SiftingBatch):
+        return len(batch)
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else 1
     items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
@@ -64,6 +89,8 @@ def _same_mapping(like: Mapping, items: dict) -> Mapping:
 
 def take(batch: Any, index: torch.Tensor, n: int) -> Any:
     """The samples ``index`` (1-D long tensor) of a batch of ``n`` samples."""
+    if isinstance(batch, SiftingBatch):
+        return batch.select(index.tolist())
     if isinstance(batch, torch.Tensor):
         return batch[index.to(batch.device)] if batch.dim() and batch.shape[0] == n else batch
     if isinstance(batch, Mapping):
@@ -99,6 +126,8 @@ def concat(batches: Sequence[Any], pad_values: Mapping[Any, float] | None = None
     first = batches[0]
     if len(batches) == 1:
         return first
+    if isinstance(first, SiftingBatch):
+        return type(first).accumulate(batches)
     pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
     if isinstance(first, torch.Tensor):
         return _pad_cat(batches, pads.get(key, 0))
@@ -115,6 +144,8 @@ def concat(batches: Sequence[Any], pad_values: Mapping[Any, float] | None = None
 
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested) batch to ``device``."""
+    if isinstance(batch, SiftingBatch):
+        return batch.to(device)
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):

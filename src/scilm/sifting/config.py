@@ -25,11 +25,12 @@ class SiftingBaseConfig:
     """When sifting starts.
 
     sift_delay: training steps (yielded batches) passed through unsifted first; a model that has
-        learned nothing yet cannot tell easy samples from hard ones.
+        learned nothing yet cannot tell easy samples from hard ones. Default 1000, the original's
+        documented default, so a ported script that leaves it out behaves the same.
     repeat_delay_per_epoch: count the delay again at the start of every epoch.
     """
 
-    sift_delay: int = 0
+    sift_delay: int = 1000
     repeat_delay_per_epoch: bool = False
 
     def __post_init__(self) -> None:

@@ -12,8 +12,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     JSONL (``source``/``target``) trains a seq2seq model (Text+Chem); FASTA/CSV/TSV a classifier.
     """
+    from scilm.data.textio import data_suffix
+
     config.validate()
-    if config.data.lower().endswith(".jsonl"):
+    if data_suffix(config.data) == ".jsonl":  # also .jsonl.gz
         from scilm.training.seq2seq import train_seq2seq
 
         return train_seq2seq(config)

@@ -7,6 +7,7 @@ build the Hugging Face Trainer, train, evaluate, write ``model/`` and ``metrics.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from transformers import DataCollatorWithPadding, set_seed
 from scilm.data import protein as pdata
 from scilm.errors import ScilmError
 from scilm.models.lora import apply_lora, trainable_parameters
-from scilm.models.protein import load_protein_classifier
+from scilm.models.protein import load_protein_classifier, record_max_residues, truncate_sequences
 from scilm.training.common import (
     check_out_dir,
     finish_run,
@@ -39,20 +40,48 @@ from scilm.training.trainer import ScilmTrainer
 log = logging.getLogger(__name__)
 
 
-def load_splits(config: TrainConfig) -> tuple[list[pdata.ProteinRecord], list[pdata.ProteinRecord], list[str]]:
-    """Train and validation records and the ordered label names, every check done up front."""
+# Settings only the seq2seq recipe reads: given for protein data they would be silently ignored.
+SEQ2SEQ_ONLY = ("max_source_length", "max_target_length", "tokenizer_vocab_size", "lr_decay", "eval_steps",
+                "eval_max_batches", "keep_best")
+
+
+def check_settings(config: TrainConfig) -> None:
+    """No setting is silently ignored: seq2seq-only ones, or --valid-fraction beside --valid / --split-column."""
+    defaults = TrainConfig()
+    given = [name for name in SEQ2SEQ_ONLY if getattr(config, name) != getattr(defaults, name)]
+    if given:
+        raise ScilmError(f"{', '.join('--' + n.replace('_', '-') for n in given)}: for Text+Chem JSONL "
+                         "(seq2seq), not protein classification")
+    if config.valid_fraction != defaults.valid_fraction and (config.valid or config.split_column):
+        raise ScilmError("--valid-fraction splits --data; with --valid or --split-column there is nothing to split")
+
+
+def load_splits(
+    config: TrainConfig, counts: dict[str, int] | None = None
+) -> tuple[list[pdata.ProteinRecord], list[pdata.ProteinRecord], list[str]]:
+    """Train and validation records and the ordered label names, every check done up front.
+
+    ``counts`` (optional) receives the records left out, by reason, summed over the files read
+    (:data:`scilm.data.protein.COUNT_KEYS`, and ``n_filtered_length`` for --min/--max-length).
+    """
+    counts = Counter() if counts is None else counts
     read = dict(task=config.task, sequence_column=config.sequence_column,
-                label_column=config.label_column, id_column=config.id_column)
-    records = pdata.read_proteins(config.data, split_column=config.split_column, **read)
-    records = pdata.filter_by_length(records, config.min_length, config.max_length)
-    if not records:
-        raise ScilmError(f"{config.data}: no sequence within --min-length/--max-length")
+                label_column=config.label_column, id_column=config.id_column,
+                drop_missing_labels=config.drop_missing_labels, counts=counts)
+
+    def length_filter(records, path):
+        kept = pdata.filter_by_length(records, config.min_length, config.max_length)
+        counts["n_filtered_length"] += len(records) - len(kept)
+        if len(kept) < len(records):
+            log.info("%s: %d record(s) outside --min-length/--max-length left out", path, len(records) - len(kept))
+        if not kept:
+            raise ScilmError(f"{path}: no sequence within --min-length/--max-length")
+        return kept
+
+    records = length_filter(pdata.read_proteins(config.data, split_column=config.split_column, **read), config.data)
     if config.valid:
         train = records
-        valid = pdata.filter_by_length(pdata.read_proteins(config.valid, **read),
-                                       config.min_length, config.max_length)
-        if not valid:
-            raise ScilmError(f"{config.valid}: no sequence within --min-length/--max-length")
+        valid = length_filter(pdata.read_proteins(config.valid, **read), config.valid)
     elif config.split_column:
         train, valid = pdata.split_by_column(records, str(config.valid_split), config.data)
     else:
@@ -65,9 +94,16 @@ def load_splits(config: TrainConfig) -> tuple[list[pdata.ProteinRecord], list[pd
 
 
 def encode(records: list[pdata.ProteinRecord], tokenizer, labels: list[str], truncate: int) -> list[dict]:
-    """Token ids (with <cls>/<eos>) and the class index of each record."""
+    """Token ids (with <cls>/<eos>) and the class index of each record.
+
+    Sequences are cut to ``truncate`` residues before tokenizing (one token per residue), the same
+    cut as predict/embed/serve make (:func:`scilm.models.protein.truncate_sequences`).
+    """
     index = {name: i for i, name in enumerate(labels)}
-    encoded = tokenizer([r.sequence for r in records], truncation=True, max_length=truncate + 2)
+    sequences, n_cut = truncate_sequences([r.sequence for r in records], truncate)
+    if n_cut:
+        log.info("%d of %d sequences cut to %d residues (--truncate)", n_cut, len(records), truncate)
+    encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     return [
         {"input_ids": ids, "attention_mask": mask, "labels": index[r.label]}
         for ids, mask, r in zip(encoded["input_ids"], encoded["attention_mask"], records)
@@ -82,14 +118,17 @@ def class_weights(train: list[pdata.ProteinRecord], labels: list[str]) -> torch.
 
 def train_classifier(config: TrainConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
+    check_settings(config)
     check_out_dir(config.out, config.overwrite, config.resume)  # fail fast; nothing written yet
     precision = resolve_precision(config.precision)
-    train_records, valid_records, labels = load_splits(config)
+    counts: Counter = Counter()
+    train_records, valid_records, labels = load_splits(config, counts)
     set_seed(config.seed)
 
     # Model before data: the tokenizer comes with it. LoRA is chosen at construction time.
     model, tokenizer = load_protein_classifier(config.model, labels, seed=config.seed)
     freeze_unused(model)
+    record_max_residues(model, config.truncate)  # predict/embed/serve default to the trained length
     if config.lora:
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
@@ -119,6 +158,8 @@ def train_classifier(config: TrainConfig) -> dict[str, Any]:
     metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
                                 (n_trainable, n_total))
     metrics["labels"] = labels
+    # records left out of the data and --valid files, by reason (each also logged): never silently
+    metrics.update({key: counts[key] for key in (*pdata.COUNT_KEYS, "n_filtered_length")})
     finish_run(trainer, metrics, out, lambda: save_run(trainer.model, tokenizer, out, lora=config.lora))
     return metrics
 

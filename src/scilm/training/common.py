@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from scilm.data.textio import read_json
 from scilm.errors import ScilmError
 from scilm.training import checkpoints, rundir
 from scilm.training.config import TrainConfig
@@ -122,8 +123,9 @@ def training_arguments(
         save_steps=config.save_every or 500,
         save_total_limit=None,  # scilm rotates, after a new checkpoint is complete (checkpoints.py)
         fsdp=True if config.fsdp else None,
-        fsdp_config=config.fsdp_config,
-        deepspeed=config.deepspeed,
+        # read here, not by the Trainer: a byte-order mark is ignored and errors name the file
+        fsdp_config=read_json(config.fsdp_config, "--fsdp-config ") if config.fsdp_config else None,
+        deepspeed=read_json(config.deepspeed, "--deepspeed ") if config.deepspeed else None,
         logging_steps=10,
         logging_first_step=True,
         report_to=[],

@@ -31,7 +31,8 @@ class TrainConfig:
     data: str = setting("", 'Training file: FASTA (DeepLoc headers), CSV/TSV (protein) or JSONL (Text+Chem seq2seq).')
     valid: str | None = setting(None, 'Validation file; without it a stratified split of --data.')
     valid_fraction: float = setting(0.2, 'Share held out for validation when there is no --valid / --split-column.')
-    task: str = setting("membrane", 'FASTA label: membrane | localization.')
+    task: str = setting("membrane", "membrane | localization: from the FASTA DeepLoc header, or a table's Membrane / "
+                                    "ten one-hot location columns.")
     sequence_column: str = setting("Sequence", 'Table column with sequences.')
     label_column: str = setting("Membrane", 'Table column with labels.')
     id_column: str | None = setting(None, 'Table column with ids (none: ACC/id/ID/sid/accession/name if present, else row numbers).')
@@ -40,7 +41,9 @@ class TrainConfig:
     min_length: int | None = setting(None, 'Drop shorter sequences (published recipe: 100).')
     max_length: int | None = setting(None, 'Drop longer sequences (published recipe: 512).')
     truncate: int = setting(1022, 'Residues kept per sequence (ESM-2 sees at most 1022 + 2 special tokens).')
-    # -- seq2seq (Text+Chem JSONL); ignored by protein classification
+    drop_missing_labels: bool = setting(False, "Exclude (and count) rows whose label is empty/NaN/NA/None; "
+                                               "else such a row is an error.")
+    # -- seq2seq (Text+Chem JSONL); a non-default value with protein data is an error
     max_source_length: int = setting(512, 'Seq2seq: tokens kept of each source (prompt + input).')
     max_target_length: int = setting(512, 'Seq2seq: tokens kept of each target.')
     tokenizer_vocab_size: int = setting(1000, 't5-tiny only: vocabulary size of the tokenizer trained on the training texts.')
@@ -175,12 +178,12 @@ _Yaml12Loader.add_implicit_resolver(
 
 def read_yaml(path: Path) -> Any:
     """A YAML file's value (UTF-8, a byte-order mark ignored); ScilmError naming the file if unreadable."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ScilmError(f"{path}: no such config file") from None
-    except UnicodeDecodeError as exc:
-        raise ScilmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    from scilm.data.textio import open_text
+
+    if not path.is_file():
+        raise ScilmError(f"{path}: no such config file")
+    with open_text(path) as handle:
+        text = handle.read()
     try:
         return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:

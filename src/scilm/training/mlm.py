@@ -23,8 +23,18 @@ from transformers import (
     set_seed,
 )
 
+from scilm.errors import ScilmError
 from scilm.models.loading import load_pretrained
-from scilm.models.protein import esm2_config, esm2_tokenizer, is_preset, resolve_source
+from scilm.models.protein import (
+    _first_line,
+    esm2_config,
+    esm2_tokenizer,
+    is_preset,
+    load_tokenizer,
+    record_max_residues,
+    resolve_source,
+    truncate_sequences,
+)
 from scilm.training.common import (
     check_out_dir,
     finish_run,
@@ -100,19 +110,24 @@ def pretrain_mlm(
     SIGTERM saves one and exits non-zero). ``grad_accum``: micro-batches per optimizer step; the
     loss of a step is the summed masked-token loss over all of them / their masked-token count.
     """
+    if truncate < 1:
+        raise ScilmError(f"--truncate must be at least 1 (got {truncate})")
     check_out_dir(out, overwrite, resume)  # fail fast; nothing written yet
     set_seed(seed)
     if is_preset(model):
         net, tokenizer = EsmForMaskedLM(esm2_config(model)), esm2_tokenizer()
     else:
-        from transformers import AutoTokenizer
-
         model = resolve_source(model)
-        net = load_pretrained(AutoModelForMaskedLM, model, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer = load_tokenizer(model)
+        try:
+            net = load_pretrained(AutoModelForMaskedLM, model, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise ScilmError(f"--model {model}: cannot load as a masked-LM model ({_first_line(exc)})") from None
     freeze_unused(net)
     out = prepare_out_dir(out, overwrite, resume)  # the model loaded: now the directory is ours
-    encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
+    record_max_residues(net, truncate)  # predict/embed from this model default to it
+    # cut before tokenizing (one token per residue), as train/predict/embed/serve do
+    encoded = tokenizer(truncate_sequences(sequences, truncate)[0], truncation=True, max_length=truncate + 2)
     dataset = with_sample_index([{"input_ids": ids} for ids in encoded["input_ids"]])
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 
 from scilm.errors import ScilmError
-from scilm.sifting.batching import BatchTransform, batch_size, concat, take, to_device
+from scilm.sifting.batching import BatchTransform, SampleListTransform, batch_size, concat, take, to_device
+from scilm.sifting.data_model.data_model_interface import SiftingBatch, SiftingBatchTransform
 from scilm.sifting.config import RelativeProbabilisticSiftConfig
 from scilm.sifting.cost import ON_NO_GAIN, CostVerdict, check_cost
 from scilm.sifting.distributed import active_world, all_reduce, gather_losses
@@ -49,7 +50,16 @@ class SiftingDataloader:
     orig_dataloader: any iterable of batches (tensor, tuple/list or dict of tensors, nested).
     loss_impl: a ``Loss`` (or callable ``(model, transformed_batch, original_batch)``) -> (n,) losses.
     model: scored in eval mode under ``torch.inference_mode``; its modes are restored afterwards.
-    batch_transforms: a ``BatchTransform`` for custom batch objects.
+    batch_transforms: a ``SiftingBatchTransform`` for custom batch objects: its ``transform`` turns
+        each raw batch into a ``SiftingBatch`` (``ListBatch``, ``TensorBatch`` or your own) that is
+        scored, selected from and accumulated; ``reverse_transform`` turns each yielded batch back.
+    log_batch_data: log (INFO, logger ``scilm.sifting``) every sifted raw batch's per-sample losses
+        and which samples were kept and which sifted out. Costs a device-to-host copy per batch:
+        for pilot runs, as in the original.
+    batch_format_index: for list or tuple batches, which axis indexes the samples: 0 when
+        ``batch[i]`` is sample i (a loader with ``collate_fn=list``), 1 when ``batch[j][i]`` is
+        field j of sample i (PyTorch's default collate, and what None assumes). The original
+        documents the parameter without its values; these are scilm's.
     seed: seeds the sifter's own ``torch.Generator``.
     pad_values: pad value per dict key / tuple position for re-padding (labels -100, masks 0, others 0).
     precision: autocast for scoring ("bf16-mixed", "16-mixed", "32", a dtype); None inherits the
@@ -70,10 +80,11 @@ class SiftingDataloader:
     """
 
     def __init__(self, sift_config: RelativeProbabilisticSiftConfig, orig_dataloader: Iterable, loss_impl: Loss,
-                 model: torch.nn.Module, batch_transforms: BatchTransform | None = None, seed: int = 0,
+                 model: torch.nn.Module, batch_transforms: SiftingBatchTransform | None = None, seed: int = 0,
                  pad_values: Mapping[Any, float] | None = None, precision: str | torch.dtype | None = None,
                  on_no_gain: str = "warn", cost_check_steps: int = 20, log_every: int = 50,
-                 distributed: bool | None = None):
+                 distributed: bool | None = None, log_batch_data: bool = False,
+                 batch_format_index: int | None = None):
         if isinstance(sift_config, dict):
             sift_config = RelativeProbabilisticSiftConfig(**sift_config)
         if not isinstance(sift_config, RelativeProbabilisticSiftConfig):
@@ -83,13 +94,23 @@ class SiftingDataloader:
         if batch_transforms is not None and not (hasattr(batch_transforms, "transform")
                                                  and hasattr(batch_transforms, "reverse_transform")):
             raise ScilmError("batch_transforms needs transform() and reverse_transform() methods")
+        if batch_format_index not in (None, 0, 1) or isinstance(batch_format_index, bool):
+            raise ScilmError(f"batch_format_index must be 0 (batch[i] is sample i), 1 (batch[j][i]: field j of "
+                             f"sample i) or None, got {batch_format_index!r}")
+        if batch_format_index is not None and batch_transforms is not None:
+            raise ScilmError("give batch_transforms or batch_format_index, not both")
+        if not isinstance(log_batch_data, bool):
+            raise ScilmError(f"log_batch_data must be True or False, got {log_batch_data!r}")
         if on_no_gain not in ON_NO_GAIN:
             raise ScilmError(f"on_no_gain must be one of {', '.join(ON_NO_GAIN)}, got {on_no_gain!r}")
         self.sift_config = sift_config
         self.orig_dataloader = orig_dataloader
         self.loss_impl = loss_impl
         self.model = model
-        self.batch_transforms = batch_transforms or BatchTransform()
+        if batch_transforms is None:
+            batch_transforms = SampleListTransform() if batch_format_index == 0 else BatchTransform()
+        self.batch_transforms = batch_transforms
+        self.log_batch_data = log_batch_data
         self.pad_values = dict(pad_values or {})
         self._autocast = _autocast_dtype(precision)
         self.on_no_gain = on_no_gain
@@ -188,8 +209,11 @@ class SiftingDataloader:
             n = batch_size(batch)
             self._batch_size = self._batch_size or n
             started = time.perf_counter()
-            keep = self._select(self._score(batch, raw, n))
+            losses = self._score(batch, raw, n)
+            keep = self._select(losses)
             c["scoring_seconds"] += time.perf_counter() - started
+            if self.log_batch_data:
+                self._log_batch(losses, keep)
             index = keep.nonzero().reshape(-1)
             if index.numel():
                 self._buffer.append(take(batch, index, n))
@@ -224,6 +248,13 @@ class SiftingDataloader:
         c["read_in_epoch"] += sum(part.numel() for part in parts)
         c["samples_kept"] += sum(int(part.sum()) for part in parts)
         return keep
+
+    def _log_batch(self, losses: torch.Tensor, keep: torch.Tensor) -> None:
+        kept = keep.nonzero().reshape(-1).tolist()
+        sifted = (~keep).nonzero().reshape(-1).tolist()
+        values = ", ".join(f"{x:.4g}" for x in losses.detach().float().cpu().tolist())
+        logger.info("sifting batch %d (raw batch %d of the epoch): losses [%s]; kept %s; sifted out %s",
+                    int(self._counts["step"]), int(self._counts["raw_in_epoch"]), values, kept, sifted)
 
     def _count(self, raw: Any) -> int:
         try:
@@ -331,7 +362,11 @@ class SiftingDataloader:
 
     def state_dict(self) -> dict:
         """Everything that decides future selections: history, RNG, counters, pending samples."""
-        buffer = [dict(b) if isinstance(b, Mapping) else b for b in self._buffer]  # plain types: weights_only load
+        if self._buffer and isinstance(self._buffer[0], SiftingBatch):
+            # a SiftingBatch is the user's class: store its samples in the loader's own batch form
+            buffer = {"reverse_transformed": self.batch_transforms.reverse_transform(concat(self._buffer))}
+        else:  # plain types: weights_only load
+            buffer = [dict(b) if isinstance(b, Mapping) else b for b in self._buffer]
         return {"history": self.history.state_dict(), "rng": self.generator.get_state(),
                 "counts": dict(self._counts), "buffer": buffer,
                 "pending": list(self._pending), "world_size": self._world,
@@ -352,7 +387,10 @@ class SiftingDataloader:
         if int(state.get("world_size", 1)) != self._world:
             raise ScilmError(f"sifting state saved by {state.get('world_size', 1)} processes cannot resume in "
                              f"{self._world}; resume with the same number of processes")
-        self._buffer, self._pending = list(state["buffer"]), list(state["pending"])
+        buffer = state["buffer"]
+        if isinstance(buffer, dict) and set(buffer) == {"reverse_transformed"}:
+            buffer = [self.batch_transforms.transform(buffer["reverse_transformed"])]
+        self._buffer, self._pending = list(buffer), list(state["pending"])
         if state.get("loss_rng") is not None and isinstance(getattr(self.loss_impl, "generator", None), torch.Generator):
             self.loss_impl.generator.set_state(state["loss_rng"])
         self._batch_size = state["batch_size"]

@@ -1,0 +1,485 @@
+"""scilm serve under abuse (issue 12, items 7-13): compute budget, idle connections, CPU work off the
+event loop, uncaught errors, SIGTERM under load, browser-reachable server, HEAD /health.
+
+Everything runs on loopback against tiny random models; load tests are bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+
+from scilm.serving.abuse import _wait_for_depth, cage_smiles
+from scilm.serving.batching import Control, MicroBatcher, QueueFull, ShuttingDown, TimeLimit
+from scilm.serving.bounds import ServerLimits
+from scilm.serving.local import server_process, server_thread
+from scilm.serving.models import load_served_model
+from scilm.serving.server import allowed_hosts, create_app, host_name
+from test_serving import PROTEIN, classifier_dir, t5_dir  # noqa: F401  (module fixtures)
+
+PROMPT = "Caption the following SMILES: CCO"
+LONG = {"num_beams": 10, "max_new_tokens": 512, "min_new_tokens": 512}  # minutes on this machine, uncut
+@pytest.fixture(scope="module")
+def t5(t5_dir):  # noqa: F811
+    return load_served_model(t5_dir)
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_dir):  # noqa: F811
+    return load_served_model(classifier_dir)
+
+
+def metric(base: str, name: str) -> float:
+    import re
+
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", httpx.get(f"{base}/metrics").text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+class HealthProbe:
+    """GET /health on a fresh connection every ``every`` seconds in a thread; latencies in seconds."""
+
+    def __init__(self, base: str, every: float = 0.05):
+        self.base, self.every, self.latencies, self.failures = base, every, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            try:
+                status = httpx.get(f"{self.base}/health", timeout=10).status_code
+                if status != 200:
+                    self.failures.append(status)
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+            self.latencies.append(time.perf_counter() - start)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(15)
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies)
+
+
+# -- 7. compute budget, max_time, abandoned work ---------------------------------------------------
+
+def test_request_cost_is_priced_and_over_budget_is_422(t5):
+    """Cost = source tokens + max(num_beams, num_return_sequences) x max_new_tokens per input, priced exactly."""
+    tokens = len(t5.tokenizer(PROMPT)["input_ids"])
+    cost = 2 * (tokens + 3 * 7)  # two inputs, 3 beams, 7 new tokens
+    body = {"inputs": [PROMPT, PROMPT], "parameters": {"num_beams": 3, "max_new_tokens": 7}}
+    with server_thread(create_app(t5, limits=ServerLimits(max_request_cost=cost))) as base:
+        assert httpx.post(f"{base}/predict", json=body, timeout=60).status_code == 200  # exactly at the budget
+        over = httpx.post(f"{base}/predict", json={**body, "parameters": {"num_beams": 3, "max_new_tokens": 8}})
+        assert over.status_code == 422, over.text
+        error = over.json()["error"]
+        assert f"{cost + 6} token-steps" in error and "parameters.num_beams" in error and "max_new_tokens" in error
+        assert httpx.get(f"{base}/info").json()["max_request_cost"] == cost
+    with server_thread(create_app(t5)) as base:  # the issue's request: 64 inputs x 10 beams x 512 tokens
+        started = time.perf_counter()
+        monster = httpx.post(f"{base}/predict", json={"inputs": ["CCO"] * 64, "parameters": LONG}, timeout=30)
+        assert monster.status_code == 422
+        assert "over this server's per-request budget of 8,192" in monster.json()["error"]
+        assert time.perf_counter() - started < 5  # refused up front, not after minutes of work
+
+
+def test_max_time_stops_generation_and_answers_503(t5):
+    """A model call past max_batch_seconds stops at its next step; its text is never returned cut short."""
+    from scilm.serving.schema import GenerationParameters
+
+    plan = GenerationParameters(**LONG).plan()
+    source = t5.prepare(_payload([PROMPT], LONG))[1][0]
+    started = time.perf_counter()
+    with pytest.raises(TimeLimit, match="time limit of 0.5 s"):
+        t5.run_batch(plan, [source], Control(1, 0.5))
+    assert time.perf_counter() - started < 5
+    limits = ServerLimits(max_batch_seconds=1.0, max_request_cost=10**6)
+    with server_thread(create_app(t5, limits=limits)) as base, HealthProbe(base) as probe:
+        started = time.perf_counter()
+        response = httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": LONG}, timeout=60)
+        assert response.status_code == 503 and "time limit of 1 s" in response.json()["error"]
+        assert int(response.headers["Retry-After"]) >= 1
+        assert time.perf_counter() - started < 8
+    assert not probe.failures and probe.worst < 2
+
+
+def _payload(inputs, parameters):
+    from scilm.serving.schema import GenerationParameters, parse_payload
+
+    return parse_payload({"inputs": inputs, "parameters": parameters}, 64, GenerationParameters)
+
+
+def test_abandoned_requests_are_dropped_and_stop_generation(t5):
+    """A client that leaves: its queued inputs never run, and a running generate stops at its next step."""
+    limits = ServerLimits(max_request_cost=10**6, max_batch_seconds=120)
+    with server_thread(create_app(t5, limits=limits, max_wait_ms=0)) as base:
+        def leave(parameters, after):
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": parameters}, timeout=after)
+
+        running = threading.Thread(target=leave, args=(LONG, 2.0))
+        running.start()
+        time.sleep(0.5)
+        queued = {**LONG, "num_beams": 9}  # another group: waits behind the running call
+        leave(queued, 0.5)
+        running.join()
+        started = time.perf_counter()
+        quick = httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 2}}, timeout=60)
+        waited = time.perf_counter() - started
+        assert quick.status_code == 200
+        assert waited < 10, f"the abandoned work was not stopped ({waited:.1f} s)"  # uncut: minutes
+        assert metric(base, "scilm_inputs_total") == 2  # the running one (stopped) and the quick one, not the queued
+        assert metric(base, "scilm_queue_depth") == 0
+
+
+def test_retry_after_follows_the_measured_rate_and_server_budget():
+    """Retry-After = pending cost / measured cost per second; over the server budget is QueueFull."""
+    def run_batch(group, values, control):
+        time.sleep(sum(values) / 1000)  # the fake model does 1,000 cost units per second
+        return values
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_wait_ms=0, max_batch_cost=500, max_pending_cost=2000)
+        batcher.start()
+        assert batcher.retry_after(1000) == 60 * 2  # nothing measured yet: two batches at their time limit
+        await batcher.submit([200, 200], costs=[200, 200])
+        assert 600 < batcher.rate <= 1000
+        first = asyncio.ensure_future(batcher.submit([500, 500, 500], costs=[500, 500, 500]))
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull, match="compute budget full"):
+            await batcher.submit([600], costs=[600])
+        wait = batcher.retry_after()
+        assert math.ceil(batcher.pending_cost / batcher.rate) == wait and 1 <= wait <= 3
+        await first
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+# -- 8. idle and half-sent connections -----------------------------------------------------------
+
+def _half_sent(base: str, n: int) -> list[socket.socket]:
+    host, port = base.removeprefix("http://").split(":")
+    sockets = []
+    for _ in range(n):
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Len")  # and nothing more
+        sockets.append(sock)
+    return sockets
+
+
+def test_a_thousand_half_sent_requests_do_not_lock_out_health(classifier):
+    app = create_app(classifier)
+    with server_thread(app) as base:
+        sockets = _half_sent(base, 1000)
+        try:
+            with HealthProbe(base, every=0.02) as probe:
+                time.sleep(1.0)
+                assert httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30).status_code == 200
+            assert len(probe.latencies) >= 5 and not probe.failures, probe.failures[:3]
+            assert probe.worst < 1.0
+            assert httpx.head(f"{base}/health").status_code == 200
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_slow_headers_and_slow_bodies_are_cut(classifier):
+    limits = ServerLimits(header_timeout=1.0, body_timeout=1.0)
+    with server_thread(create_app(classifier, limits=limits)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:  # slowloris: a byte every 0.2 s
+            started, closed = time.perf_counter(), False
+            for byte in b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"a" * 40:
+                try:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.2)
+                except OSError:
+                    closed = True
+                    break
+            if not closed:
+                sock.settimeout(3)
+                closed = sock.recv(100) == b""
+            assert closed and time.perf_counter() - started < 4
+        with socket.create_connection((host, int(port)), timeout=10) as sock:  # headers complete, body never
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"inputs\"")
+            started = time.perf_counter()
+            head = sock.recv(4096)
+            assert head.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in head
+            assert time.perf_counter() - started < 3
+
+
+def test_per_client_cap_evicts_idle_connections_first(classifier):
+    limits = ServerLimits(per_client_connections=4)
+    app = create_app(classifier, limits=limits)
+    with server_thread(app) as base:
+        sockets = _half_sent(base, 10)
+        try:
+            time.sleep(0.3)
+            closed = 0
+            for sock in sockets:
+                sock.settimeout(0.5)
+                try:
+                    closed += sock.recv(10) == b""
+                except (TimeoutError, socket.timeout):
+                    pass
+                except ConnectionResetError:
+                    closed += 1
+            assert closed == 6  # the six oldest made room; four stay open
+            assert httpx.get(f"{base}/health").status_code == 200  # and one more still gets in
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+# -- 9. CPU work off the event loop --------------------------------------------------------------
+
+def test_slow_drawing_and_large_bodies_do_not_stall_health(classifier):
+    cage = cage_smiles()
+    limits = ServerLimits(draw_max_chars=10_000, draw_max_atoms=1000, draw_max_rings=1000, draw_seconds=1.0)
+    with server_thread(create_app(classifier, limits=limits)) as base:
+        assert httpx.post(f"{base}/draw", json={"smiles": "CCO"}, timeout=60).status_code == 200  # worker up
+        with HealthProbe(base) as probe:
+            started = time.perf_counter()
+            slow = httpx.post(f"{base}/draw", json={"smiles": cage}, timeout=60)
+            assert slow.status_code == 422 and "over the limit of 1 s" in slow.json()["error"]
+            assert time.perf_counter() - started < 4
+        assert not probe.failures and probe.worst < 0.5, probe.latencies
+        assert httpx.post(f"{base}/draw", json={"smiles": "c1ccccc1"}, timeout=60).status_code == 200  # a new worker
+
+        # each input is checked character by character before its bad last one: ~1M characters per body
+        body = ('{"inputs": [' + ",".join(['"' + "MKTAYI" * 2700 + 'J"'] * 64) + "]}").encode()
+        assert 1_000_000 < len(body) <= 1 << 20
+
+        async def twenty():
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                return await asyncio.gather(*(client.post("/predict", content=body,
+                                                          headers={"content-type": "application/json"})
+                                              for _ in range(20)))
+
+        with HealthProbe(base, every=0.02) as probe:
+            responses = asyncio.run(twenty())
+        assert {r.status_code for r in responses} == {422}
+        assert not probe.failures and statistics.quantiles(probe.latencies, n=100)[98] < 1.0, probe.latencies
+    with server_thread(create_app(classifier)) as base:  # default bounds: refused before any drawing
+        refused = httpx.post(f"{base}/draw", json={"smiles": cage})
+        assert refused.status_code == 422 and "characters is over the limit of 1000" in refused.json()["error"]
+        rings = httpx.post(f"{base}/draw", json={"smiles": cage_smiles(4, 4, 4)})
+        assert rings.status_code == 422 and "rings is over the drawing limit of 40" in rings.json()["error"]
+
+
+def test_drawings_wait_in_a_bounded_list(classifier):
+    cage = cage_smiles(5, 5, 5)
+    limits = ServerLimits(draw_max_chars=10_000, draw_max_atoms=1000, draw_max_rings=1000, draw_seconds=0.3,
+                          draw_waiting=2)
+    with server_thread(create_app(classifier, limits=limits)) as base:
+        async def burst():
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                return await asyncio.gather(*(client.post("/draw", json={"smiles": cage}) for _ in range(6)))
+
+        statuses = sorted(r.status_code for r in asyncio.run(burst()))
+        assert statuses.count(503) >= 3 and set(statuses) <= {200, 422, 503}, statuses
+
+
+# -- 10. uncaught errors ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("smiles, message", [
+    ("C>C>C>C", "three parts, two '>'.*got 4 parts"),
+    ("CC>C>C>C", "got 4 parts"),
+    ("C>>C>C", "got 4 parts"),
+    ("C>>>C", "got 4 parts"),
+    ("C>", "got 2 parts"),
+    ("CC>O", "got 2 parts"),
+])
+def test_draw_reaction_with_wrong_part_count_is_422(t5, smiles, message):
+    import re
+
+    with server_thread(create_app(t5)) as base:
+        response = httpx.post(f"{base}/draw", json={"smiles": smiles}, timeout=60)
+        assert response.status_code == 422 and re.search(message, response.json()["error"]), response.text
+        assert response.json()["error"].startswith("smiles: ")
+
+
+def test_one_new_token_and_generate_cli_max_length_one(t5, t5_dir, run_cli, tmp_path):  # noqa: F811
+    from scilm.inference.generate import decode
+
+    encoded = t5.tokenizer(PROMPT, return_tensors="pt")
+    ids = t5.model.generate(**encoded, max_new_tokens=1, do_sample=False, num_beams=1)[0]
+    assert len(ids) == 2  # start token + exactly one new token
+    want = decode(t5.tokenizer, ids.tolist(), smiles=False)
+    with server_thread(create_app(t5)) as base:
+        for parameters in ({"max_new_tokens": 1}, {"max_length": 2}, {"max_new_tokens": 1, "num_beams": 3}):
+            response = httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": parameters}, timeout=60)
+            assert response.status_code == 200, response.text
+            if "num_beams" not in parameters:
+                assert response.json() == [{"generated_text": want}]
+    out = tmp_path / "out.jsonl"
+    result = run_cli("generate", "--model", t5_dir, "--task", "smiles-to-caption", "--max-length", "1",
+                     "--num-beams", "1", "--out", out, "CCO")
+    assert result.exit_code == 0, result.stderr
+    assert "Traceback" not in result.stderr and out.read_text().count("\n") == 1
+    zero = run_cli("generate", "--model", t5_dir, "--task", "smiles-to-caption", "--max-length", "0", "CCO")
+    assert zero.exit_code == 2 and "--max-length must be at least 1" in zero.stderr
+
+
+# -- 11. SIGTERM under load --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigterm_answers_queued_503_at_once_and_exits_in_bound(t5_dir, tmp_path):  # noqa: F811
+    log = tmp_path / "server.log"
+    seconds = 4.0
+    args = ("--max-batch-seconds", str(seconds), "--max-request-cost", "1000000", "--max-wait-ms", "0")
+    with server_process(t5_dir, args=args, log=log) as (base, process):
+        httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 3}}, timeout=60)
+        results: dict = {}
+
+        def send(name, parameters):
+            try:
+                response = httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": parameters}, timeout=60)
+                results[name] = (response, time.perf_counter())
+            except httpx.HTTPError as exc:
+                results[name] = (exc, time.perf_counter())
+
+        running = {**LONG, "num_beams": 2, "max_new_tokens": 40, "min_new_tokens": 40}  # a few seconds here
+        threads = [threading.Thread(target=send, args=("running", running))]
+        threads += [threading.Thread(target=send, args=(f"queued{i}", {**LONG, "num_beams": 3 + i})) for i in range(4)]
+        threads[0].start()
+        time.sleep(0.5)
+        for thread in threads[1:]:
+            thread.start()
+        _wait_for_depth(base, 5)  # the running input and four queued ones are in the server
+        signalled = time.perf_counter()
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        code = process.wait(timeout=seconds + 10)
+        exited = time.perf_counter() - signalled
+    assert code in (0, -signal.SIGTERM)
+    assert exited < seconds + 5 + 1, f"exit took {exited:.1f} s"
+    for i in range(4):
+        response, at = results[f"queued{i}"]
+        assert isinstance(response, httpx.Response), response
+        assert response.status_code == 503 and response.json()["error_type"] == "overloaded"
+        assert int(response.headers["Retry-After"]) >= 1 and at - signalled < 1.5
+    response, _ = results["running"]
+    assert isinstance(response, httpx.Response) and response.status_code in (200, 503), response
+    if response.status_code == 503:  # it ran into its own time limit: said so, not cut short silently
+        assert "time limit" in response.json()["error"]
+    assert "Traceback" not in log.read_text()
+
+
+def test_close_fails_queued_inputs_at_once_and_lets_the_running_call_finish():
+    started = threading.Event()
+
+    def run_batch(group, values, control):
+        started.set()
+        time.sleep(0.5)
+        return values
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(["a"]))
+        queued = [asyncio.ensure_future(batcher.submit([i])) for i in range(3)]
+        await asyncio.to_thread(started.wait)
+        t0 = time.perf_counter()
+        assert batcher.close() == 3
+        for task in queued:
+            with pytest.raises(ShuttingDown):
+                await task
+        assert time.perf_counter() - t0 < 0.1
+        assert await running == ["a"]
+        with pytest.raises(ShuttingDown):
+            await batcher.submit(["late"])
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+# -- 12. browser-reachable local server ---------------------------------------------------------------
+
+def test_host_origin_and_content_type_are_checked(classifier):
+    with server_thread(create_app(classifier)) as base:
+        before = metric(base, "scilm_inputs_total")
+        port = base.rsplit(":", 1)[1]
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                             None, "application/json; charset=latin-1"):
+            headers = {"content-type": content_type} if content_type else {}
+            response = httpx.post(f"{base}/predict", content=b'{"inputs": "MKT"}', headers=headers)
+            assert response.status_code == 415 and "application/json" in response.json()["error"], content_type
+        # DNS rebinding: the browser reaches 127.0.0.1 but names the attacker's domain in Host
+        for host in (f"rebind.example:{port}", "attacker.test", f"127.0.0.1.nip.io:{port}"):
+            response = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Host": host})
+            assert response.status_code == 400 and "Host header" in response.json()["error"], host
+            assert httpx.get(f"{base}/", headers={"Host": host}).status_code == 400
+        cross = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Origin": "http://evil.example"})
+        assert cross.status_code == 403
+        assert metric(base, "scilm_inputs_total") == before  # nothing above ran the model
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST."):
+            ok = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Host": host,
+                                                                                "Origin": f"http://{host}"})
+            assert ok.status_code == 200, host
+        preflight = httpx.options(f"{base}/predict", headers={"Origin": f"http://localhost:{port}",
+                                                              "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in preflight.headers
+        assert httpx.get(f"{base}/health", headers={"Host": "probe.internal"}).status_code == 200
+    with server_thread(create_app(classifier, hosts=allowed_hosts("127.0.0.1", ["models.lab.example"]))) as base:
+        assert httpx.post(f"{base}/predict", json={"inputs": "MKT"},
+                          headers={"Host": "models.lab.example:443"}).status_code == 200
+
+
+def test_allowed_hosts():
+    assert allowed_hosts("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_hosts("::1", ["Lab.Example."]) == {"localhost", "127.0.0.1", "::1", "lab.example"}
+    assert allowed_hosts("10.1.2.3") == {"10.1.2.3"}
+    assert allowed_hosts("127.0.0.1", ["*"]) is None
+    everywhere = allowed_hosts("0.0.0.0")
+    assert {"localhost", "127.0.0.1", socket.gethostname().lower()} <= everywhere and "evil.example" not in everywhere
+    assert [host_name(h) for h in ("A.b:80", "[::1]:8000", "::1", "x.")] == ["a.b", "::1", "::1", "x"]
+
+
+# -- 13. HEAD /health, lax types -------------------------------------------------------------------------
+
+def test_head_health_and_strict_truncation(classifier, t5):
+    with server_thread(create_app(classifier)) as base:
+        head = httpx.head(f"{base}/health")
+        assert head.status_code == 200 and head.content == b""
+        no = httpx.post(f"{base}/predict", json={"inputs": "MKT", "parameters": {"truncation": "no"}})
+        assert no.status_code == 422 and "parameters.truncation" in no.json()["error"]
+    with server_thread(create_app(t5)) as base:
+        no = httpx.post(f"{base}/predict", json={"inputs": PROMPT, "parameters": {"truncation": "no"}})
+        assert no.status_code == 422 and "parameters.truncation" in no.json()["error"]
+
+
+def test_in_flight_request_cap_spares_the_probes(classifier):
+    """Past max_requests in progress a request gets 503 + Retry-After; /health and /ready still answer."""
+    app = create_app(classifier, max_wait_ms=1500, limits=ServerLimits(max_requests=1))
+    with server_thread(app) as base:
+        first = {}
+        thread = threading.Thread(target=lambda: first.setdefault(
+            "r", httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30)))
+        thread.start()  # waits 1.5 s for its batch to fill: in progress meanwhile
+        time.sleep(0.5)
+        second = httpx.post(f"{base}/predict", json={"inputs": PROTEIN})
+        assert second.status_code == 503 and int(second.headers["Retry-After"]) >= 1
+        assert "requests in progress" in second.json()["error"]
+        assert httpx.get(f"{base}/health").status_code == httpx.get(f"{base}/ready").status_code == 200
+        thread.join(30)
+        assert first["r"].status_code == 200
