@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from peft import TaskType
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import DataCollatorForSeq2Seq, Trainer, set_seed

@@ -38,7 +38,7 @@ from scilm.sifting.distributed import all_reduce
 from scilm.training import checkpoints, rundir
 from scilm.training.callbacks import EvalHistory
 from scilm.training.common import write_json_atomic
-from scilm.training.losses import IGNORE, cross_entropy_sums, count_items
+from scilm.training.losses import IGNORE, count_items, cross_entropy_sums
 from scilm.training.distributed import barrier, is_main_process, rank, world_size
 
 log = logging.getLogger(__name__)
