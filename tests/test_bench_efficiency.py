@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from scilm.bench.efficiency import METHODS, EfficiencySettings, run_efficiency_bench
 
 
+@pytest.mark.slow  # a real process: ~10 s
 def test_efficiency_bench_writes_every_row(tmp_path, tiny_fastas):
     train_fasta, valid_fasta = tiny_fastas
     settings = EfficiencySettings(cost_samples=16, cost_truncate=48, epochs=0.3,

@@ -6,6 +6,8 @@ import dataclasses
 import re
 from importlib import metadata
 
+import pytest
+
 from scilm.training.config import TrainConfig
 
 
@@ -51,6 +53,7 @@ def test_train_options_are_the_config_fields_with_their_defaults(run_cli):
     assert options == {"--config", "--help"} | {"--" + f.name.replace("_", "-") for f in fields}
 
 
+@pytest.mark.slow  # a real process: ~10 s
 def test_a_run_from_the_shipped_model_says_one_plain_line_about_the_new_head(tmp_path):
     """transformers' coloured LOAD REPORT table, its progress bars and absl's INFO lines stay out."""
     import subprocess

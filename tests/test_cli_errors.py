@@ -74,6 +74,7 @@ def test_predict_and_embed_errors(run_cli, tmp_path, good_fasta):
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "e.txt").exists()
 
 
+@pytest.mark.slow  # a real process: ~10 s
 def test_real_process_prints_one_line(tmp_path):
     bad = write_fasta(tmp_path / "bad.fasta", [("P9", "Cytoplasm-S", "MK#")])
     proc = subprocess.run([sys.executable, "-m", "scilm", "train", "--data", str(bad), "--out", str(tmp_path / "o")],

@@ -191,6 +191,7 @@ def garble(path: Path) -> None:
 slow = pytest.mark.slow
 
 
+@slow  # two subprocess runs set it up (~25 s); the unit test below covers the checks in the quick loop
 @pytest.mark.parametrize("damage, file", [
     (truncate, "model.safetensors"),
     pytest.param(truncate, "optimizer.pt", marks=slow),
@@ -214,6 +215,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_newest_intact_one(run_cli, unfin
         assert resumed[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-7), key
 
 
+@slow
 def test_no_intact_checkpoint_is_one_line_and_nothing_is_deleted(run_cli, unfinished, tmp_path, data):
     out = tmp_path / "run"
     shutil.copytree(unfinished, out)
@@ -223,6 +225,30 @@ def test_no_intact_checkpoint_is_one_line_and_nothing_is_deleted(run_cli, unfini
     assert "no intact checkpoint" in line and "checkpoint-8: optimizer.pt missing" in line
     assert (out / "checkpoints" / "checkpoint-4" / "model.safetensors").is_file()
     assert not (out / "metrics.json").exists()
+
+
+def test_markers_record_sizes_and_hashes_and_resume_picks_the_newest_intact(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    for step in (4, 8, 12):
+        path = root / f"checkpoint-{step}"
+        rundir.mark_owned(path)
+        for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json",
+                     checkpoints.SCILM_STATE):
+            (path / name).write_bytes(f"{name} at {step}".encode() * 10)
+        checkpoints.write_marker(path, {"global_step": step})
+    marker = json.loads((root / "checkpoint-12" / checkpoints.MARKER).read_text())
+    assert marker["files"]["optimizer.pt"]["size"] == len(b"optimizer.pt at 12") * 10
+    assert checkpoints.latest_intact(root).name == "checkpoint-12"
+    truncate(root / "checkpoint-12" / "model.safetensors")
+    garble(root / "checkpoint-8" / "trainer_state.json")
+    assert checkpoints.problems(root / "checkpoint-8") == ["trainer_state.json changed since it was saved (hash differs)"]
+    assert checkpoints.latest_intact(root).name == "checkpoint-4"
+    assert "checkpoint-12 is damaged (model.safetensors is 115 bytes, expected 230); resuming from checkpoint-4" \
+        in caplog.text
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4"]  # damaged newer ones were scilm's
+    (root / "checkpoint-4" / "scheduler.pt").unlink()
+    with pytest.raises(Exception, match="no intact checkpoint .*checkpoint-4: scheduler.pt missing"):
+        checkpoints.latest_intact(root)
 
 
 # -- 4. disk full, read-only ------------------------------------------------------------------------

@@ -125,6 +125,7 @@ def run_install(tmp_path: Path, torch_installed: bool) -> tuple[subprocess.Compl
     return done, log.read_text().splitlines() if log.exists() else []
 
 
+@pytest.mark.slow  # a real process: ~10 s
 def test_install_script_with_torch_installs_scilm_only(tmp_path):
     done, pip_calls = run_install(tmp_path, torch_installed=True)
     assert done.returncode == 0, done.stderr

@@ -301,6 +301,7 @@ def test_seq2seq_endpoint_and_draw(t5_dir):
 
 # -- the CLI process: startup, and graceful shutdown with a request in flight -----------------------
 
+@pytest.mark.slow  # a real process: ~10 s
 def test_cli_serve_finishes_in_flight_requests_on_sigterm(classifier_dir, tmp_path):
     log = tmp_path / "server.log"
     with server_process(classifier_dir, args=("--max-wait-ms", "1500"), log=log) as (base, process):

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "sifting"
 
 
-@pytest.mark.parametrize("name", ["plain_pytorch.py", "hf_trainer.py", "lightning.py", "original_api.py"])
+@pytest.mark.parametrize("name", ["plain_pytorch.py", pytest.param("hf_trainer.py", marks=pytest.mark.slow),
+                                  pytest.param("lightning.py", marks=pytest.mark.slow), "original_api.py"])
 def test_example_runs(name):
     done = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
