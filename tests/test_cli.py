@@ -35,7 +35,7 @@ def test_train_options_are_the_config_fields_with_their_defaults(run_cli):
     assert result.exit_code == 0
     text = result.stdout
     blocks = option_blocks(text)
-    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "extra"]
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "extra" and not f.metadata.get("internal")]
     for field in fields:
         flag = "--" + field.name.replace("_", "-")
         line = blocks.get(flag)

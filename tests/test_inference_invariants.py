@@ -331,6 +331,11 @@ def test_settings_that_would_be_ignored_are_errors(run_cli, tmp_path, tiny_fasta
         (["--data", tiny_fastas[0], "--valid", tiny_fastas[1], "--valid-fraction", "0.3"], "nothing to split"),
         (["--data", jsonl, "--model", "t5-tiny", "--task", "localization"], "--task: for protein data, not JSONL"),
         (["--data", jsonl, "--model", "t5-tiny", "--truncate", "100"], "--truncate: for protein data, not JSONL"),
+        # given explicitly at their default values, they are still not silently ignored
+        (["--data", tiny_fastas[0], "--label-column", "Membrane"], "--label-column name table columns"),
+        (["--data", tiny_fastas[0], "--valid", tiny_fastas[1], "--valid-fraction", "0.2"], "nothing to split"),
+        (["--data", jsonl, "--model", "t5-tiny", "--truncate", "1022"], "--truncate: for protein data, not JSONL"),
+        (["--data", jsonl, "--model", "t5-tiny", "--task", "membrane"], "--task: for protein data, not JSONL"),
     ]
     for args, message in cases:
         result = run_cli("train", *args, "--out", tmp_path / "run")

@@ -57,7 +57,7 @@ def _train_signature() -> inspect.Signature:
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                 default=Opt(None, help="YAML file of settings (the same names); options given here win."))]
     for field in dataclasses.fields(TrainConfig):
-        if field.name == "extra":
+        if field.name == "extra" or field.metadata.get("internal"):
             continue
         base = next(a for a in (typing.get_args(hints[field.name]) or (hints[field.name],)) if a is not type(None))
         flag = "--" + field.name.replace("_", "-")

@@ -47,12 +47,19 @@ SEQ2SEQ_ONLY = ("max_source_length", "max_target_length", "tokenizer_vocab_size"
 
 def check_settings(config: TrainConfig) -> None:
     """No setting is silently ignored: seq2seq-only ones, or --valid-fraction beside --valid / --split-column."""
-    defaults = TrainConfig()
-    given = [name for name in SEQ2SEQ_ONLY if getattr(config, name) != getattr(defaults, name)]
+    given = [name for name in SEQ2SEQ_ONLY if config.is_set(name)]
     if given:
         raise ScilmError(f"{', '.join('--' + n.replace('_', '-') for n in given)}: for Text+Chem JSONL "
                          "(seq2seq), not protein classification")
-    if config.valid_fraction != defaults.valid_fraction and (config.valid or config.split_column):
+    from scilm.data.textio import data_suffix
+
+    fasta = [path for path in (config.data, config.valid) if path and data_suffix(path) in pdata.FASTA_SUFFIXES]
+    table_only = [f"--{name.replace('_', '-')}" for name in ("sequence_column", "label_column", "id_column",
+                                                            "split_column") if config.is_set(name)]
+    if fasta and table_only:  # even at their default values: the user meant something FASTA cannot do
+        raise ScilmError(f"{fasta[0]}: {', '.join(table_only)} name table columns, but this is a FASTA file "
+                         "(its id is the header's first word, its label the DeepLoc header code)")
+    if config.is_set("valid_fraction") and (config.valid or config.split_column):
         raise ScilmError("--valid-fraction splits --data; with --valid or --split-column there is nothing to split")
 
 

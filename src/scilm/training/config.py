@@ -91,6 +91,15 @@ class TrainConfig:
     # -- logging
     progress: bool = setting(True, 'Progress bar.')
     extra: dict[str, Any] = field(default_factory=dict)  # reserved for recipe-specific settings
+    # names set explicitly (YAML or command line); None: unknown (built in code), compare with defaults
+    given: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
+
+    def is_set(self, name: str) -> bool:
+        """Was setting ``name`` given (by YAML or a flag), even at its default value? Without a record of
+        what was given (a TrainConfig built in code), a value other than the default counts."""
+        if self.given is not None:
+            return name in self.given
+        return getattr(self, name) != getattr(TrainConfig(), name)
 
     @property
     def resolved_lr(self) -> float:
@@ -161,6 +170,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data.pop("given")
         data["lr"] = self.resolved_lr
         return data
 
@@ -199,7 +209,7 @@ def _schema():
     from pydantic import ConfigDict, create_model
 
     hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name: (hints[f.name], None) for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: (hints[f.name], None) for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal")}
     return create_model("TrainConfigSchema", __config__=ConfigDict(strict=True, allow_inf_nan=False,
                                                                     extra="forbid"), **fields), hints
 
@@ -258,4 +268,4 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConf
                                    for key, value in loaded.items()}, where))
     values.update({key: value for key, value in overrides.items() if value is not None})
     values = check_types(values)
-    return TrainConfig(**values).validate()
+    return TrainConfig(**values, given=frozenset(values)).validate()

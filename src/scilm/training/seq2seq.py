@@ -70,15 +70,11 @@ def check_settings(config: TrainConfig) -> None:
         raise ScilmError(f"--model {config.model} is a protein model; JSONL trains a seq2seq model: "
                          "--model t5-tiny, a T5 directory or a hub id such as "
                          "GT4SD/multitask-text-and-chemistry-t5-small-augm")
-    defaults = TrainConfig()
-    protein_only = {"--split-column": config.split_column, "--class-weights": config.class_weights,
-                    "--min-length": config.min_length, "--max-length": config.max_length,
-                    "--id-column": config.id_column, "--drop-missing-labels": config.drop_missing_labels,
-                    **{f"--{name.replace('_', '-')}": getattr(config, name) != getattr(defaults, name)
-                       for name in ("task", "sequence_column", "label_column", "truncate")}}
-    if config.valid and config.valid_fraction != defaults.valid_fraction:
+    protein_only = ("split_column", "valid_split", "class_weights", "min_length", "max_length", "id_column",
+                    "drop_missing_labels", "task", "sequence_column", "label_column", "truncate")
+    if config.valid and config.is_set("valid_fraction"):
         raise ScilmError("--valid-fraction splits --data; with --valid there is nothing to split")
-    given = [flag for flag, value in protein_only.items() if value]
+    given = [f"--{name.replace('_', '-')}" for name in protein_only if config.is_set(name)]
     if given:  # the original silently ignored flags it did not use; we say so
         raise ScilmError(f"{', '.join(given)}: for protein data, not JSONL "
                          "(seq2seq lengths: --max-source-length, --max-target-length)")
