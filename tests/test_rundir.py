@@ -333,3 +333,32 @@ def test_yaml_numbers_read_as_yaml_1_2_does(tmp_path):
                                "valid_split": 4}
     config = load_config(path, {})
     assert (config.lr, config.warmup_ratio, config.valid_split) == (1e-4, 0.05, "4")
+
+
+# -- outputs of the other commands ------------------------------------------------------------------
+
+def test_outputs_never_replace_an_input_or_a_directory(run_cli, tmp_path, tiny_fastas):
+    data = tmp_path / "in.fasta"
+    data.write_bytes(tiny_fastas[1].read_bytes())
+    before = data.read_bytes()
+    for command, out in (("predict", data), ("embed", tmp_path / "in.npy"), ("predict", tmp_path)):
+        model = "esm2-tiny-mlm"  # never loaded: the output is checked before any work
+        if command == "embed" and out.suffix == ".npy":
+            (tmp_path / "in.ids.txt").symlink_to(data)  # the ids file beside it would be the input
+        result = run_cli(command, "--model", model, "--data", data, "--out", out)
+        line = one_line_error(result)
+        assert ("is also an input of this command" in line) or ("is a directory" in line), line
+    assert data.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_atomic_output_leaves_the_old_file_when_the_write_fails(tmp_path):
+    from scilm.io import atomic_output
+
+    out = tmp_path / "preds.csv"
+    out.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_output(out) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["preds.csv"]

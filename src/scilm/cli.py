@@ -112,11 +112,14 @@ def predict(
     from scilm.inference import predict_proteins, write_predictions
     from scilm.models.protein import load_trained_classifier
 
+    from scilm.io import check_output
+
+    check_output(out, [data])  # before any work: not a directory, not the input itself
     records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_trained_classifier(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
     probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    write_predictions(records, probabilities, out)
+    write_predictions(records, probabilities, out, inputs=(data,))
     typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
 
 
@@ -157,13 +160,18 @@ def embed(
     from scilm.inference.embed import EMBEDDING_SUFFIXES
     from scilm.models.protein import load_protein_encoder
 
+    from scilm.io import check_output
+
     if out.suffix.lower() not in EMBEDDING_SUFFIXES:
         raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
+    check_output(out, [data])
+    if out.suffix.lower() == ".npy":
+        check_output(out.with_suffix(".ids.txt"), [data])
     records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_protein_encoder(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
     embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    written = write_embeddings([r.id for r in records], embeddings, out)
+    written = write_embeddings([r.id for r in records], embeddings, out, inputs=(data,))
     typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
                f"{', '.join(map(str, written))}{cut}")
 
@@ -356,7 +364,7 @@ def main() -> None:
     try:
         app()
     except OSError as exc:  # disk full, read-only or forbidden paths: the user can act on these
-        from scilm.training.rundir import USER_OS_ERRORS, describe_os_error
+        from scilm.io import USER_OS_ERRORS, describe_os_error
 
         if exc.errno not in USER_OS_ERRORS:
             raise

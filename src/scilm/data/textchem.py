@@ -18,6 +18,7 @@ from pathlib import Path
 
 from scilm.data.textio import open_text
 from scilm.errors import ScilmError
+from scilm.io import write_jsonl_atomic
 
 PROMPTS = {
     "forward-prediction": "Predict the product of the following reaction:",
@@ -90,17 +91,9 @@ def read_jsonl(path: str | Path, require_task: bool = True) -> list[TextChemExam
     return examples
 
 
-def write_jsonl(path: str | Path, examples: list[TextChemExample]) -> Path:
-    """Write ``source``/``target`` lines atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for example in examples:
-            handle.write(json.dumps({"source": example.source, "target": example.target},
-                                    ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+def write_jsonl(path: str | Path, examples: list[TextChemExample], inputs: tuple = ()) -> Path:
+    """Write ``source``/``target`` lines whole or not at all (:func:`scilm.io.write_jsonl_atomic`)."""
+    return write_jsonl_atomic(path, ({"source": e.source, "target": e.target} for e in examples), inputs)
 
 
 @dataclass
@@ -254,7 +247,8 @@ def convert_textchem(out_dir: str | Path, *, chebi20: str | Path | None = None,
     examples = [e for found, _ in results for e in found]
     splits = split_examples(examples, valid_fraction, test_fraction, seed)
     out_dir = Path(out_dir)
-    files = {name: str(write_jsonl(out_dir / f"{name}.jsonl", part)) for name, part in splits.items()}
+    sources = (chebi20, *(uspto or ()), *(paragraph2actions or ()))
+    files = {name: str(write_jsonl(out_dir / f"{name}.jsonl", part, sources)) for name, part in splits.items()}
     return {
         "inputs": [summary.to_dict() for _, summary in results],
         "examples": len(examples),

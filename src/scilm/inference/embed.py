@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 
 from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.io import atomic_output
 from scilm.models.protein import max_residues, truncate_sequences
 
 log = logging.getLogger(__name__)
@@ -47,28 +48,30 @@ def embed_proteins(
     return out
 
 
-def write_embeddings(ids: list[str], embeddings: np.ndarray, out: Path) -> list[Path]:
-    """``.npy`` (+ ``.ids.txt`` beside it), ``.npz`` (ids, embeddings) or ``.parquet`` (id, embedding)."""
+def write_embeddings(ids: list[str], embeddings: np.ndarray, out: Path, inputs: tuple = ()) -> list[Path]:
+    """``.npy`` (+ ``.ids.txt`` beside it), ``.npz`` (ids, embeddings) or ``.parquet`` (id, embedding).
+
+    ``embeddings`` is (N, H) float32 with ``ids`` (N,). Each file is written whole or not at all;
+    for ``.npy`` both files are complete before either replaces an old one, and the ids go last.
+    Raises ScilmError for another suffix, a directory, or an output that is one of ``inputs``.
+    """
     suffix = out.suffix.lower()
     if suffix not in EMBEDDING_SUFFIXES:
         raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{suffix}")
     written = [out]
-    if suffix == ".npy":
-        np.save(tmp, embeddings)
-        ids_path = out.with_suffix(".ids.txt")
-        ids_tmp = ids_path.with_name(f".{ids_path.name}.tmp-{os.getpid()}")
-        ids_tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-        os.replace(ids_tmp, ids_path)
-        written.append(ids_path)
-    elif suffix == ".npz":
-        np.savez(tmp, ids=np.array(ids), embeddings=embeddings)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_output(out, inputs))
+        if suffix == ".npy":
+            ids_path = out.with_suffix(".ids.txt")
+            ids_tmp = stack.enter_context(atomic_output(ids_path, inputs))  # replaced after the .npy
+            ids_tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+            np.save(tmp, embeddings)
+            written.append(ids_path)
+        elif suffix == ".npz":
+            np.savez(tmp, ids=np.array(ids), embeddings=embeddings)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        table = pa.table({"id": ids, "embedding": list(embeddings)})
-        pq.write_table(table, tmp)
-    os.replace(tmp, out)
+            pq.write_table(pa.table({"id": ids, "embedding": list(embeddings)}), tmp)
     return written

@@ -29,11 +29,17 @@ import torch
 
 from scilm.chem.evaluate import OTHER, evaluate_predictions, score_examples
 from scilm.chem.smiles import canonical_smiles
-from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, TASKS, TextChemExample, read_jsonl
+from scilm.data.textchem import (
+    MOLECULE_TASKS,
+    PROMPTS,
+    TASKS,
+    TextChemExample,
+    read_jsonl,
+)
 from scilm.errors import ScilmError
 from scilm.inference.batching import length_sorted_batches
 from scilm.models.seq2seq import load_trained_seq2seq
-from scilm.training.common import write_json_atomic
+from scilm.io import check_output, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -141,21 +147,14 @@ def read_inputs(inputs: list[str], input_file: Path | None) -> list[str]:
     return texts
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def generate_command(model: str, task: str, inputs: list[str], input_file: Path | None, num_beams: int,
                      max_length: int, batch_size: int, out: Path | None) -> list[dict]:
     """``scilm generate``: one JSON line per input, to ``out`` (atomically) or stdout."""
     check_task(task)
     texts = read_inputs(inputs, input_file)
     _check_decoding(num_beams, max_length, batch_size)
+    if out is not None:  # before the model loads and generates: a bad --out fails at once
+        check_output(Path(out), [input_file])
     net, tokenizer = load_seq2seq(model)
     outputs = generate_texts(net, tokenizer, task, texts, num_beams, max_length, batch_size)
     records = [output_record(task, text, output) for text, output in zip(texts, outputs)]
@@ -164,7 +163,7 @@ def generate_command(model: str, task: str, inputs: list[str], input_file: Path 
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     else:
-        write_jsonl_atomic(Path(out), records)
+        write_jsonl_atomic(Path(out), records, [input_file])
         print(f"wrote {len(records)} records to {out}", file=sys.stderr)
     return records
 
@@ -186,6 +185,9 @@ def evaluate_command(model: str, data: Path, out: Path, predictions: Path | None
                      max_length: int, batch_size: int) -> dict[str, Any]:
     """``scilm evaluate``: generate for every example, score per task, write metrics and predictions."""
     _check_decoding(num_beams, max_length, batch_size)
+    out = check_output(Path(out), [data])
+    predictions = Path(predictions) if predictions else out.with_name(f"{out.stem}.predictions.jsonl")
+    check_output(predictions, [data, out], option="--predictions")
     examples = read_jsonl(data, require_task=False)
     unknown = sum(e.task is None for e in examples)
     if unknown:
@@ -195,9 +197,7 @@ def evaluate_command(model: str, data: Path, out: Path, predictions: Path | None
     started = time.perf_counter()
     predicted = predict_examples(net, tokenizer, examples, num_beams, max_length, batch_size)
     runtime = time.perf_counter() - started
-    out = Path(out)
-    predictions = Path(predictions) if predictions else out.with_name(f"{out.stem}.predictions.jsonl")
-    write_jsonl_atomic(predictions, score_examples(examples, predicted))
+    write_jsonl_atomic(predictions, score_examples(examples, predicted), [data])
     metrics = {"model": str(model), "data": str(data), "n": len(examples), "num_beams": num_beams,
                "max_length": max_length, "generation_seconds": runtime, "predictions": str(predictions),
                "tasks": evaluate_predictions(examples, predicted)}

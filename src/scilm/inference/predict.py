@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from scilm.data.protein import ProteinRecord
 from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.io import atomic_output
 from scilm.models.protein import max_residues, truncate_sequences
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,17 @@ def predict_proteins(
     return results
 
 
-def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str, float]], out: Path) -> None:
-    """CSV: id, predicted_label, probability per class (``prob_<label>``), written atomically.
+def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str, float]], out: Path,
+                      inputs: tuple = ()) -> None:
+    """CSV: id, predicted_label, probability per class (``prob_<label>``), written whole or not at all.
 
-    One row per record, in input order: a repeated id gets one row per occurrence.
+    One row per record, in input order: a repeated id gets one row per occurrence. Raises
+    ScilmError when ``out`` is a directory or one of ``inputs`` (see :func:`scilm.io.atomic_output`).
     """
     labels = list(probabilities[0]) if probabilities else []
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_output(out, inputs) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "predicted_label", *[f"prob_{label}" for label in labels]])
         for record, probs in zip(records, probabilities, strict=True):
             best = max(probs, key=probs.get)
             writer.writerow([record.id, best, *[f"{probs[label]:.6f}" for label in labels]])
-    os.replace(tmp, out)

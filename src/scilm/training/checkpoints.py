@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scilm.errors import ScilmError
+from scilm.io import write_json_atomic
 from scilm.training.rundir import is_owned, remove_owned
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,6 @@ def _fsync_dir(path: Path) -> None:
 
 def write_marker(path: Path, info: dict[str, Any]) -> None:
     """Flush the checkpoint, then atomically add its ``COMPLETE`` marker."""
-    from scilm.training.common import write_json_atomic  # common imports this module
-
     fsync_tree(path)
     write_json_atomic(path / MARKER, {**info, "files": manifest(path)})
     _fsync_dir(path)

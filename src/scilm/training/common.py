@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -19,6 +17,7 @@ from transformers import TrainingArguments
 
 from scilm.data.textio import read_json
 from scilm.errors import ScilmError
+from scilm.io import replace_dir_atomic, write_json_atomic  # noqa: F401 (re-exported)
 from scilm.training import checkpoints, rundir
 from scilm.training.config import TrainConfig
 from scilm.training.distributed import is_main_process, world_size
@@ -296,30 +295,3 @@ def library_versions() -> dict[str, str]:
     versions["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     versions["cpu_threads"] = str(torch.get_num_threads())
     return versions
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` so that ``path`` holds either the old file or the whole new one, never half.
-
-    The new file is flushed to disk before it replaces the old one (a crash right after the
-    rename still finds it whole).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when the write failed (e.g. disk full)
-
-
-def replace_dir_atomic(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place; an older one is removed only after the swap."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)

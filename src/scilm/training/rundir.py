@@ -29,39 +29,16 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
 
 from scilm.errors import ScilmError
+from scilm.io import USER_OS_ERRORS, describe_os_error, write_json_atomic, writing  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 OWNER_FILE = ".scilm-run.json"  # in --out: scilm created (or was allowed to adopt) this directory
 OWNED = ".scilm-owned"  # in a checkpoint directory: scilm created it
 LOCK_FILE = ".scilm.lock"
-# Errors a user can act on (space, permissions, read-only mounts): one line, not a traceback.
-USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
-
 _held: dict[Path, int] = {}  # lock path -> open file descriptor holding the flock
-
-
-def describe_os_error(exc: OSError, what: str = "cannot write") -> str:
-    """``'<path>: cannot write (No space left on device)'`` from an OSError."""
-    where = exc.filename or "--out"
-    return f"{where}: {what} ({exc.strerror or exc})"
-
-
-@contextlib.contextmanager
-def writing(what: str) -> Iterator[None]:
-    """Turn an OSError the user can act on (disk full, read-only, permissions) into a ScilmError.
-
-    ``what`` completes the message, e.g. ``"cannot write checkpoint-20; earlier checkpoints are intact"``.
-    """
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in USER_OS_ERRORS:
-            raise
-        raise ScilmError(describe_os_error(exc, what)) from None
 
 
 def is_owned_run(out: Path) -> bool:
@@ -95,8 +72,6 @@ def claim(out: Path, overwrite: bool) -> None:
     with writing("cannot create the run directory"):
         out.mkdir(parents=True, exist_ok=True)
         if not is_owned_run(out):
-            from scilm.training.common import write_json_atomic
-
             write_json_atomic(out / OWNER_FILE, {"created_by": "scilm", "created_at": time.time()})
 
 
@@ -204,6 +179,3 @@ def remove_owned(path: Path) -> bool:
     return True
 
 
-def remove_dir_if_empty(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.rmdir()

@@ -33,11 +33,11 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from scilm.errors import ScilmError
+from scilm.io import write_json_atomic
 from scilm.models.loading import quiet_transformers
 from scilm.sifting.distributed import all_reduce
 from scilm.training import checkpoints, rundir
 from scilm.training.callbacks import EvalHistory
-from scilm.training.common import write_json_atomic
 from scilm.training.losses import IGNORE, count_items, cross_entropy_sums
 from scilm.training.distributed import barrier, is_main_process, rank, world_size
 
