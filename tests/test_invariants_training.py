@@ -482,3 +482,42 @@ def test_pinned_early_losses_of_the_demo_config(tmp_path, monkeypatch):
     losses = [row["loss"] for row in trainers[-1].state.log_history if "loss" in row][:5]
     print("first five losses:", losses)
     assert losses == pytest.approx(PINNED_DEMO_LOSSES, abs=1e-4)
+
+
+def test_a_skipped_micro_batch_leaves_the_mean_over_the_rest_of_its_window(recorder, proteins, tmp_path,
+                                                                             monkeypatch):
+    """--skip-nonfinite with accumulation: the step's gradient is the mean over the window's remaining
+    items, exactly what the good micro-batch alone gives (not scaled down by the skipped batch's items)."""
+    from transformers import Trainer
+
+    after_rescale: dict[int, dict[str, torch.Tensor]] = {}
+    base_clip = Trainer._clip_grad_norm
+
+    def record_after_rescale(self, model):  # ScilmTrainer rescales, then calls this
+        after_rescale[self.state.global_step + 1] = {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        return base_clip(self, model)
+
+    original = ScilmTrainer.batch_loss
+    calls = {"n": 0}
+
+    def poison_second_micro_batch(self, model, inputs, indices):
+        sums, items, outputs = original(self, model, inputs, indices)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 2:  # step 1, micro-batch 2 of 2
+                sums = sums * float("nan")
+        return sums, items, outputs
+
+    monkeypatch.setattr(Trainer, "_clip_grad_norm", record_after_rescale)
+    monkeypatch.setattr(ScilmTrainer, "batch_loss", poison_second_micro_batch)
+    run = classifier_run(recorder, proteins, tmp_path / "skip", 2, 2, skip_nonfinite=True, max_steps=1)
+    assert run.metrics["nonfinite_batches_skipped"] == 1
+    good = run.windows[1][0]  # the first micro-batch of the window, the one kept
+    model = model_at_start(run).train()
+    model.zero_grad()
+    logits = model(input_ids=good["input_ids"], attention_mask=good["attention_mask"]).logits
+    torch.nn.functional.cross_entropy(logits.float(), good["labels"]).backward()
+    expected = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    got = {n: g for n, g in after_rescale[1].items() if n in expected}
+    assert_same_tensors(got, expected, "gradient after a skipped micro-batch")

@@ -84,6 +84,16 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
+class _RescaleSkipped(TrainerCallback):
+    """Without gradient clipping (``max_grad_norm`` 0) the rescale after a skipped batch runs here."""
+
+    def __init__(self, trainer: "ScilmTrainer"):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._rescale_for_skipped(self.trainer.model)  # no-op if clipping already did it
+
+
 class _StopOnSignal(TrainerCallback):
     """After a step, if any rank got SIGTERM/SIGINT: save, then stop training.
 
@@ -135,6 +145,9 @@ class ScilmTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.item_loss = item_loss or cross_entropy_sums
         self.model_accepts_loss_kwargs = False  # the model never gets num_items_in_batch: we normalise
+        if not hasattr(Trainer, "loss_is_scaled_for_ga"):  # before 5.19 the Trainer divides by grad_accum again
+            raise ScilmError("this transformers is too old for scilm's loss normalisation under gradient "
+                             "accumulation; pip install 'transformers>=5.19'")
         self._steps_in_epoch: int | None = None
         self._data_ended = False  # the last window fetched met the end of the epoch's data
         self._eval_batch = None
@@ -142,6 +155,7 @@ class ScilmTrainer(Trainer):
         self.keep_checkpoints = keep_checkpoints
         self.sample_names = sample_names
         self.nonfinite_skipped = 0
+        self._window_items, self._skipped_items = 0.0, 0.0  # items of the current window, and of its skipped part
         self.eval_history = EvalHistory(epoch_of=self.data_epochs)
         self.resumed_step = 0  # the checkpoint step this run continued from (0: not resumed)
         self.loss_sum_before = 0.0  # summed step losses of the segments before a resume
@@ -149,6 +163,7 @@ class ScilmTrainer(Trainer):
         self.interrupted_by: str | None = None
         self.add_callback(self.eval_history)
         self.add_callback(_StopOnSignal(self))
+        self.add_callback(_RescaleSkipped(self))
 
     # -- data order ---------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -188,7 +203,24 @@ class ScilmTrainer(Trainer):
             bad = not bool(torch.isfinite(loss.detach()).all())
             if all_reduce([float(bad)], self.args.device, op="max")[0]:  # all ranks stop or skip together
                 loss = self._nonfinite(loss, indices, model, here=bad)
+                # the window's other micro-batches were divided by a count that included these items
+                self._skipped_items += all_reduce([float(items.sum())], self.args.device)[0]
         return (loss, outputs) if return_outputs else loss
+
+    def _rescale_for_skipped(self, model) -> None:
+        """After a skipped (non-finite) micro-batch: the window's gradient is a mean over the items that
+        remain, as if the skipped batch had never been in the window (called before clipping)."""
+        skipped, self._skipped_items = self._skipped_items, 0.0
+        total = float(self._window_items or 0)
+        if skipped and total > skipped:
+            factor = total / (total - skipped)
+            for param in model.parameters():
+                if param.grad is not None:
+                    param.grad.mul_(factor)
+
+    def _clip_grad_norm(self, model):
+        self._rescale_for_skipped(model)
+        return super()._clip_grad_norm(model)
 
     def batch_loss(self, model, inputs, indices):
         """(sums (n,), items (n,), outputs) of one batch: each sample's summed item loss and item count.
@@ -227,6 +259,7 @@ class ScilmTrainer(Trainer):
         items = sum(count_items(batch["labels"]) for batch in batches).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             items = self.accelerator.gather(items.reshape(1)).sum()
+        self._window_items, self._skipped_items = float(items), 0.0
         return batches, items
 
     def set_initial_training_values(self, args, dataloader):
