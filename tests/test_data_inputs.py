@@ -198,10 +198,17 @@ def test_missing_label_is_an_error_naming_the_line_or_dropped_and_counted(tmp_pa
 
 def test_numeric_labels_are_one_class_per_number(tmp_path):
     path = write(tmp_path / "a.csv", "ACC,label,Sequence\nP1,1,MKT\nP2,1.0,MKV\nP3,0,MKW\nP4,0.0,MKY\n"
-                                      "P5, +1 ,MKA\nP6,2.50,MKC\nP7,1e0,MKD\n")
+                                      "P5, +1 ,MKA\nP6,2.50,MKC\nP7,1.00,MKD\n")
     records = pdata.read_proteins(path, label_column="label")
-    assert [r.label for r in records] == ["1", "1", "0", "0", "1", "2.5", "1"]
-    assert pdata.label_names(records, None) == ["0", "1", "2.5"]
+    assert [r.label for r in records] == ["1", "1", "0", "0", "1", "2.50", "1"]
+    assert pdata.label_names(records, None) == ["0", "1", "2.50"]
+    # only integer spellings fold: EC-like decimals, zero-padded codes and other digits stay distinct
+    ec = write(tmp_path / "ec.csv", "ACC,label,Sequence\nP1,1.1,MKT\nP2,1.10,MKV\nP3,3.1,MKW\nP4,01,MKY\n"
+                                    "P5,1,MKA\nP6,\u0661,MKC\n")
+    assert [r.label for r in pdata.read_proteins(ec, label_column="label")] == ["1.1", "1.10", "3.1", "01", "1",
+                                                                                "\u0661"]
+    decimals = write(tmp_path / "d.csv", "ACC,label,Sequence\nP1,1.10,MKT\nP2,1.1,MKV\nP3,01,MKW\nP4,1,MKY\n")
+    assert pdata.label_names(pdata.read_proteins(decimals, label_column="label"), None) == ["01", "1", "1.1", "1.10"]
     membrane = write(tmp_path / "m.csv", "ACC,Membrane,Sequence\nP1,1.0,MKT\nP2,0,MKV\nP3,1,MKW\n")
     assert [r.label for r in pdata.read_proteins(membrane)] == ["membrane", "soluble", "membrane"]
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-import math
+import re
 import random
 import string
 import unicodedata
@@ -122,27 +122,25 @@ def normalize_sequence(raw: str, where: str) -> str:
     return "".join(residues).upper()
 
 
-def normalize_label(raw: str | None) -> str | None:
-    """A label value as one class name: None for a missing marker, numbers in one spelling.
+_INTEGER_SPELLING = re.compile(r"^([+-]?)(0|[1-9][0-9]*)(?:\.0*)?$")  # 1, +1, 1.0, 1.00 (ASCII digits)
 
-    ``" 1.0 "``, ``"1"``, ``"+1"`` and ``"1e0"`` -> ``"1"``; ``"0.50"`` -> ``"0.5"``; ``"NaN"``,
-    ``"NA"``, ``"None"``, ``""`` -> None (see :data:`MISSING_LABELS`); other text is kept as
-    written (stripped).
+
+def normalize_label(raw: str | None) -> str | None:
+    """A label value as one class name: None for a missing marker, integers in one spelling.
+
+    ``" 1.0 "``, ``"1"``, ``"+1"`` and ``"1.00"`` -> ``"1"`` (a numeric column written by a tool
+    that stores floats); ``"NaN"``, ``"NA"``, ``"None"``, ``""`` -> None (see :data:`MISSING_LABELS`).
+    Everything else is kept as written (stripped): ``"3.10"`` and ``"3.1"`` stay two classes (EC
+    numbers, versions), ``"01"`` stays ``"01"``, and non-ASCII digits are text.
     """
     value = (raw or "").strip()
     if value.lower() in MISSING_LABELS:
         return None
-    try:
-        return str(int(value))
-    except ValueError:
-        pass
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    if not math.isfinite(number):
-        return value
-    return str(int(number)) if number.is_integer() else repr(number)
+    match = _INTEGER_SPELLING.match(value)
+    if match:
+        sign, digits = match.groups()
+        return f"-{digits}" if sign == "-" and digits != "0" else digits
+    return value
 
 
 def _fasta_label(header_rest: str, task: str, where: str, counts: MutableMapping[str, int]) -> str | None:
@@ -447,8 +445,8 @@ def label_names(records: list[ProteinRecord], task: str | None) -> list[str]:
     for fixed in (MEMBRANE_LABELS, LOCALIZATION_LABELS):
         if present <= set(fixed):
             return [name for name in fixed if name in present or fixed is MEMBRANE_LABELS]
-    try:
-        return sorted(present, key=float)
+    try:  # by value, ties ("1.1", "1.10") by spelling: the class order never depends on set order
+        return sorted(present, key=lambda name: (float(name), name))
     except ValueError:
         return sorted(present)
 
