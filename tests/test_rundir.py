@@ -362,3 +362,20 @@ def test_atomic_output_leaves_the_old_file_when_the_write_fails(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed mid-write")
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["preds.csv"]
+
+
+def test_overwrite_never_replaces_a_model_or_metrics_scilm_did_not_write(run_cli, data, tmp_path):
+    out = tmp_path / "theirs"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "notes.txt").write_text("mine")
+    (out / "metrics.json").write_text('{"accuracy": 0.9}')
+    line = one_line_error(run_cli(*args(data, out, "--overwrite")))
+    assert "holds model, metrics.json, which scilm did not create" in line
+    assert (out / "model" / "notes.txt").read_text() == "mine" and (out / "metrics.json").read_text() == '{"accuracy": 0.9}'
+    # a run directory of an older scilm (no owner file, its metrics.json names scilm) is replaced on request
+    legacy = tmp_path / "legacy"
+    (legacy / "model").mkdir(parents=True)
+    (legacy / "metrics.json").write_text('{"versions": {"scilm": "0.1.0"}}')
+    done = run_cli(*args(data, legacy, "--overwrite"))
+    assert done.exit_code == 0, done.stderr[-2000:]
+    assert (legacy / "model" / "model.safetensors").is_file()

@@ -61,6 +61,24 @@ def check_claim(out: Path, overwrite: bool) -> None:
             raise ScilmError(f"--out {out}: not empty and not a scilm run directory (holds {shown}); "
                              "choose a new or empty directory, or pass --overwrite to write into it "
                              "(scilm never deletes files it did not create)")
+        # even with overwrite: what a run writes at its end must not replace someone else's files
+        taken = [name for name in RUN_OUTPUTS if (out / name).exists()]
+        if taken and not _written_by_scilm(out):
+            raise ScilmError(f"--out {out}: holds {', '.join(taken)}, which scilm did not create and a run would "
+                             "replace; move them away or choose another --out")
+
+
+RUN_OUTPUTS = ("model", "adapter", "metrics.json")  # what a finished run writes into --out
+
+
+def _written_by_scilm(out: Path) -> bool:
+    """A run directory from a scilm version that did not write :data:`OWNER_FILE` yet: its
+    metrics.json names scilm's version."""
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and "scilm" in (metrics.get("versions") or {})
 
 
 def claim(out: Path, overwrite: bool) -> None:
