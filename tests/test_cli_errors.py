@@ -83,3 +83,19 @@ def test_real_process_prints_one_line(tmp_path):
     assert proc.stderr.strip() == f"error: {bad}:1 (record P9): invalid residue '#' (U+0023 NUMBER SIGN) at position 3 " \
                                   "(allowed: the 20 standard amino acids and X B Z U O)"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_damaged_weights_file_is_one_line(run_cli, tmp_path, good_fasta):
+    import shutil
+
+    from scilm.models.protein import resolve_source
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_source("esm2-tiny-mlm"), model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    for command, out in (("embed", tmp_path / "e.npy"), ("predict", tmp_path / "p.csv")):
+        result = run_cli(command, "--model", model, "--data", good_fasta, "--out", out)
+        assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"--model {model}: cannot load its weights" in result.stderr.strip().splitlines()[-1]
+        assert not out.exists()

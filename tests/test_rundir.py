@@ -245,7 +245,15 @@ def test_markers_record_sizes_and_hashes_and_resume_picks_the_newest_intact(tmp_
     assert checkpoints.latest_intact(root).name == "checkpoint-4"
     assert "checkpoint-12 is damaged (model.safetensors is 115 bytes, expected 230); resuming from checkpoint-4" \
         in caplog.text
-    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4"]  # damaged newer ones were scilm's
+    # damaged ones are set aside for inspection, never resumed from, rotated or deleted
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4", "damaged-checkpoint-12", "damaged-checkpoint-8"]
+    assert [p.name for p in checkpoints.complete_checkpoints(root)] == ["checkpoint-4"]
+    checkpoints.remove_all_owned(root)
+    assert sorted(p.name for p in root.iterdir()) == ["damaged-checkpoint-12", "damaged-checkpoint-8"]
+    rundir.mark_owned(root / "checkpoint-4")
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", checkpoints.SCILM_STATE):
+        (root / "checkpoint-4" / name).write_bytes(b"x")
+    checkpoints.write_marker(root / "checkpoint-4", {"global_step": 4})
     (root / "checkpoint-4" / "scheduler.pt").unlink()
     with pytest.raises(Exception, match="no intact checkpoint .*checkpoint-4: scheduler.pt missing"):
         checkpoints.latest_intact(root)

@@ -98,9 +98,18 @@ def load_pretrained(model_class: Any, source: str, *, new_head: tuple[str, ...] 
                     **kwargs: Any) -> Any:
     """``model_class.from_pretrained(source, **kwargs)`` without transformers' report; see :func:`summarize_loading`.
 
-    Raises whatever ``from_pretrained`` raises (OSError for a missing or unreadable checkpoint).
+    Raises ScilmError for damaged weights (a truncated or corrupt safetensors file, shapes that do not
+    fit), OSError as ``from_pretrained`` does for a missing checkpoint.
     """
-    with quiet_transformers():
-        model, info = model_class.from_pretrained(source, output_loading_info=True, **kwargs)
+    from safetensors import SafetensorError
+
+    from scilm.errors import ScilmError
+
+    try:
+        with quiet_transformers():
+            model, info = model_class.from_pretrained(source, output_loading_info=True, **kwargs)
+    except (SafetensorError, RuntimeError, ValueError) as exc:  # a truncated or corrupt weights file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ScilmError(f"--model {source}: cannot load its weights ({first})") from None
     summarize_loading(str(source), info, new_head=new_head, unused=unused, tied=tied_keys(model))
     return model

@@ -123,24 +123,35 @@ def problems(path: Path) -> list[str]:
 def latest_intact(root: Path) -> Path | None:
     """The newest complete checkpoint whose files match its marker, or None if there is none.
 
-    Damaged newer checkpoints are reported and removed (they are scilm's and cannot be resumed);
-    raises ScilmError when complete checkpoints exist but none is intact.
+    Damaged newer checkpoints are reported and set aside as ``damaged-checkpoint-N`` (kept for
+    inspection; no longer resumed from, rotated or deleted by scilm). Raises ScilmError, setting
+    nothing aside, when complete checkpoints exist but none is intact. Call it on one process only.
     """
     damaged: list[tuple[Path, list[str]]] = []
     for path in reversed(complete_checkpoints(root)):
         found = problems(path)
         if not found:
             for bad, issues in damaged:
-                log.warning("%s is damaged (%s); resuming from %s instead", bad.name, "; ".join(issues[:3]),
-                            path.name)
-                (bad / MARKER).unlink(missing_ok=True)
-                remove_owned(bad)
+                aside = _set_aside(bad)
+                log.warning("%s is damaged (%s); resuming from %s instead (the damaged one is kept as %s)",
+                            bad.name, "; ".join(issues[:3]), path.name, aside.name)
             return path
         damaged.append((path, found))
     if damaged:
         listed = "; ".join(f"{bad.name}: {', '.join(issues[:2])}" for bad, issues in damaged[:3])
         raise ScilmError(f"--resume: no intact checkpoint in {root} ({listed}); start over with --overwrite")
     return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint out of the ``checkpoint-N`` pattern: never resumed from or deleted."""
+    target = path.with_name(f"damaged-{path.name}")
+    number = 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"damaged-{path.name}.{number}")
+    os.replace(path, target)
+    return target
 
 
 def fsync_tree(path: Path) -> None:

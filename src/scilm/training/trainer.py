@@ -485,5 +485,20 @@ class ScilmTrainer(Trainer):
         return checkpoints.latest_complete(Path(self.args.output_dir))
 
     def checkpoint_to_resume(self) -> Path | None:
-        """The newest intact checkpoint (sizes and hashes checked); older ones replace damaged ones."""
-        return checkpoints.latest_intact(Path(self.args.output_dir))
+        """The newest intact checkpoint (sizes and hashes checked); older ones replace damaged ones.
+
+        Rank 0 alone checks (and sets damaged ones aside) and tells the other ranks which one, or
+        the error: every rank resumes from the same checkpoint or stops with the same message.
+        """
+        answer: list = [None]
+        if is_main_process():
+            try:
+                answer = [("ok", checkpoints.latest_intact(Path(self.args.output_dir)))]
+            except ScilmError as exc:
+                answer = [("error", str(exc))]
+        if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(answer, src=0)
+        kind, value = answer[0]
+        if kind == "error":
+            raise ScilmError(value)
+        return value
