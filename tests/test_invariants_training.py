@@ -521,3 +521,21 @@ def test_a_skipped_micro_batch_leaves_the_mean_over_the_rest_of_its_window(recor
     expected = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     got = {n: g for n, g in after_rescale[1].items() if n in expected}
     assert_same_tensors(got, expected, "gradient after a skipped micro-batch")
+
+
+def test_final_evaluation_after_a_keep_best_reload_says_whose_weights_it_measured():
+    from types import SimpleNamespace
+
+    from scilm.training.common import final_evaluation
+
+    history = SimpleNamespace(history=[{"step": 2, "eval_loss": 0.5}, {"step": 4, "eval_loss": 0.7}], last_metrics=None)
+
+    def evaluate(eval_dataset=None):
+        history.history.append({"step": 4, "eval_loss": 0.5})  # what the EvalHistory callback records
+        return {"eval_loss": 0.5}
+
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=4, best_model_checkpoint="/run/checkpoints/checkpoint-2"),
+                              args=SimpleNamespace(load_best_model_at_end=True), eval_history=history,
+                              eval_dataset=None, evaluate=evaluate)
+    assert final_evaluation(trainer) == {"eval_loss": 0.5}
+    assert history.history[-1] == {"step": 4, "eval_loss": 0.5, "weights_of_step": 2}

@@ -240,6 +240,8 @@ def test_original_schedule_keeps_the_best_checkpoint(run_cli, tmp_path, single_t
     # T5's lm_head is tied to the embeddings: reloading the best checkpoint is not a "missing key"
     assert "missing keys" not in caplog.text + result.stderr
     assert f"loading the best checkpoint (step {best['step']}" in caplog.text
+    # the final row measures the best checkpoint's weights and says whose, unless the best was the last
+    assert metrics["eval_history"][-1].get("weights_of_step") == (best["step"] if best["step"] != 4 else None)
 
 
 def test_lora_and_checkpointing_save_a_merged_model(run_cli, tmp_path, single_thread):

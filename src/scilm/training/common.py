@@ -226,7 +226,8 @@ def final_evaluation(trainer, eval_dataset=None) -> dict[str, Any]:
 
     The last epoch's evaluation is reused when it was that one: on the full set (not a periodic
     subset), at the last step, and the weights were not replaced since (``--keep-best`` reloading an
-    earlier checkpoint). Otherwise the set is evaluated now (and recorded in ``eval_history``).
+    earlier checkpoint). Otherwise the set is evaluated now (and recorded in ``eval_history``; after a
+    ``--keep-best`` reload that row says ``weights_of_step``: the checkpoint whose weights it measured).
     """
     from scilm.training.checkpoints import checkpoint_step
 
@@ -239,7 +240,10 @@ def final_evaluation(trainer, eval_dataset=None) -> dict[str, Any]:
         if history.last_metrics is not None and history.last_metrics.get("step") == state.global_step:
             return dict(history.last_metrics)
         return {k: v for k, v in last.items() if k.startswith("eval_")}
-    return trainer.evaluate(eval_dataset=eval_dataset)
+    metrics = trainer.evaluate(eval_dataset=eval_dataset)
+    if reloaded and history.history:  # recorded at the last step, but these are the best checkpoint's weights
+        history.history[-1]["weights_of_step"] = checkpoint_step(Path(best))
+    return metrics
 
 
 def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
