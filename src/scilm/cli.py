@@ -154,7 +154,9 @@ def predict(
     net, tokenizer = load_trained_classifier(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
     probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    write_predictions(records, probabilities, out, inputs=(data,))
+    from scilm.inference.predict import is_regression
+
+    write_predictions(records, probabilities, out, inputs=(data,), regression=is_regression(net.config))
     typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
 
 
