@@ -539,3 +539,37 @@ def test_final_evaluation_after_a_keep_best_reload_says_whose_weights_it_measure
                               eval_dataset=[{"input_ids": [0]}], evaluate=evaluate)
     assert final_evaluation(trainer) == {"eval_loss": 0.5}
     assert history.history[-1] == {"step": 4, "eval_loss": 0.5, "weights_of_step": 2}
+
+
+@pytest.fixture(scope="module")
+def regression_tables(proteins, tmp_path_factory) -> tuple[Path, Path]:
+    """The same proteins as tables with a numeric target (their length / 10)."""
+    root = tmp_path_factory.mktemp("regression")
+    paths = []
+    for source, name in zip(proteins, ("train.csv", "valid.csv")):
+        rows = read_proteins(source, task="membrane")
+        path = root / name
+        path.write_text("id,sequence,target\n" + "".join(f"{r.id},{r.sequence},{len(r.sequence) / 10}\n"
+                                                          for r in rows))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_regression_accumulation_changes_nothing(recorder, regression_tables, tmp_path):
+    from scilm.training import train
+    from scilm.training.recipes.regression.config import Config
+
+    runs = []
+    for b, g in SPLITS:
+        config = Config(data=str(regression_tables[0]), valid=str(regression_tables[1]), out=str(tmp_path / f"{b}x{g}"),
+                        sequence_column="sequence", batch_size=b, grad_accum=g, warmup_ratio=0.0, lr=1e-3,
+                        progress=False, model="esm2-tiny").validate()
+        runs.append(finish(recorder, train(config)))
+    assert_same_training(runs)
+    # step 1's loss: the mean squared error of the standardised targets over the whole window
+    run = runs[0]
+    batch = whole_window(run, 1, pad_id=1)
+    with torch.no_grad():
+        predicted = model_at_start(run)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = torch.nn.functional.mse_loss(predicted.float().reshape(-1), batch["labels"].float())
+    assert run.losses[1] == pytest.approx(float(expected), rel=1e-5)
