@@ -359,6 +359,20 @@ def bench_sifting(
     typer.echo(run_sifting_bench(out, quick=quick, settings=settings, command=command))
 
 
+@bench_app.command("tasks")
+def bench_tasks(
+    out: Path = Opt(Path("bench/tasks"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="Fewer epochs and shorter sequences."),
+    rows: Optional[list[str]] = Opt(None, "--row", help="Run only this row (repeatable) [all]."),
+) -> None:
+    """Every protein task on real data (bundled, or ../shared/data) beside its trivial baseline."""
+    from scilm.bench.tasks import run_tasks_bench
+
+    command = " ".join(["scilm bench tasks", f"--out {out}", *(["--quick"] if quick else []),
+                        *(f"--row {r}" for r in rows or ())])
+    typer.echo(run_tasks_bench(out, quick=quick, only=list(rows) if rows else None, command=command))
+
+
 @bench_app.command("serve")
 def bench_serve(
     out: Path = Opt(Path("bench/serve"), help="Output directory."),
