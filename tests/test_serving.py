@@ -423,10 +423,8 @@ def test_sampling_parameters_are_honoured_and_seeded(t5_url, t5_served):
     # a sampling parameter alone asks for sampling (TGI); unset filters are off, not Transformers' top_k 50
     implied = reference(t5_served, PROMPT, seed=7, do_sample=True, temperature=1.5, top_k=0, max_new_tokens=12)
     assert generated(t5_url, PROMPT, seed=7, temperature=1.5, max_new_tokens=12) == [{"generated_text": implied[0]}]
-    # batching changes cost, not the draw: the same seeded input alone, in a list, and among others
+    # batching changes cost, not the draw: the same seeded input alone and among other requests
     alone = generated(t5_url, PROMPT, seed=5, **sampling)[0]
-    listed = generated(t5_url, ["Caption the following SMILES: CC", PROMPT, PROMPT], seed=5, **sampling)
-    assert listed[1] == listed[2] == alone
 
     async def concurrent():
         async with httpx.AsyncClient(base_url=t5_url, timeout=60) as client:
@@ -438,6 +436,45 @@ def test_sampling_parameters_are_honoured_and_seeded(t5_url, t5_served):
     greedy = {"max_new_tokens": 8, "repetition_penalty": 1.3, "num_beams": 2, "early_stopping": True}
     assert generated(t5_url, PROMPT, **greedy) == [{"generated_text": reference(t5_served, PROMPT, do_sample=False,
                                                                                 **greedy)[0]}]
+
+
+def test_identical_inputs_of_one_sampled_request_get_their_own_seeds(t5_url, t5_served):
+    """Input i of a sampled request draws from input_seed(seed, i): identical inputs of one request get
+    different samples (they all drew from one seed before), each is what generate gives from that seed,
+    and neither the other requests in the micro-batch nor the input's neighbours change it."""
+    import numpy as np
+
+    from scilm.serving.models import input_seed
+    from scilm.serving.schema import GenerationParameters, parse_payload
+
+    # the derivation, pinned: input 0 is the request's seed, input i NumPy's SeedSequence child i
+    assert input_seed(5, 0) == 5
+    assert input_seed(5, 3) == int(np.random.SeedSequence(5, spawn_key=(3,)).generate_state(1, np.uint64)[0]) >> 1
+    assert len({input_seed(5, i) for i in range(64)}) == 64 and input_seed(5, 1) != input_seed(6, 0)
+    assert all(0 <= input_seed(2**63 - 1, i) < 2**63 for i in range(8))
+
+    sampling = {"do_sample": True, "temperature": 0.7, "top_k": 20, "max_new_tokens": 12}
+    want = [reference(t5_served, PROMPT, seed=input_seed(5, i), **sampling)[0] for i in range(4)]
+    assert len(set(want)) == 4  # four seeds, four different samples of this random model
+    same = generated(t5_url, [PROMPT] * 4, seed=5, **sampling)
+    assert [answer["generated_text"] for answer in same] == want
+    # its place in the request decides an input's seed, not its neighbours
+    mixed = generated(t5_url, ["Caption the following SMILES: CC", PROMPT, PROMPT], seed=5, **sampling)
+    assert [answer["generated_text"] for answer in mixed[1:]] == want[1:3]
+
+    async def among_others():  # one group: these requests share micro-batches
+        async with httpx.AsyncClient(base_url=t5_url, timeout=60) as client:
+            bodies = [{"inputs": [PROMPT] * 4 if i == 2 else [f"Caption the following SMILES: {'C' * (i + 1)}"] * 2,
+                       "parameters": {**sampling, "seed": 5 if i == 2 else i}} for i in range(5)]
+            return await asyncio.gather(*(client.post("/predict", json=body) for body in bodies))
+
+    assert asyncio.run(among_others())[2].json() == same
+    # no seed given: the request draws one, and its inputs still get distinct seeds derived from it
+    payload = parse_payload({"inputs": [PROMPT] * 3, "parameters": sampling}, 64, GenerationParameters)
+    seeds = [source.seed for source in t5_served.prepare(payload)[1]]
+    assert seeds == [input_seed(seeds[0], i) for i in range(3)] and len(set(seeds)) == 3
+    greedy = parse_payload({"inputs": [PROMPT] * 2, "parameters": {"max_new_tokens": 3}}, 64, GenerationParameters)
+    assert [source.seed for source in t5_served.prepare(greedy)[1]] == [None, None]
 
 
 def test_num_return_sequences_and_nested_generate_parameters(t5_url, t5_served):
