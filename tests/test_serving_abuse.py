@@ -22,7 +22,8 @@ from scilm.serving.batching import Control, MicroBatcher, QueueFull, ShuttingDow
 from scilm.serving.bounds import ServerLimits
 from scilm.serving.local import server_process, server_thread
 from scilm.serving.models import load_served_model
-from scilm.serving.server import allowed_hosts, create_app, host_name
+from scilm.errors import ScilmError
+from scilm.serving.server import allowed_hosts, allowed_origins, create_app, host_name, parse_allowed_host
 from test_serving import PROTEIN, classifier_dir, t5_dir  # noqa: F401  (module fixtures)
 
 PROMPT = "Caption the following SMILES: CCO"
@@ -433,8 +434,8 @@ def test_host_origin_and_content_type_are_checked(classifier):
         assert cross.status_code == 403
         assert metric(base, "scilm_inputs_total") == before  # nothing above ran the model
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST."):
-            ok = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Host": host,
-                                                                                "Origin": f"http://{host}"})
+            origin = f"http://{host_name(host)}:{port}".replace("::1", "[::1]")
+            ok = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Host": host, "Origin": origin})
             assert ok.status_code == 200, host
         preflight = httpx.options(f"{base}/predict", headers={"Origin": f"http://localhost:{port}",
                                                               "Access-Control-Request-Method": "POST"})
@@ -443,6 +444,52 @@ def test_host_origin_and_content_type_are_checked(classifier):
     with server_thread(create_app(classifier, hosts=allowed_hosts("127.0.0.1", ["models.lab.example"]))) as base:
         assert httpx.post(f"{base}/predict", json={"inputs": "MKT"},
                           headers={"Host": "models.lab.example:443"}).status_code == 200
+
+
+def test_origin_must_match_scheme_host_and_port(classifier):
+    """A page on another port of this machine is another origin (RFC 6454): 403, nothing runs.
+
+    Only this server's own origin (an allowed name, the port and scheme the request came in on) and
+    origins of --allowed-host entries pass; before, any loopback origin counted as this server.
+    """
+    with server_thread(create_app(classifier)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        before = metric(base, "scilm_inputs_total")
+        for origin in (f"http://127.0.0.1:{port + 1}", f"http://localhost:{port - 1}", "http://localhost",
+                       f"https://localhost:{port}", f"http://[::1]:{port + 1}", "null", f"ftp://localhost:{port}",
+                       f"http://evil.example:{port}"):
+            response = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Origin": origin})
+            assert response.status_code == 403 and "cross-origin" in response.json()["error"], origin
+            assert httpx.get(f"{base}/info", headers={"Origin": origin}).status_code == 403, origin
+        assert metric(base, "scilm_inputs_total") == before
+        for origin in (f"http://127.0.0.1:{port}", f"http://LOCALHOST:{port}", f"http://[::1]:{port}"):
+            ok = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Origin": origin})
+            assert ok.status_code == 200, origin
+    extra = ["models.lab.example", "lab2.example:8443", "https://lab3.example:9000"]
+    app = create_app(classifier, hosts=allowed_hosts("127.0.0.1", extra), origins=allowed_origins(extra))
+    with server_thread(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        for origin, status in ((f"http://models.lab.example:{port}", 200),  # reached directly by that name
+                               ("https://models.lab.example", 200), ("http://models.lab.example", 200),  # a proxy
+                               ("https://models.lab.example:3000", 403),
+                               ("https://lab2.example:8443", 200), ("https://lab2.example", 403),
+                               ("https://lab3.example:9000", 200), ("http://lab3.example:9000", 403),
+                               (f"http://127.0.0.1:{port + 1}", 403)):
+            response = httpx.post(f"{base}/predict", json={"inputs": "MKT"}, headers={"Origin": origin})
+            assert response.status_code == status, origin
+
+
+def test_allowed_host_entries():
+    assert parse_allowed_host("Models.Lab.example:8443") == (None, "models.lab.example", 8443)
+    assert parse_allowed_host("https://[::1]/") == ("https", "::1", None)
+    assert parse_allowed_host("fe80::1") == (None, "fe80::1", None)
+    for bad in ("x/y", "ftp://x", "x:abc", "x:99999", "x:0", "user@x", ""):
+        with pytest.raises(ScilmError, match="--allowed-host"):
+            parse_allowed_host(bad)
+    assert allowed_origins(["lab.example", "x:8443", "https://y:9000", "*"]) == {
+        ("http", "lab.example", 80), ("https", "lab.example", 443), ("http", "x", 8443), ("https", "x", 8443),
+        ("https", "y", 9000)}
+    assert allowed_hosts("127.0.0.1", ["https://y:9000", "x:1"]) == {"localhost", "127.0.0.1", "::1", "y", "x"}
 
 
 def test_allowed_hosts():
