@@ -286,6 +286,38 @@ def test_slow_drawing_and_large_bodies_do_not_stall_health(classifier):
         assert rings.status_code == 422 and "rings is over the drawing limit of 40" in rings.json()["error"]
 
 
+def _draw_workers() -> set[int]:
+    """Process ids of the RDKit drawing workers under this test process."""
+    import psutil
+
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "scilm.serving.draw" in child.cmdline():
+                pids.add(child.pid)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return pids
+
+
+def test_draw_worker_starts_with_the_first_drawing(classifier):
+    """A protein classifier's server that is never asked to draw never starts the RDKit process; the
+    first /draw starts it, and the server's shutdown stops it."""
+    before = _draw_workers()
+    app = create_app(classifier)
+    with server_thread(app) as base:
+        assert httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30).status_code == 200
+        assert httpx.get(f"{base}/info").status_code == 200
+        assert app.state.drawer.pid is None and _draw_workers() == before
+        drawn = httpx.post(f"{base}/draw", json={"smiles": "OCC"}, timeout=60)
+        assert drawn.status_code == 200 and drawn.json()["canonical"] == "CCO"
+        pid = app.state.drawer.pid
+        assert pid is not None and _draw_workers() - before == {pid}
+        assert httpx.post(f"{base}/draw", json={"smiles": "CCN"}, timeout=60).status_code == 200
+        assert app.state.drawer.pid == pid  # one process, reused
+    assert app.state.drawer.pid is None and pid not in _draw_workers()
+
+
 def test_drawings_wait_in_a_bounded_list(classifier):
     cage = cage_smiles(5, 5, 5)
     limits = ServerLimits(draw_max_chars=10_000, draw_max_atoms=1000, draw_max_rings=1000, draw_seconds=0.3,

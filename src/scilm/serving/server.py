@@ -362,8 +362,7 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
                                on_batch=metrics.observe_batch, max_batch_cost=request_cost,
                                max_pending_cost=pending_cost, max_batch_seconds=limits.max_batch_seconds)
         batcher.start()
-        holder["batcher"] = batcher
-        drawer.start()
+        holder["batcher"] = batcher  # the drawing process starts with the first /draw, if one comes
         yield
         close()
         await holder["closed"].stop()
@@ -374,6 +373,7 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
     app.state.metrics = metrics
     app.state.close = close
     app.state.limits = limits
+    app.state.drawer = drawer
     app.add_middleware(Guard, metrics=metrics, max_body=max_body_bytes, api_key=api_key, hosts=hosts,
                        body_timeout=limits.body_timeout, max_requests=limits.max_requests, retry_after=retry_after,
                        origins=origins)
