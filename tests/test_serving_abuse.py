@@ -469,11 +469,11 @@ def test_sigterm_answers_queued_503_at_once_and_exits_in_bound(t5_dir, tmp_path)
             except httpx.HTTPError as exc:
                 results[name] = (exc, time.perf_counter())
 
-        running = {**LONG, "num_beams": 2, "max_new_tokens": 40, "min_new_tokens": 40}  # a few seconds here
-        threads = [threading.Thread(target=send, args=("running", running))]
+        # the running call outlasts the test on any machine (minutes uncut): only its time limit ends it
+        threads = [threading.Thread(target=send, args=("running", LONG))]
         threads += [threading.Thread(target=send, args=(f"queued{i}", {**LONG, "num_beams": 3 + i})) for i in range(4)]
         threads[0].start()
-        time.sleep(0.5)
+        _wait_for_depth(base, 1)
         for thread in threads[1:]:
             thread.start()
         _wait_for_depth(base, 5)  # the running input and four queued ones are in the server
