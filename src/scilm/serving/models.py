@@ -43,7 +43,11 @@ _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e
 
 
 def model_kind(path: str | Path) -> str:
-    """``"classifier"`` or ``"seq2seq"``, from ``path/config.json``."""
+    """``"classifier"`` or ``"seq2seq"``, from ``path/config.json``.
+
+    Raises ScilmError naming ``--model`` if config.json is missing or not JSON, or its architecture is
+    neither a ``*ForSequenceClassification`` nor a T5 seq2seq model.
+    """
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise ScilmError(f"--model {path}: no config.json (expected a directory saved by scilm train)")
@@ -68,6 +72,12 @@ def _require_safetensors(path: Path) -> None:
 
 
 def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
+    """The model saved in directory ``path`` (by ``scilm train``), ready to serve, of the kind :func:`model_kind` reads.
+
+    Weights load from ``*.safetensors`` only. Raises ScilmError naming ``--model`` when the directory
+    is missing, its ``config.json`` is missing, invalid or of an architecture not served, or it has
+    no safetensors weights.
+    """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ScilmError(f"--model {path}: no such model directory")
@@ -88,6 +98,15 @@ def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
 
 @dataclass
 class ServedClassifier:
+    """A protein sequence classifier being served: ``(N,)`` sequences in, ``(N, num_labels)`` scores out.
+
+    ``model`` is a ``*ForSequenceClassification`` in eval mode, ``tokenizer`` its ESM tokenizer;
+    sequences longer than ``max_residues`` are refused (422) or, with ``parameters.truncation``,
+    cut, as ``scilm predict`` cuts them. Scores are ``parameters.function_to_apply`` of the logits
+    (``softmax``, ``sigmoid`` or ``none``); by default sigmoid for a multi-label or one-label model,
+    else softmax.
+    """
+
     model: Any
     tokenizer: Any
     path: Path
@@ -106,6 +125,7 @@ class ServedClassifier:
     parameters = ClassifierParameters  # the schema of this kind's request parameters
 
     def info(self) -> dict:
+        """What ``GET /info`` says of the model: its kind, labels, length limit and parameters schema."""
         return {"kind": self.kind, "labels": self.labels, "max_residues": self.max_residues,
                 "parameters": parameters_schema(self.parameters)}
 
@@ -241,6 +261,13 @@ class Source:
 
 @dataclass
 class ServedSeq2Seq:
+    """A Text+Chem T5 (seq2seq) being served: prompts in, ``num_return_sequences`` texts per prompt out.
+
+    Sources are refused (422) past ``max_source_tokens`` (the tokenizer's ``model_max_length``, else
+    512) unless ``parameters.truncation`` cuts them; outputs of molecule tasks are decoded as SMILES.
+    Sampled inputs draw from their own seed (:func:`input_seed`).
+    """
+
     model: Any
     tokenizer: Any
     path: Path
@@ -258,11 +285,16 @@ class ServedSeq2Seq:
         self._counter_lock = threading.Lock()
 
     def info(self) -> dict:
+        """What ``GET /info`` says of the model: its kind, tasks, source limit and parameters schema."""
         return {"kind": self.kind, "tasks": list(PROMPTS), "molecule_tasks": list(MOLECULE_TASKS),
                 "max_source_tokens": self.max_source_tokens, "parameters": parameters_schema(self.parameters)}
 
     def prepare(self, payload: Payload) -> tuple[Hashable, list[Source]]:
-        """Validated sources; the group key is the generate call, so only like requests share one."""
+        """Validated sources; the group key is the generate call, so only like requests share one.
+
+        Raises a 422 RequestError naming the input (:func:`clean_source`), or one over
+        ``max_source_tokens`` tokens without ``parameters.truncation``.
+        """
         params: GenerationParameters = payload.parameters
         plan = params.plan()
         seed = params.seed
