@@ -240,7 +240,9 @@ def test_a_thousand_half_sent_requests_do_not_lock_out_health(classifier):
             with HealthProbe(base, every=0.02) as probe:
                 time.sleep(1.0)
                 assert httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30).status_code == 200
-            assert len(probe.answers) >= 5 and not probe.failures, probe.failures[:3]
+            # a probe still running after the 15 s join shows as a live thread, not as a failure
+            assert len(probe.answers) >= 5 and not probe.failures, (
+                probe.failures[:3], len(probe.latencies), probe._thread.is_alive())
             assert probe.worst < 10 * idle + 1.0, (idle, probe.latencies)
             assert httpx.head(f"{base}/health").status_code == 200
         finally:
