@@ -32,6 +32,7 @@ from scilm.sifting import (
     SiftingDataloader,
 )
 from scilm.sifting.loss import Loss
+from scilm.training import trainer_internals as internals
 from scilm.training.sift_policies import SiftPolicy, sift_policy
 from scilm.training.trainer import ScilmTrainer
 
