@@ -95,7 +95,8 @@ def _run_training(options: dict, task: str | None = None) -> dict:
     """Load the settings, start torchrun for ``nproc`` > 1, run the recipe; the metrics (rank 0) or {}."""
     from scilm.training import load_config
     from scilm.training import train as run_training
-    from scilm.training.distributed import is_main_process, launch_torchrun, launched_by_torchrun, strip_option
+    from scilm.distributed import is_main_process
+    from scilm.training.distributed import launch_torchrun, launched_by_torchrun, strip_option
 
     config = options.pop("config")
     run_config = load_config(config, options, task=task)
@@ -410,7 +411,7 @@ def main() -> None:
     except ScilmError as exc:
         code = getattr(exc, "exit_code", 2)
         if code != 2:  # a signal stop: rank 0 says it once for all ranks
-            from scilm.training.distributed import is_main_process
+            from scilm.distributed import is_main_process
 
             if not is_main_process():
                 sys.exit(code)
