@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from scilm.errors import ScilmError
-from scilm.serving.bench import save_random_classifier
+from scilm.bench.serve import save_random_classifier
 from scilm.serving.local import server_process, server_thread
 from scilm.serving.models import load_served_model, model_kind
 from scilm.serving.server import create_app, serve
@@ -389,7 +389,7 @@ def test_cli_serve_finishes_in_flight_requests_on_sigterm(classifier_dir, tmp_pa
 
 
 def test_bench_load_loop_counts_requests_and_batches(url):
-    from scilm.serving.bench import _batch_stats, _load, _memory_summary, bench_sequences
+    from scilm.bench.serve import _batch_stats, _load, _memory_summary, bench_sequences
 
     sequences = [s[:60] for s in bench_sequences(8)]
     before = _batch_stats(httpx.get(f"{url}/metrics").text)

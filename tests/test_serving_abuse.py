@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from scilm.serving.abuse import _wait_for_depth, cage_smiles
+from scilm.bench.serve_abuse import _wait_for_depth, cage_smiles
 from scilm.serving.batching import Control, MicroBatcher, QueueFull, ShuttingDown, TimeLimit
 from scilm.serving.bounds import ServerLimits
 from scilm.serving.local import server_process, server_thread

@@ -384,11 +384,11 @@ def bench_serve(
 ) -> None:
     """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
     if abuse:
-        from scilm.serving.abuse import run_abuse_bench
+        from scilm.bench.serve_abuse import run_abuse_bench
 
         typer.echo(run_abuse_bench(out / "abuse", model=model))
         return
-    from scilm.serving.bench import run_serve_bench
+    from scilm.bench.serve import run_serve_bench
 
     typer.echo(run_serve_bench(out, model=model, quick=quick))
 
