@@ -393,12 +393,20 @@ def bench_serve(
     typer.echo(run_serve_bench(out, model=model, quick=quick))
 
 
+# Warnings some libraries log merely on import, which a user cannot act on: torchao (a dependency of
+# the int8 path, imported by transformers when installed) about kernels built for other GPUs, and
+# torch's pytree about Enum registrations torchao makes.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     # scilm's own messages at INFO; other libraries only when they warn (rouge_score via absl logs
     # "Using default tokenizer." at INFO). Model load reports are summarised by scilm.models.loading.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("scilm").setLevel(os.environ.get("SCILM_LOG_LEVEL", "INFO"))
+    for noisy in IMPORT_NOISE:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         app()
     except OSError as exc:  # disk full, read-only or forbidden paths: the user can act on these

@@ -30,7 +30,6 @@ import csv
 import itertools
 import logging
 import re
-import random
 import string
 import unicodedata
 from collections import Counter, defaultdict
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scilm.data.textio import data_suffix, open_text
-from scilm.errors import ScilmError
+from scilm.errors import ScilmError, name
 
 log = logging.getLogger(__name__)
 
@@ -464,22 +463,27 @@ def check_labels(records: list[ProteinRecord], path: str | Path) -> None:
 def stratified_split(
     records: list[ProteinRecord], valid_fraction: float, seed: int
 ) -> tuple[list[ProteinRecord], list[ProteinRecord]]:
-    """Random split that keeps each class's share (at least one example of each class per side)."""
+    """A seeded split keeping each class's share (scikit-learn's ``train_test_split(stratify=...)``).
+
+    A class with a single record cannot be on both sides: it trains. Each side keeps input order.
+
+    Raises:
+        ScilmError: ``valid_fraction`` not in (0, 1), or too few records to validate on.
+    """
+    from sklearn.model_selection import train_test_split
+
     if not 0.0 < valid_fraction < 1.0:
-        raise ScilmError(f"--valid-fraction must be between 0 and 1 (got {valid_fraction})")
-    by_label: dict[str | None, list[ProteinRecord]] = defaultdict(list)
-    for record in records:
-        by_label[record.label].append(record)
-    rng = random.Random(seed)
-    train, valid = [], []
-    for label in sorted(by_label, key=str):
-        group = by_label[label][:]
-        rng.shuffle(group)
-        n_valid = min(max(1, round(len(group) * valid_fraction)), len(group) - 1)
-        valid.extend(group[:n_valid])
-        train.extend(group[n_valid:])
-    rng.shuffle(train)
-    return train, valid
+        raise ScilmError(f"{name('valid_fraction')} must be between 0 and 1 (got {valid_fraction})")
+    sizes = Counter(record.label for record in records)
+    splittable = [i for i, record in enumerate(records) if sizes[record.label] > 1]
+    labels = [str(records[i].label) for i in splittable]
+    n_valid = max(round(len(splittable) * valid_fraction), len(set(labels)))  # one of each class at least
+    if not splittable or len(splittable) - n_valid < len(set(labels)):
+        raise ScilmError(f"{len(records)} records are too few to keep every class on both sides of a "
+                         f"{name('valid_fraction')} {valid_fraction} split; give {name('valid')} instead")
+    _, valid_index = train_test_split(splittable, test_size=n_valid, stratify=labels, random_state=seed)
+    chosen = set(valid_index)
+    return ([r for i, r in enumerate(records) if i not in chosen], [r for i, r in enumerate(records) if i in chosen])
 
 
 def split_by_column(
