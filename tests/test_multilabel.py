@@ -67,8 +67,8 @@ def truth_of(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def base_settings(tables, out: Path, **extra) -> dict:
-    return dict(task="multilabel", data=str(tables[0]), valid=str(tables[1]), model="esm2-tiny", batch_size=4,
-                lr=2e-3, progress=False, out=str(out), **extra)
+    return dict(task="multilabel", data=str(tables[0]), valid=str(tables[1]), model="esm2-tiny",
+                **{"batch_size": 4, "lr": 2e-3, "progress": False, "out": str(out), **extra})
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +327,10 @@ def test_settings_that_do_not_fit_are_one_line(tables, run_cli, tmp_path):
     result = run_cli(*cli_train((no_locations, no_locations), out, "--label-columns", "a, b"))
     assert result.exit_code == 0, result.stderr
     assert json.loads((out / "metrics.json").read_text())["labels"] == ["a", "b"]
+
+
+def test_the_bench_row_is_skipped_without_the_shared_data(tmp_path, monkeypatch):
+    from scilm.bench import tasks
+
+    monkeypatch.setattr(tasks, "SHARED", tmp_path / "absent")
+    assert "multilabel" in tasks.ROWS and tasks.multilabel(tmp_path, quick=True) is None
