@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_invariants_training import recorder  # noqa: F401 (a fixture: records each step of a run)
 
 from scilm.training.recipes.multilabel.metrics import (
@@ -62,7 +61,8 @@ def tables(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def truth_of(path: Path) -> tuple[list[str], np.ndarray]:
-    rows = list(csv.DictReader(open(path)))
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
     return [r["sid"] for r in rows], np.array([[int(r[label]) for label in LABELS] for r in rows])
 
 
@@ -187,7 +187,7 @@ def test_metrics_json_and_predictions_are_sklearns_on_the_saved_models_outputs(t
 
 # -- efficiency switches change cost, never the answer --------------------------------------------
 
-def test_accumulation_changes_nothing(recorder, tmp_path):
+def test_accumulation_changes_nothing(recorder, tmp_path):  # noqa: F811 (the imported fixture)
     """(4, 1), (2, 2), (1, 4) on 6 proteins of uneven length: same losses, gradients, weights; step 1's loss is
     PyTorch's mean BCE over the window's 4 x C (protein, label) pairs."""
     from test_invariants_training import SPLITS, assert_same_training, finish, model_at_start, whole_window
@@ -197,11 +197,12 @@ def test_accumulation_changes_nothing(recorder, tmp_path):
 
     train_table = write_table(tmp_path / "t.csv", synthetic_rows(6, 3))
     valid_table = write_table(tmp_path / "v.csv", synthetic_rows(4, 4, 100))
-    runs = []
-    for b, g in SPLITS:
-        config = Config(data=str(train_table), valid=str(valid_table), out=str(tmp_path / f"{b}x{g}"), batch_size=b,
-                        grad_accum=g, warmup_ratio=0.0, lr=1e-3, progress=False, model="esm2-tiny").validate()
-        runs.append(finish(recorder, train(config)))
+    def config(batch_size: int, grad_accum: int) -> Config:
+        return Config(data=str(train_table), valid=str(valid_table), out=str(tmp_path / f"{batch_size}x{grad_accum}"),
+                      batch_size=batch_size, grad_accum=grad_accum, warmup_ratio=0.0, lr=1e-3, progress=False,
+                      model="esm2-tiny").validate()
+
+    runs = [finish(recorder, train(config(b, g))) for b, g in SPLITS]
     assert_same_training(runs)
     run = runs[0]
     batch = whole_window(run, 1, pad_id=1)
@@ -308,14 +309,14 @@ def test_settings_that_do_not_fit_are_one_line(tables, run_cli, tmp_path):
     no_locations = write_table(tmp_path / "plain.csv", [[r[0], r[1], r[3], r[4]] for r in synthetic_rows(4, 7)],
                                ["sid", "Sequence", "a", "b"])
     cases = [
-        (cli_train((no_locations, no_locations), out), f"error: {no_locations}: no --label-columns given and not the "
-                                                       "DeepLoc-2 location columns"),
-        (cli_train(tables, out, "--label-columns", "Nucleus"), "error: --label-columns 'Nucleus': a multi-label task "
-                                                               "needs at least two label columns"),
-        (cli_train(tables, out, "--label-column", "Nucleus"), "error: --label-column: not a setting of task "
-                                                              "'multilabel'"),
-        (cli_train((Path("x.fasta"), tables[1]), out, "--label-columns", "a,b"), "error: x.fasta: task multilabel "
-                                                                                 "trains on a CSV/TSV table"),
+        (cli_train((no_locations, no_locations), out),
+         f"error: {no_locations}: no --label-columns given and not the DeepLoc-2 location columns"),
+        (cli_train(tables, out, "--label-columns", "Nucleus"),
+         "error: --label-columns 'Nucleus': a multi-label task needs at least two label columns"),
+        (cli_train(tables, out, "--label-column", "Nucleus"),
+         "error: --label-column: not a setting of task 'multilabel'"),
+        (cli_train((Path("x.fasta"), tables[1]), out, "--label-columns", "a,b"),
+         "error: x.fasta: task multilabel trains on a CSV/TSV table"),
     ]
     for args, start in cases:
         result = run_cli(*args)

@@ -33,7 +33,7 @@ def multilabel_metrics(predicted: np.ndarray, truth: np.ndarray, labels: list[st
         "micro_f1": f1_score(truth, predicted, average="micro", zero_division=0.0),
         "macro_f1": f1_score(truth, predicted, average="macro", zero_division=0.0),
     }
-    with warnings.catch_warnings():  # a label that is all 0 in truth and prediction: MCC 0, said once per call
+    with warnings.catch_warnings():  # a label all 0 in truth and prediction: MCC 0 (scikit-learn's value; its warning is noise)
         warnings.simplefilter("ignore", UserWarning)
         for j, label in enumerate(labels):
             metrics[f"mcc_{label}"] = matthews_corrcoef(truth[:, j], predicted[:, j])

@@ -34,19 +34,7 @@ from scilm.errors import ScilmError, name
 from scilm.models.adapters import trainable_parameters
 from scilm.models.protein import load_protein_classifier, record_max_residues
 from scilm.sifting.loss import Loss
-from scilm.training.common import (
-    build_trainer,
-    check_out_dir,
-    finish_run,
-    periodic_subset,
-    prepare_model,
-    prepare_out_dir,
-    resolve_precision,
-    save_run,
-    train_and_measure,
-    trainer_options,
-    with_sample_index,
-)
+from scilm.training import common
 from scilm.training.losses import IGNORE
 from scilm.training.recipes.multilabel.config import Config
 from scilm.training.recipes.multilabel.metrics import (
@@ -150,8 +138,8 @@ def tuned_thresholds(trainer, valid_set: list[dict], labels: list[str]) -> tuple
 
 def run(config: Config) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
-    check_out_dir(config.out, config.overwrite, config.resume)  # fail fast; nothing written yet
-    precision = resolve_precision(config.precision)
+    common.check_out_dir(config.out, config.overwrite, config.resume)  # fail fast; nothing written yet
+    precision = common.resolve_precision(config.precision)
     config = resolve_label_columns(config)
     labels = config.label_column_list
     counts: Counter = Counter()
@@ -163,29 +151,30 @@ def run(config: Config) -> dict[str, Any]:
                                                problem_type="multi_label_classification")
     record_max_residues(model, config.truncate)
     saved_config = model.config  # the PEFT wrapper keeps this object: thresholds set at the end are saved
-    model = prepare_model(model, config, TaskType.SEQ_CLS)
+    model = common.prepare_model(model, config, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
-    out = prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
+    out = common.prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
     train_set = encode_records(train_records, tokenizer, config.truncate, y_train.tolist())
     valid_set = encode_records(valid_records, tokenizer, config.truncate, y_valid.tolist())
     log.info("train %d, validation %d, labels %s, %d of %d parameters trainable",
              len(train_set), len(valid_set), labels, n_trainable, n_total)
 
     trainer_kwargs = dict(
-        model=model, train_dataset=with_sample_index(train_set), eval_dataset=periodic_subset(valid_set, config),
+        model=model, train_dataset=common.with_sample_index(train_set),
+        eval_dataset=common.periodic_subset(valid_set, config),
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, item_loss=bce_sums,
         compute_metrics=metrics_function(labels, most_frequent_set(y_train)),
-        **trainer_options(config, [r.id for r in train_records]),
+        **common.trainer_options(config, [r.id for r in train_records]),
     )
-    trainer = build_trainer(config, out, precision, trainer_kwargs, MultiLabelLoss())
+    trainer = common.build_trainer(config, out, precision, trainer_kwargs, MultiLabelLoss())
     mean_tokens = float(np.mean([len(x["input_ids"]) for x in train_set]))
-    metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
-                                (n_trainable, n_total), eval_dataset=valid_set)
+    metrics = common.train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
+                                       (n_trainable, n_total), eval_dataset=valid_set)
     thresholds, at_thresholds = tuned_thresholds(trainer, valid_set, labels)
     saved_config.update({THRESHOLDS_KEY: thresholds})  # saved with the model, applied by predict
     metrics.update(labels=labels, thresholds=thresholds, valid_at_tuned_thresholds=at_thresholds,
                    positive_counts={"train": positives(y_train, labels), "valid": positives(y_valid, labels)})
     metrics.update(record_counts(counts))
-    finish_run(trainer, metrics, out,
-               lambda: save_run(trainer.model, tokenizer, out, lora=config.peft_method != "none"))
+    common.finish_run(trainer, metrics, out,
+                      lambda: common.save_run(trainer.model, tokenizer, out, lora=config.peft_method != "none"))
     return metrics
