@@ -234,6 +234,7 @@ def test_sifting_scores_with_the_multilabel_loss(tables, tmp_path):
     assert metrics["sifting"]["samples_seen"] > metrics["sifting"]["samples_kept"] > 0
 
 
+@pytest.mark.slow  # three runs (reference, stopped, resumed)
 def test_resume_from_a_stop_is_exact(tables, tmp_path, monkeypatch):
     """Stopped (as if by SIGTERM) at step 4, the first step after epoch 1's evaluation; resumed, the run ends
     with the weights, evaluations and thresholds of the uninterrupted one."""
