@@ -155,9 +155,10 @@ def predict(
     net, tokenizer = load_trained_classifier(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
     probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    from scilm.inference.predict import is_regression
+    from scilm.inference.predict import is_regression, multilabel_thresholds
 
-    write_predictions(records, probabilities, out, inputs=(data,), regression=is_regression(net.config))
+    write_predictions(records, probabilities, out, inputs=(data,), regression=is_regression(net.config),
+                      thresholds=multilabel_thresholds(net.config))
     typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
 
 

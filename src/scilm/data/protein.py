@@ -33,12 +33,13 @@ import re
 import string
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scilm.data.textio import data_suffix, open_text
-from scilm.errors import ScilmError, name
+from scilm.errors import ScilmError
+from scilm.errors import name as setting_name
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,20 @@ def _table_delimiter(path: Path, header: str) -> str:
     return "\t" if tabs else ","
 
 
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV/TSV/TXT table's header line (``.gz`` too). Raises ScilmError for an
+    empty file or a header the csv module cannot parse."""
+    path = Path(path)
+    with open_text(path, newline="") as handle:
+        header = handle.readline()
+    if not header.strip():
+        raise ScilmError(f"{path}: empty file (no header line)")
+    try:
+        return next(csv.reader([header], delimiter=_table_delimiter(path, header)))
+    except csv.Error as exc:
+        raise ScilmError(f"{path}:1: malformed header ({exc})") from None
+
+
 def _location_columns(path: Path, columns: list[str]) -> list[str]:
     """The DeepLoc-2 one-hot location columns present (at least two), absent ones logged."""
     present = [name for name in LOCALIZATION_LABELS if name in columns]
@@ -251,6 +266,20 @@ def _onehot_location(row: dict, columns: list[str], where: str) -> tuple[str | N
     return (marked[0] if len(marked) == 1 else None), len(marked)
 
 
+def _multi_hot(row: dict, columns: Sequence[str], where: str) -> tuple[str | None, str]:
+    """(the row's 0/1 values of ``columns`` joined by commas, e.g. ``"0,1,1"``, or None when one is a
+    missing marker; what is missing). A value other than 0/1 is a ScilmError naming the column."""
+    values = []
+    for column in columns:
+        value = normalize_label(row[column])
+        if value is None:
+            return None, f"missing label {row[column]!r} in column {column!r}"
+        if value not in ("0", "1"):
+            raise ScilmError(f"{where}: column {column!r} holds {row[column]!r}; label columns hold 0 or 1")
+        values.append(value)
+    return ",".join(values), ""
+
+
 def read_table(
     path: Path,
     sequence_column: str,
@@ -260,12 +289,15 @@ def read_table(
     task: str | None = None,
     drop_missing_labels: bool = False,
     counts: MutableMapping[str, int] | None = None,
+    label_columns: Sequence[str] | None = None,
 ) -> list[ProteinRecord]:
     """Read a CSV/TSV/TXT table in the DeepLoc-2 layout (or any table with a sequence column).
 
     Labels come from ``label_column``, or with ``task="localization"`` from the one-hot location
-    columns (single-location rows; multi-location rows skipped and counted). A missing label is an
-    error naming the line unless ``drop_missing_labels`` (then excluded and counted).
+    columns (single-location rows; multi-location rows skipped and counted), or from several 0/1
+    ``label_columns`` (multi-label: the label is their values joined by commas, ``"0,1,1"``). A
+    missing label is an error naming the line unless ``drop_missing_labels`` (then excluded and
+    counted).
     """
     counts = Counter() if counts is None else counts
     localization = task == "localization"
@@ -291,6 +323,10 @@ def read_table(
                     raise ScilmError(
                         f"{path}: no column {name!r} ({flag}); columns are: {', '.join(columns)}"
                     )
+            for name in label_columns or ():
+                if name not in columns:
+                    raise ScilmError(f"{path}: no label column {name!r} ({setting_name('label_columns')}); "
+                                     f"columns are: {', '.join(columns)}")
             location_columns = _location_columns(path, columns) if localization else []
             for row in reader:
                 line_no = reader.line_num
@@ -308,10 +344,12 @@ def read_table(
                         counts[SKIPPED_MULTILOCATION] += 1
                         continue
                     missing = f"no location marked in columns {', '.join(location_columns)}"
+                elif label_columns:
+                    label, missing = _multi_hot(row, label_columns, where)
                 elif label_column is not None:
                     label = normalize_label(row[label_column])
                     missing = f"missing label {row[label_column]!r} in column {label_column!r}"
-                if (localization or label_column is not None) and label is None:
+                if (localization or label_column is not None or label_columns) and label is None:
                     if not drop_missing_labels:
                         raise ScilmError(f"{where}: {missing} (--drop-missing-labels excludes such rows, "
                                          "counted)")
@@ -323,7 +361,7 @@ def read_table(
             raise ScilmError(f"{path}:{reader.line_num}: malformed {kind} ({exc})") from None
 
     names = (_readable_labels({p[3] for p in pending}, label_column)
-             if label_column is not None and not localization else {})
+             if label_column is not None and not localization and not label_columns else {})
     return [ProteinRecord(rec_id, seq, names.get(label, label), split, line=line_no)
             for line_no, rec_id, seq, label, split in pending]
 
@@ -356,6 +394,7 @@ def read_proteins(
     unique_ids: bool = True,
     drop_missing_labels: bool = False,
     counts: MutableMapping[str, int] | None = None,
+    label_columns: Sequence[str] | None = None,
 ) -> list[ProteinRecord]:
     """Read FASTA or a CSV/TSV/TXT table (each optionally ``.gz``), by extension.
 
@@ -364,7 +403,9 @@ def read_proteins(
     ``label_column=None`` for tables). ``unique_ids``: the duplicate policy of the module docstring
     (True for training, False for predict/embed/pretrain: one record per input, in input order).
     ``counts`` (optional) receives the number of records left out by reason (:data:`COUNT_KEYS`);
-    each non-zero number is also logged. Raises :class:`ScilmError` for any bad input.
+    each non-zero number is also logged. ``label_columns`` (tables, with ``task=None`` and
+    ``label_column=None``): several 0/1 columns, the multi-label target (see :func:`read_table`).
+    Raises :class:`ScilmError` for any bad input.
     """
     path = Path(path)
     if task is not None and task not in TASKS:
@@ -374,6 +415,9 @@ def read_proteins(
     counts = Counter() if counts is None else counts
     before = Counter(counts)
     suffix = data_suffix(path)
+    if suffix in FASTA_SUFFIXES and label_columns:
+        raise ScilmError(f"{path}: {setting_name('label_columns')} name 0/1 columns of a CSV/TSV table, but this "
+                         "is a FASTA file")
     if suffix in FASTA_SUFFIXES:
         _check_fasta_settings(path, sequence_column, label_column, id_column, split_column)
         records = read_fasta(path, task, counts)
@@ -383,7 +427,7 @@ def read_proteins(
                              f"columns) or --label-column {label_column!r}, not both")
         records = read_table(path, sequence_column or DEFAULT_SEQUENCE_COLUMN,
                              None if task == "localization" else label_column,
-                             id_column, split_column, task, drop_missing_labels, counts)
+                             id_column, split_column, task, drop_missing_labels, counts, label_columns)
     else:
         raise ScilmError(
             f"{path}: unknown file type {suffix!r} (use FASTA {', '.join(FASTA_SUFFIXES)} "
@@ -473,14 +517,14 @@ def stratified_split(
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < valid_fraction < 1.0:
-        raise ScilmError(f"{name('valid_fraction')} must be between 0 and 1 (got {valid_fraction})")
+        raise ScilmError(f"{setting_name('valid_fraction')} must be between 0 and 1 (got {valid_fraction})")
     sizes = Counter(record.label for record in records)
     splittable = [i for i, record in enumerate(records) if sizes[record.label] > 1]
     labels = [str(records[i].label) for i in splittable]
     n_valid = max(round(len(splittable) * valid_fraction), len(set(labels)))  # one of each class at least
     if not splittable or len(splittable) - n_valid < len(set(labels)):
         raise ScilmError(f"{len(records)} records are too few to keep every class on both sides of a "
-                         f"{name('valid_fraction')} {valid_fraction} split; give {name('valid')} instead")
+                         f"{setting_name('valid_fraction')} {valid_fraction} split; give {setting_name('valid')} instead")
     _, valid_index = train_test_split(splittable, test_size=n_valid, stratify=labels, random_state=seed)
     chosen = set(valid_index)
     return ([r for i, r in enumerate(records) if i not in chosen], [r for i, r in enumerate(records) if i in chosen])
@@ -514,5 +558,5 @@ __all__ = [
     "ProteinRecord", "read_proteins", "read_fasta", "read_table", "normalize_sequence",
     "filter_by_length", "label_names", "check_labels", "stratified_split", "split_by_column",
     "check_known_labels", "MEMBRANE_LABELS", "LOCALIZATION_LABELS", "TASKS", "normalize_label",
-    "describe_char", "MISSING_LABELS", "COUNT_KEYS",
+    "describe_char", "MISSING_LABELS", "COUNT_KEYS", "table_columns",
 ]

@@ -62,10 +62,23 @@ def output_function(config):
     return lambda logits: logits.softmax(dim=-1)
 
 
+def multilabel_thresholds(config) -> dict[str, float] | None:
+    """A multi-label model's decision threshold per label: ``scilm_thresholds`` saved by the multilabel
+    recipe (tuned on validation), else 0.5 each; None for any other model."""
+    if getattr(config, "problem_type", None) != "multi_label_classification":
+        return None
+    saved = getattr(config, "scilm_thresholds", None) or {}
+    return {label: float(saved.get(label, 0.5)) for label in config.id2label.values()}
+
+
 def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str, float]], out: Path,
-                      inputs: tuple = (), regression: bool = False) -> None:
+                      inputs: tuple = (), regression: bool = False,
+                      thresholds: dict[str, float] | None = None) -> None:
     """CSV: id, predicted_label, probability per class (``prob_<label>``), written whole or not at all;
-    for a regression model (``regression``) id and the predicted value per target, full precision.
+    for a regression model (``regression``) id and the predicted value per target, full precision; for a
+    multi-label model (``thresholds``: :func:`multilabel_thresholds`) id, ``predicted_labels`` (every label
+    whose probability is at least its threshold, joined by ``;``, empty for none) and each label's
+    sigmoid probability, full precision (the set can be recomputed from them exactly).
 
     One row per record, in input order: a repeated id gets one row per occurrence. Raises
     ScilmError when ``out`` is a directory or one of ``inputs`` (see :func:`scilm.io.atomic_output`).
@@ -77,6 +90,12 @@ def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str
             writer.writerow(["id", *labels])
             for record, values in zip(records, probabilities, strict=True):
                 writer.writerow([record.id, *[repr(float(values[label])) for label in labels]])
+            return
+        if thresholds is not None:
+            writer.writerow(["id", "predicted_labels", *[f"prob_{label}" for label in labels]])
+            for record, probs in zip(records, probabilities, strict=True):
+                chosen = ";".join(label for label in labels if probs[label] >= thresholds[label])
+                writer.writerow([record.id, chosen, *[repr(float(probs[label])) for label in labels]])
             return
         writer.writerow(["id", "predicted_label", *[f"prob_{label}" for label in labels]])
         for record, probs in zip(records, probabilities, strict=True):
