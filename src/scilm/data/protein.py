@@ -32,7 +32,7 @@ import logging
 import re
 import string
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
