@@ -205,6 +205,59 @@ def embed(
                f"{_cut_note(result.n_cut, result.n_records, policy)}{resumed}")
 
 
+@app.command("score-variants")
+def score_variants(
+    model: str = Opt(..., help="ESM-2 masked LM: hub id (facebook/esm2_t33_650M_UR50D), local directory or esm2-tiny-mlm."),
+    wild_type: Path = Opt(..., help="FASTA holding the one wild-type sequence the mutations are numbered on."),
+    data: Optional[str] = Opt(None, help="CSV/TSV with a mutant column (ProteinGym layout; DMS_score optional)."),
+    mutant: Optional[list[str]] = Opt(None, "--mutant", help="A mutation instead of --data (repeat): A42G, or A42G:C55T."),
+    out: Path = Opt(Path("scored.csv"), help="Output CSV: the input with a score column (+ .spearman.json, .scatter.png)."),
+    scoring: str = Opt("masked-marginal", help="masked-marginal | wt-marginal (ESM-1v's masked / wild-type marginals)."),
+    offset: int = Opt(1, help="Number of the wild type's first residue in the mutations (esm's --offset-idx)."),
+    mutant_column: str = Opt("mutant", help="Column with the mutations."),
+    dms_column: Optional[str] = Opt(None, help="Measured fitness column for Spearman [DMS_score, when present]."),
+    score_column: Optional[str] = Opt(None, help="Name of the added column [masked_marginal | wt_marginal]."),
+    window: Optional[int] = Opt(None, help="Residues per forward; longer proteins are scored on a window around each "
+                                "position [the length the model was trained with, 1022 for ESM-2]."),
+    batch_size: int = Opt(32, help="Forwards per batch."),
+    progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar on stderr (a terminal only)."),
+) -> None:
+    """Zero-shot variant-effect scores (ESM-1v masked / wild-type marginals), Spearman against DMS_score."""
+    from scilm.inference import variants
+    from scilm.io import check_output
+    from scilm.models.protein import max_residues
+
+    if scoring not in variants.SCORINGS:
+        raise ScilmError(f"--scoring must be one of {', '.join(variants.SCORINGS)} (got {scoring!r})")
+    if (data is None) == (not mutant):
+        raise ScilmError("give the mutations either as --data TABLE or as --mutant A42G (repeat), one of the two")
+    for name, value in (("--batch-size", batch_size), ("--window", window)):
+        if value is not None and value < 1:
+            raise ScilmError(f"{name} must be at least 1 (got {value})")
+    inputs = [data, wild_type]
+    check_output(out, inputs)
+    sequence = variants.read_wild_type(wild_type)
+    table = variants.read_mutant_table(data, mutant_column) if data else variants.mutant_list(mutant)
+    variants.parse_table_mutants(table, sequence, offset)  # every mutation checked before the model loads
+    target = dms_column or "DMS_score"
+    variants.check_score_outputs(out, inputs, with_report=target in table.header)
+    net, tokenizer = variants.load_masked_lm(model)
+    limit = window if window is not None else max_residues(net.config, tokenizer)
+    result = variants.score_variants_file(
+        net, tokenizer, sequence, table, out, scoring=scoring, window=limit, batch_size=batch_size,
+        score_column=score_column, dms_column=target, dms_required=dms_column is not None, progress=progress,
+        inputs=inputs, model_name=model)
+    windows = f", windows of {limit} residues" if len(sequence) > limit else ""
+    forwards = f"{result.n_forwards} forward{'s' if result.n_forwards != 1 else ''}"
+    typer.echo(f"scored {result.n_mutants} mutants ({scoring}, {forwards}{windows}); "
+               f"wrote {', '.join(map(str, result.written))}")
+    if result.report is not None:
+        rho = result.report["spearman"]
+        missing = f", {result.report['n_missing']} without a value left out" if result.report["n_missing"] else ""
+        typer.echo(f"Spearman {'undefined' if rho is None else f'{rho:.4f}'} against "
+                   f"{result.report['dms_column']} ({result.report['n']} mutants{missing})")
+
+
 @app.command()
 def generate(
     inputs: list[str] = typer.Argument(None, help="Inputs (without the prompt); or use --input-file."),
