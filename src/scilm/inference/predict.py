@@ -1,4 +1,5 @@
-"""Class probabilities for proteins from a trained classifier, batched by length, streamed from a file."""
+"""Per-protein predictions of a trained model, batched by length, streamed from a file: class
+probabilities, or the predicted number of a regression model (in the targets' own units)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def predict_proteins(
     model, tokenizer, sequences: list[str], batch_size: int = 32, truncate: int | None = None, *,
     policy: ResiduePolicy | None = None,
 ) -> list[dict[str, float]]:
-    """For each sequence, ``{label: probability}`` (softmax over all classes), in input order.
+    """For each sequence, ``{label: value}`` in input order: softmax probabilities over all classes,
+    sigmoid ones for a multi-label model, the predicted number for a regression model (see
+    :func:`output_function`).
 
     ``sequences`` are validated residues (:func:`scilm.data.protein.normalize_sequence`). ``policy``
     chooses the residues fed (:mod:`scilm.inference.policy`); by default the first ``truncate``,
@@ -41,27 +44,50 @@ def predict_proteins(
         log.debug("%d of %d sequences cut by %s", n_cut, len(sequences), policy)  # the CLI reports it
     device = next(model.parameters()).device
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    to_output = output_function(model.config)
     results: list[dict[str, float]] = [{} for _ in fed]
     for batch in length_sorted_batches([len(s) for s in fed], batch_size):
         encoded = encode_proteins(tokenizer, [fed[i] for i in batch]).to(device)
-        probabilities = model(**encoded).logits.float().softmax(dim=-1).cpu()  # (B, num_labels)
+        outputs = to_output(model(**encoded).logits.float()).cpu()  # (B, num_labels)
         for row, i in enumerate(batch):
-            results[i] = dict(zip(labels, probabilities[row].tolist()))
+            results[i] = dict(zip(labels, outputs[row].tolist()))
     return results
 
 
-def _header(labels: list[str]) -> list[str]:
+def is_regression(config) -> bool:
+    """A model trained by the regression recipe (one output per target, ``problem_type: regression``)."""
+    return getattr(config, "problem_type", None) == "regression"
+
+
+def output_function(config):
+    """logits (B, C) -> what predict reports: softmax probabilities, sigmoid ones for a multi-label model,
+    or for a regression model the output in the targets' units (the training standardisation undone:
+    ``y = output * scilm_target_std + scilm_target_mean``)."""
+    if is_regression(config):
+        mean, std = getattr(config, "scilm_target_mean", 0.0), getattr(config, "scilm_target_std", 1.0)
+        return lambda logits: logits * std + mean
+    if getattr(config, "problem_type", None) == "multi_label_classification":
+        return torch.sigmoid
+    return lambda logits: logits.softmax(dim=-1)
+
+
+def _header(labels: list[str], regression: bool) -> list[str]:
+    if regression:  # one column per target, named as in training (e.g. target)
+        return ["id", *labels]
     return ["id", "predicted_label", *[f"prob_{label}" for label in labels]]
 
 
-def _row(record_id: str, probs: dict[str, float], labels: list[str]) -> list[str]:
-    best = max(probs, key=probs.get)
-    return [record_id, best, *[f"{probs[label]:.6f}" for label in labels]]
+def _row(record_id: str, values: dict[str, float], labels: list[str], regression: bool) -> list[str]:
+    if regression:  # full precision: a regression value is the answer, not a rounded display
+        return [record_id, *[repr(float(values[label])) for label in labels]]
+    best = max(values, key=values.get)
+    return [record_id, best, *[f"{values[label]:.6f}" for label in labels]]
 
 
 def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str, float]], out: Path,
-                      inputs: tuple = ()) -> None:
-    """CSV: id, predicted_label, probability per class (``prob_<label>``), written whole or not at all.
+                      inputs: tuple = (), regression: bool = False) -> None:
+    """CSV: id, predicted_label, probability per class (``prob_<label>``), written whole or not at all;
+    for a regression model (``regression``) id and the predicted value per target, full precision.
 
     One row per record, in input order: a repeated id gets one row per occurrence. Raises
     ScilmError when ``out`` is a directory or one of ``inputs`` (see :func:`scilm.io.atomic_output`).
@@ -69,15 +95,16 @@ def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str
     labels = list(probabilities[0]) if probabilities else []
     with atomic_output(out, inputs) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(_header(labels))
+        writer.writerow(_header(labels, regression))
         for record, probs in zip(records, probabilities, strict=True):
-            writer.writerow(_row(record.id, probs, labels))
+            writer.writerow(_row(record.id, probs, labels, regression))
 
 
 def predict_file(model, tokenizer, data: str | Path, out: str | Path, *, policy: ResiduePolicy,
                  batch_size: int = 32, sequence_column: str = "Sequence", id_column: str | None = None,
                  progress: bool = True, n_records: int | None = None) -> tuple[int, int]:
-    """:func:`predict_proteins` over a file of any size, into the CSV of :func:`write_predictions`.
+    """:func:`predict_proteins` over a file of any size, into the CSV of :func:`write_predictions`
+    (the regression layout for a regression model).
 
     Records are read, predicted and written :data:`PREDICT_CHUNK` at a time (memory does not grow
     with the file); ``out`` appears whole at the end, or not at all. A progress bar (proteins/s,
@@ -85,16 +112,17 @@ def predict_file(model, tokenizer, data: str | Path, out: str | Path, *, policy:
     (records written, records cut by ``policy``). Raises ScilmError for bad input or output.
     """
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    regression = is_regression(model.config)
     n = n_cut = 0
     with atomic_output(out, [data]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle, \
             progress_bar(n_records, "predict", progress) as bar:
         writer = csv.writer(handle)
-        writer.writerow(_header(labels))
+        writer.writerow(_header(labels, regression))
         for chunk in chunked(iter_proteins(data, sequence_column, id_column), PREDICT_CHUNK):
             fed = [policy(r.sequence) for r in chunk]
             n_cut += sum(len(f) < len(r.sequence) for f, r in zip(fed, chunk))
             probabilities = predict_proteins(model, tokenizer, fed, batch_size, policy=lambda s: s)
-            writer.writerows(_row(r.id, p, labels) for r, p in zip(chunk, probabilities, strict=True))
+            writer.writerows(_row(r.id, p, labels, regression) for r, p in zip(chunk, probabilities, strict=True))
             n += len(chunk)
             bar.update(len(chunk))
     return n, n_cut
