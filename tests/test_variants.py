@@ -10,7 +10,6 @@ import csv
 import gzip
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +282,19 @@ def test_other_bad_inputs_are_one_line(run_cli, tmp_path, capsys):
     result = run_cli("score-variants", "--model", "esm2-tiny-mlm", "--wild-type", WILD_TYPE, "--mutant", "H24C",
                      "--out", WILD_TYPE)
     assert result.exit_code == 2 and "is also an input" in result.stderr
+
+
+def test_readme_table_is_proteingym_published_row():
+    """The README's expected-Spearman table is ProteinGym's published row, bundled verbatim."""
+    import re
+
+    from conftest import REPO
+
+    with open(ASSAY / "proteingym_zero_shot_Spearman_row.csv", encoding="utf-8", newline="") as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r["DMS ID"] == "BLAT_ECOLX_Stiffler_2015"]
+    published = {f"facebook/esm2_t{t}_{size}_UR50D": row[f"ESM2 ({size})"]
+                  for t, size in ((6, "8M"), (12, "35M"), (30, "150M"), (33, "650M"))}
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| `(facebook/esm2_\w+)` \| ([0-9.]+) \|$", readme, flags=re.M))
+    assert table == published == {"facebook/esm2_t6_8M_UR50D": "0.399", "facebook/esm2_t12_35M_UR50D": "0.557",
+                                  "facebook/esm2_t30_150M_UR50D": "0.661", "facebook/esm2_t33_650M_UR50D": "0.731"}
