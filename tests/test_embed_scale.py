@@ -352,7 +352,7 @@ def test_progress_bar_counts_proteins_per_second_on_a_terminal_only():
         assert bool(stream.getvalue()) == drawn
 
 
-def test_commands_draw_no_bar_when_stderr_is_not_a_terminal(run_cli, tmp_path, proteins):
+def test_commands_draw_no_bar_when_stderr_is_not_a_terminal(run_cli, tmp_path, proteins, capsys):
     from conftest import BUNDLED
 
     data = fasta(tmp_path / "p.fasta", proteins)
@@ -361,20 +361,63 @@ def test_commands_draw_no_bar_when_stderr_is_not_a_terminal(run_cli, tmp_path, p
     result = run_cli("score-variants", "--model", MODEL, "--wild-type", BUNDLED / "proteingym_blat_ecolx" / "BLAT_ECOLX.fasta",
                      "--mutant", "H24C", "--out", tmp_path / "s.csv")
     assert result.exit_code == 0 and "proteins/s" not in result.stderr and "\r" not in result.stderr
+    _classifier(tmp_path / "clf")
+    capsys.readouterr()  # transformers' saving bar
+    result = run_cli("predict", "--model", tmp_path / "clf", "--data", data, "--out", tmp_path / "p.csv")
+    assert result.exit_code == 0 and "proteins/s" not in result.stderr and "\r" not in result.stderr
 
 
-def test_predict_streams_the_same_rows_as_in_memory(run_cli, tmp_path, proteins):
+def _classifier(path):
+    """A random esm2-tiny membrane/soluble classifier saved to ``path`` (seed 0); returns the model."""
     from transformers import EsmForSequenceClassification
 
-    from scilm.inference import predict_proteins
     from scilm.models.protein import esm2_config, esm2_tokenizer
 
     torch.manual_seed(0)
     model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=2,
                                                      id2label={0: "soluble", 1: "membrane"},
                                                      label2id={"soluble": 0, "membrane": 1})).eval()
-    model.save_pretrained(tmp_path / "clf")
-    esm2_tokenizer().save_pretrained(tmp_path / "clf")
+    model.save_pretrained(path)
+    esm2_tokenizer().save_pretrained(path)
+    return model
+
+
+def test_embed_predict_and_score_variants_draw_a_bar_on_a_terminal_unless_no_progress(
+        run_cli, tmp_path, proteins, monkeypatch, capsys):
+    """Each command's bar reaches its total (proteins, or forwards for score-variants) on a terminal;
+    --no-progress draws nothing (the same switch as the training commands' --progress/--no-progress)."""
+    from conftest import BUNDLED
+
+    data = fasta(tmp_path / "p.fasta", proteins)
+    _classifier(tmp_path / "clf")
+    capsys.readouterr()
+    n = len(proteins)
+    wild_type = BUNDLED / "proteingym_blat_ecolx" / "BLAT_ECOLX.fasta"
+    commands = {
+        "embed": (["embed", "--model", MODEL, "--data", data, "--out", tmp_path / "e.npz"], f"{n}/{n}", "proteins/s"),
+        "predict": (["predict", "--model", tmp_path / "clf", "--data", data, "--out", tmp_path / "p.csv"],
+                    f"{n}/{n}", "proteins/s"),
+        "score-variants": (["score-variants", "--model", MODEL, "--wild-type", wild_type, "--mutant", "H24C",
+                            "--mutant", "H24A:W286F", "--out", tmp_path / "s.csv"], "2/2", "forwards/s"),
+    }
+    for name, (args, count, rate) in commands.items():
+        for extra, drawn in (([], True), (["--no-progress"], False)):
+            terminal = Terminal()
+            with monkeypatch.context() as patch:
+                patch.setattr(sys, "stderr", terminal)
+                result = run_cli(*args, *extra)
+            shown = terminal.getvalue()
+            assert result.exit_code == 0, (name, result.stderr, shown)
+            assert (count in shown and rate in shown and f"{name}" in shown) == drawn, (name, extra, shown)
+            if not drawn:
+                assert "\r" not in shown and rate not in shown
+
+
+def test_predict_streams_the_same_rows_as_in_memory(run_cli, tmp_path, proteins):
+    from scilm.inference import predict_proteins
+    from scilm.models.protein import esm2_tokenizer
+
+    model = _classifier(tmp_path / "clf")
     many = proteins * 50  # 1,150 records: two chunks of the stream
     data = fasta(tmp_path / "p.fasta", many)
     result = run_cli("predict", "--model", tmp_path / "clf", "--data", data, "--out", tmp_path / "p.csv", "--truncate", "40")

@@ -146,7 +146,9 @@ def position_log_probs(model, tokenizer, wild_type: str, indices: Sequence[int],
     masked-marginal: one forward per index, the residue masked (``batch_size`` such forwards at
     once: all have the same length, so no padding). wt-marginal: one unmasked forward per distinct
     window (one in all when the protein fits). ``window``: residues per forward (see the module
-    docstring). float64 arrays over the tokenizer's vocabulary.
+    docstring). float64 arrays over the tokenizer's vocabulary. ``progress``: a bar counting forwards
+    (stderr, a terminal only). Raises ScilmError for an unknown ``scoring``, ``window`` < 1, or a
+    tokenizer that does not give one token per residue.
     """
     if scoring not in SCORINGS:
         raise ScilmError(f"--scoring must be one of {', '.join(SCORINGS)} (got {scoring!r})")
@@ -160,7 +162,7 @@ def position_log_probs(model, tokenizer, wild_type: str, indices: Sequence[int],
     device = next(model.parameters()).device
     jobs = plan_forwards(indices, len(wild_type), scoring, window)
     out: dict[int, np.ndarray] = {}
-    with progress_bar(len(jobs), f"score-variants ({scoring})", progress) as bar:
+    with progress_bar(len(jobs), f"score-variants ({scoring})", progress, unit="forwards") as bar:
         for batch in (jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)):
             inputs = torch.stack([tokens[start:end] for (start, end), _ in batch])  # (B, T)
             if scoring == "masked-marginal":
