@@ -55,6 +55,7 @@ def resolve_layers(config, layers: Sequence[int]) -> list[int]:
 
 
 def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of :data:`POOLINGS`; else ScilmError naming ``--pooling``."""
     if pooling not in POOLINGS:
         raise ScilmError(f"--pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
     return pooling

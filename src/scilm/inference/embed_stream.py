@@ -110,6 +110,7 @@ class PartStore:
         self.settings = {"version": PARTS_VERSION, **settings}
 
     def part(self, index: int) -> Path:
+        """The file of chunk ``index`` (0-based, input order)."""
         return self.dir / f"part-{index:07d}.npz"
 
     def open(self) -> int:
@@ -153,6 +154,7 @@ class PartStore:
         return read
 
     def remove(self) -> None:
+        """Delete the parts directory (after the merge wrote ``--out``)."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -48,6 +48,7 @@ class Layout:
 
     @property
     def per_residue(self) -> bool:
+        """One row per residue (``--pooling per-residue``) rather than one per protein."""
         return self.pooling == "per-residue"
 
     @property
@@ -57,6 +58,7 @@ class Layout:
 
     @property
     def n_rows(self) -> int:
+        """Rows of the embeddings array: R residues (per-residue) or N proteins."""
         return self.n_residues if self.per_residue else self.n_records
 
 

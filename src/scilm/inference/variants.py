@@ -103,7 +103,7 @@ def parse_mutant(text: str, wild_type: str, offset: int = 1, where: str = "") ->
 
 
 def apply_mutant(wild_type: str, substitutions: Sequence[Substitution]) -> str:
-    """The wild type with ``substitutions`` applied."""
+    """The wild type with ``substitutions`` (from :func:`parse_mutant`, so already checked) applied."""
     residues = list(wild_type)
     for sub in substitutions:
         residues[sub.index] = sub.mt
@@ -220,9 +220,11 @@ class MutantTable:
     where_format: str = "{path}:{line}"  # how messages name a row
 
     def where(self, line: int) -> str:
+        """How messages name row ``line``, e.g. ``mutants.csv:7`` or ``--mutant #2``."""
         return self.where_format.format(path=self.path, line=line)
 
     def column(self, name: str) -> list[str]:
+        """The cells of column ``name`` (it must be in the header), in row order."""
         j = self.header.index(name)
         return [row[j] for row in self.rows]
 
