@@ -33,7 +33,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,26 +169,32 @@ def _fasta_label(header_rest: str, task: str, where: str, counts: MutableMapping
 
 def read_fasta(path: Path, task: str | None, counts: MutableMapping[str, int] | None = None) -> list[ProteinRecord]:
     """Read FASTA; with ``task`` the DeepLoc header label is parsed (skipped records counted)."""
+    return list(iter_fasta(path, task, counts))
+
+
+def iter_fasta(path: Path, task: str | None, counts: MutableMapping[str, int] | None = None) -> Iterator[ProteinRecord]:
+    """:func:`read_fasta` one record at a time (memory does not grow with the file)."""
     counts = Counter() if counts is None else counts
-    records: list[ProteinRecord] = []
     header: tuple[int, str, str] | None = None  # (line number, id, rest of header)
     chunks: list[str] = []
 
-    def flush() -> None:
+    def flush() -> ProteinRecord | None:
         if header is None:
-            return
+            return None
         line_no, rec_id, rest = header
         where = f"{path}:{line_no} (record {rec_id})"
         seq = normalize_sequence("".join(chunks), where)
         label = _fasta_label(rest, task, where, counts) if task else None
         if task is None or label is not None:
-            records.append(ProteinRecord(rec_id, seq, label, line=line_no))
+            return ProteinRecord(rec_id, seq, label, line=line_no)
+        return None
 
     with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             line = line.strip(string.whitespace)  # ASCII only: a stray U+00A0 must reach the residue check
             if line.startswith(">"):
-                flush()
+                if (record := flush()) is not None:
+                    yield record
                 fields = line[1:].split(maxsplit=1)
                 if not fields:
                     raise ScilmError(f"{path}:{line_no}: FASTA header without an id")
@@ -198,8 +204,8 @@ def read_fasta(path: Path, task: str | None, counts: MutableMapping[str, int] | 
                 if header is None:
                     raise ScilmError(f"{path}:{line_no}: sequence before the first '>' header")
                 chunks.append(line)
-    flush()
-    return records
+    if (record := flush()) is not None:
+        yield record
 
 
 def _readable_labels(values: set[str], column: str) -> dict[str, str]:
@@ -299,10 +305,21 @@ def read_table(
     missing label is an error naming the line unless ``drop_missing_labels`` (then excluded and
     counted).
     """
-    counts = Counter() if counts is None else counts
+    pending = list(_iter_table_rows(path, sequence_column, label_column, id_column, split_column, task,
+                                    drop_missing_labels, Counter() if counts is None else counts, label_columns))
+    names = (_readable_labels({p[3] for p in pending}, label_column)
+             if label_column is not None and task != "localization" and not label_columns else {})
+    return [ProteinRecord(rec_id, seq, names.get(label, label), split, line=line_no)
+            for line_no, rec_id, seq, label, split in pending]
+
+
+def _iter_table_rows(path: Path, sequence_column: str, label_column: str | None, id_column: str | None,
+                     split_column: str | None, task: str | None, drop_missing_labels: bool,
+                     counts: MutableMapping[str, int], label_columns: Sequence[str] | None = None,
+                     ) -> Iterator[tuple[int, str, str, str | None, str | None]]:
+    """The rows of :func:`read_table` one at a time: (line, id, sequence, raw label, split)."""
     localization = task == "localization"
     kind = "table"
-    pending: list[tuple[int, str, str, str | None, str | None]] = []  # line, id, sequence, label, split
     with open_text(path, newline="") as handle:
         header = handle.readline()
         if not header.strip():
@@ -356,14 +373,9 @@ def read_table(
                     counts[DROPPED_MISSING_LABEL] += 1
                     continue
                 split = row[split_column].strip() if split_column else None
-                pending.append((line_no, rec_id, seq, label, split))
+                yield line_no, rec_id, seq, label, split
         except csv.Error as exc:
             raise ScilmError(f"{path}:{reader.line_num}: malformed {kind} ({exc})") from None
-
-    names = (_readable_labels({p[3] for p in pending}, label_column)
-             if label_column is not None and not localization and not label_columns else {})
-    return [ProteinRecord(rec_id, seq, names.get(label, label), split, line=line_no)
-            for line_no, rec_id, seq, label, split in pending]
 
 
 def _check_fasta_settings(path: Path, sequence_column, label_column, id_column, split_column) -> None:
@@ -442,6 +454,37 @@ def read_proteins(
         why = "; ".join(f"{number} {_COUNT_WORDS[key]}" for key, number in left_out.items())
         raise ScilmError(f"{path}: no usable records ({why or 'empty file'})")
     return records
+
+
+def iter_proteins(path: str | Path, sequence_column: str | None = DEFAULT_SEQUENCE_COLUMN,
+                  id_column: str | None = None) -> Iterator[ProteinRecord]:
+    """Unlabelled records one at a time, in file order: what ``read_proteins(path, task=None,
+    label_column=None, unique_ids=False)`` returns, without holding the file in memory (``embed``,
+    ``predict`` on inputs of any size). Same checks and messages; raises :class:`ScilmError` at the
+    bad record (records before it have been yielded) and for a file without records (at its end).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ScilmError(f"{path}: no such file")
+    suffix = data_suffix(path)
+    if suffix in FASTA_SUFFIXES:
+        _check_fasta_settings(path, sequence_column, None, id_column, None)
+        records = iter_fasta(path, None)
+    elif suffix in TABLE_SUFFIXES:
+        records = (ProteinRecord(rec_id, seq, None, None, line=line_no) for line_no, rec_id, seq, _, _ in
+                   _iter_table_rows(path, sequence_column or DEFAULT_SEQUENCE_COLUMN, None, id_column, None, None,
+                                    False, Counter()))
+    else:
+        raise ScilmError(
+            f"{path}: unknown file type {suffix!r} (use FASTA {', '.join(FASTA_SUFFIXES)} "
+            f"or a table {', '.join(TABLE_SUFFIXES)}, each optionally .gz)"
+        )
+    empty = True
+    for record in records:
+        empty = False
+        yield record
+    if empty:
+        raise ScilmError(f"{path}: no usable records (empty file)")
 
 
 def _dedupe(records: list[ProteinRecord], path: Path, counts: MutableMapping[str, int]) -> list[ProteinRecord]:
@@ -555,7 +598,7 @@ def check_known_labels(records: list[ProteinRecord], names: list[str], path: str
 
 
 __all__ = [
-    "ProteinRecord", "read_proteins", "read_fasta", "read_table", "normalize_sequence",
+    "ProteinRecord", "read_proteins", "iter_proteins", "read_fasta", "read_table", "normalize_sequence",
     "filter_by_length", "label_names", "check_labels", "stratified_split", "split_by_column",
     "check_known_labels", "MEMBRANE_LABELS", "LOCALIZATION_LABELS", "TASKS", "normalize_label",
     "describe_char", "MISSING_LABELS", "COUNT_KEYS", "table_columns",
