@@ -78,6 +78,7 @@ def esm2_config(preset: str, **overrides) -> EsmConfig:
 
 
 def is_preset(name: str) -> bool:
+    """Whether ``name`` is one of scilm's offline ESM-2 presets (``esm2-tiny``, ``esm2-8m`` ...), not a hub id."""
     return name in PROTEIN_PRESETS
 
 
