@@ -153,6 +153,15 @@ def predict(
     records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_trained_classifier(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
+    from scilm.models.protein import is_per_residue
+
+    if is_per_residue(net.config):  # --task residue: a label per residue, aligned to the input residues
+        from scilm.inference.residue import predict_residues, write_residue_predictions
+
+        predicted = predict_residues(net, tokenizer, [r.sequence for r in records], batch_size, limit)
+        write_residue_predictions(records, predicted, out, inputs=(data,))
+        typer.echo(f"wrote {len(records)} per-residue predictions to {out}{cut} ('.' marks residues not predicted)")
+        return
     probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
     from scilm.inference.predict import is_regression
 

@@ -12,7 +12,8 @@ import torch
 from scilm.data.protein import ProteinRecord
 from scilm.inference.batching import encode_proteins, length_sorted_batches
 from scilm.io import atomic_output
-from scilm.models.protein import max_residues, truncate_sequences
+from scilm.errors import ScilmError
+from scilm.models.protein import is_per_residue, max_residues, truncate_sequences
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ def predict_proteins(
     it). The result does not depend on ``batch_size`` or on the order of ``sequences`` (padding is
     masked), beyond float rounding.
     """
+    if is_per_residue(model.config):  # (B, T, C) logits: one row per protein would be wrong
+        raise ScilmError("this is a per-residue model (--task residue): its predictions are labels per residue "
+                         "(scilm.inference.residue.predict_residues)")
     limit = truncate if truncate is not None else max_residues(model.config, tokenizer)
     sequences, n_cut = truncate_sequences(sequences, limit)
     if n_cut:
