@@ -358,3 +358,19 @@ def test_resume_after_a_stop_is_exact(tmp_path, monkeypatch):
         resumed = run(out, resume=True)
         assert resumed["resumed_from_step"] == stop
         assert_resumed_exactly(resumed, reference)
+
+
+def test_the_bundled_ss3_slice_reads_as_its_readme_says():
+    import gzip
+    import hashlib
+    from collections import Counter
+
+    from conftest import BUNDLED
+    from scilm.data.residue import read_residues
+
+    path = BUNDLED / "flip_ss3" / "ss3_slice.tsv.gz"
+    assert hashlib.sha256(gzip.open(path).read()).hexdigest() in (BUNDLED / "README.md").read_text()
+    assert path.stat().st_size < 1_000_000 and (path.parent / "LICENSE.FLIP-AFL-3.0.txt").is_file()
+    records = read_residues(path, **{**TABLE_SETTINGS, "split_column": "split"})
+    assert Counter(r.split for r in records) == {"train": 600, "val": 150, "test": 150}
+    assert {c for r in records for c in r.label} == set("HEC") and all(set(r.mask) <= set("01") for r in records)
