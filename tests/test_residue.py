@@ -161,7 +161,9 @@ def test_metrics_function_against_sklearn_with_padding_and_signal_types():
 
     classes = ["I", "O", "S", "L"]
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, size=(20, 15))
+    labels = rng.integers(0, 2, size=(20, 15))  # I/O, and a signal-peptide region (S or L) in some proteins
+    for row, region in zip(range(20), rng.integers(0, 3, size=20)):
+        labels[row, 1:6] = labels[row, 1:6] if region == 0 else region + 1
     labels[:, 0] = -100
     labels[rng.random(labels.shape) < 0.2] = -100
     labels[3] = -100  # a protein with nothing scored does not count
@@ -180,6 +182,8 @@ def test_metrics_function_against_sklearn_with_padding_and_signal_types():
     true_type = [signalp_type([classes[c] for c in labels[i][keep[i]]]) for i in rows]
     pred_type = [signalp_type([classes[c] for c in predicted[i][keep[i]]]) for i in rows]
     assert got["type_accuracy"] == pytest.approx(accuracy_score(true_type, pred_type))
+    assert got["type_mcc"] == pytest.approx(matthews_corrcoef(true_type, pred_type))
+    assert len(set(true_type)) > 2 and got["type_accuracy"] < 1  # the comparison can fail
     assert signalp_type(list("SSSSIIOO")) == "SP" and signalp_type(list("IIOOM")) == "NO_SP"
     assert signalp_type(list("LLLSS")) == "LIPO"
 
