@@ -48,10 +48,16 @@ def write_table(path: Path, n: int, seed: int, lengths: tuple[int, int] = (12, 6
 
 
 def read_table(path: Path) -> list[dict]:
-    return list(csv.DictReader(open(path), delimiter="\t"))
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
 
 
-TABLE_SETTINGS = dict(sequence_column="sequence", label_column="ss3", mask_column="mask", id_column="id")
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+TABLE_SETTINGS = {"sequence_column": "sequence", "label_column": "ss3", "mask_column": "mask", "id_column": "id"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +99,7 @@ def test_predict_writes_one_label_per_residue_and_marks_the_cut_tail(trained, ta
     result = run_cli("predict", "--model", out / "model", "--data", tables[1], "--sequence-column", "sequence",
                      "--id-column", "id", "--out", tmp_path / "p.csv")
     assert result.exit_code == 0, result.stderr
-    predictions = list(csv.DictReader(open(tmp_path / "p.csv")))
+    predictions = list(read_csv(tmp_path / "p.csv"))
     assert [p["id"] for p in predictions] == [r["id"] for r in rows]
     for p, r in zip(predictions, rows):
         n = len(r["sequence"])
@@ -112,7 +118,7 @@ def test_metrics_are_sklearns_on_the_saved_models_predictions(trained, tables, r
     result = run_cli("predict", "--model", out / "model", "--data", tables[1], "--sequence-column", "sequence",
                      "--id-column", "id", "--out", tmp_path / "p.csv")
     assert result.exit_code == 0, result.stderr
-    predicted = {p["id"]: p["labels"] for p in csv.DictReader(open(tmp_path / "p.csv"))}
+    predicted = {p["id"]: p["labels"] for p in read_csv(tmp_path / "p.csv")}
     y_true, y_pred, proteins = scored(read_table(tables[1]), predicted, classes)
     assert 0.2 < metrics["eval_accuracy"] < 1.0  # imperfect: the comparisons below can fail
     assert metrics["eval_accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-9)
@@ -190,7 +196,7 @@ def test_metrics_function_against_sklearn_with_padding_and_signal_types():
 
 # -- gradient accumulation ----------------------------------------------------------------------------
 
-def test_residue_accumulation_changes_nothing(recorder, tmp_path):
+def test_residue_accumulation_changes_nothing(recorder, tmp_path):  # noqa: F811 (the imported fixture)
     """Batch 4 x 1 = 2 x 2 = 1 x 4 (6 proteins of uneven lengths and masks: a ragged last window): the same
     loss, gradients and weights; step 1's loss is the cross-entropy mean over the window's scored residues."""
     from scilm.training import train
@@ -326,7 +332,7 @@ def test_lora_run_trains_adapters_and_predicts_per_residue(tables, run_cli, tmp_
     result = run_cli("predict", "--model", out / "model", "--data", tables[1], "--sequence-column", "sequence",
                      "--id-column", "id", "--out", tmp_path / "p.csv")
     assert result.exit_code == 0, result.stderr
-    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    rows = list(read_csv(tmp_path / "p.csv"))
     assert [len(p["labels"]) for p in rows] == [len(r["sequence"]) for r in read_table(tables[1])]
 
 
@@ -370,10 +376,11 @@ def test_the_bundled_ss3_slice_reads_as_its_readme_says():
     from collections import Counter
 
     from conftest import BUNDLED
+
     from scilm.data.residue import read_residues
 
     path = BUNDLED / "flip_ss3" / "ss3_slice.tsv.gz"
-    assert hashlib.sha256(gzip.open(path).read()).hexdigest() in (BUNDLED / "README.md").read_text()
+    assert hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest() in (BUNDLED / "README.md").read_text()
     assert path.stat().st_size < 1_000_000 and (path.parent / "LICENSE.FLIP-AFL-3.0.txt").is_file()
     records = read_residues(path, **{**TABLE_SETTINGS, "split_column": "split"})
     assert Counter(r.split for r in records) == {"train": 600, "val": 150, "test": 150}

@@ -105,7 +105,7 @@ def read_residue_fasta(path: Path, fields: str = SIGNALP_FIELDS, split_field: st
         if len(rest) < 2 or any(line.startswith(">") for _, line in rest):
             raise ScilmError(f"{path}:{head_no} (record {header['id']}): a record is 3 lines (header, sequence, "
                              "labels); this one is shorter")
-        (seq_no, sequence), (label_no, labels) = rest
+        (_, sequence), (label_no, labels) = rest
         records.append(_residue_record(
             header["id"], sequence, labels, None, f"{path}:{label_no} (record {header['id']})",
             ("the label line", ""), header.get(split_field) if split_field else None, header.get("type"), head_no))
@@ -211,5 +211,14 @@ def check_alphabet(records: list[ResidueRecord], classes: list[str], path: str |
         check_label_chars(record.label, where, field_name, known)
 
 
-__all__ = ["ResidueRecord", "read_residues", "read_residue_table", "read_residue_fasta", "label_alphabet",
-           "check_alphabet", "check_label_chars", "NOT_PREDICTED", "SIGNALP_FIELDS"]
+__all__ = [
+    "NOT_PREDICTED",
+    "SIGNALP_FIELDS",
+    "ResidueRecord",
+    "check_alphabet",
+    "check_label_chars",
+    "label_alphabet",
+    "read_residue_fasta",
+    "read_residue_table",
+    "read_residues",
+]

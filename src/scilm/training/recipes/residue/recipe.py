@@ -29,7 +29,12 @@ from peft import TaskType
 from transformers import DataCollatorForTokenClassification, set_seed
 
 from scilm.data.protein import FASTA_SUFFIXES
-from scilm.data.residue import ResidueRecord, check_alphabet, label_alphabet, read_residues
+from scilm.data.residue import (
+    ResidueRecord,
+    check_alphabet,
+    label_alphabet,
+    read_residues,
+)
 from scilm.data.textio import data_suffix
 from scilm.errors import ScilmError, name
 from scilm.models.adapters import trainable_parameters
