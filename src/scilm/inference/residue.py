@@ -9,29 +9,35 @@ import torch
 
 from scilm.data.protein import ProteinRecord
 from scilm.data.residue import NOT_PREDICTED
+from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.inference.policy import ResiduePolicy, head_policy
 from scilm.io import atomic_output
-from scilm.models.protein import max_residues, truncate_sequences
+from scilm.models.protein import max_residues
 
 
 @torch.inference_mode()
 def predict_residues(model, tokenizer, sequences: list[str], batch_size: int = 32,
-                     truncate: int | None = None) -> list[str]:
+                     truncate: int | None = None, *, policy: ResiduePolicy | None = None) -> list[str]:
     """For each sequence, its predicted labels: a string of the same length as the sequence, in input order.
 
     Residue i's label is the argmax of the logits at token i + 1 (after ``<cls>``; ESM-2 has one token
-    per residue). Residues past ``truncate`` (default: the length the model was trained with,
-    :func:`scilm.models.protein.max_residues`) are not seen by the model and are marked
-    :data:`~scilm.data.residue.NOT_PREDICTED` (``.``), never guessed. Padding is masked, so the result
-    does not depend on ``batch_size`` or on the order of ``sequences``.
+    per residue). ``policy`` chooses the residues fed (:mod:`scilm.inference.policy`; default: the first
+    ``truncate``, by default the length the model was trained with, :func:`scilm.models.protein.max_residues`);
+    residues it leaves out are marked :data:`~scilm.data.residue.NOT_PREDICTED` (``.``), never guessed.
+    Padding is masked, so the result does not depend on ``batch_size`` or on the order of ``sequences``.
+
+    Raises ScilmError for a policy that feeds anything but a head of the sequence (labels would not align).
     """
-    limit = truncate if truncate is not None else max_residues(model.config, tokenizer)
-    kept, _ = truncate_sequences(sequences, limit)
+    if policy is None:
+        policy = head_policy(truncate if truncate is not None else max_residues(model.config, tokenizer))
+    kept = [policy(s) for s in sequences]
+    if any(not s.startswith(k) for s, k in zip(sequences, kept)):
+        raise ScilmError(f"per-residue prediction aligns labels to a head of each sequence; policy {policy} "
+                         "feeds other residues")
     device = next(model.parameters()).device
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if any(len(label) != 1 or label == NOT_PREDICTED for label in labels):
-        from scilm.errors import ScilmError
-
         raise ScilmError(f"this per-residue model's labels are {', '.join(map(repr, labels))}; a label string "
                          f"needs one character per class, not {NOT_PREDICTED!r} (models of --task residue)")
     results = [""] * len(sequences)
