@@ -149,17 +149,34 @@ def predict(
     from scilm.inference.embed_stream import scan_input
     from scilm.inference.predict import predict_file
     from scilm.io import check_output
-    from scilm.models.protein import load_trained_classifier
+    from scilm.models.protein import is_per_residue, load_trained_classifier
 
     check_output(out, [data])  # before any work: not a directory, not the input itself
     _check_sizes(batch_size, truncate)
     scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
     net, tokenizer = load_trained_classifier(model)
     policy = _policy(net, tokenizer, truncate)
+    if is_per_residue(net.config):  # --task residue: a label per residue, aligned to the input residues
+        n, n_cut = _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column)
+        typer.echo(f"wrote {n} per-residue predictions to {out}{_cut_note(n_cut, n, policy)} "
+                   "('.' marks residues not predicted)")
+        return
     n, n_cut = predict_file(net, tokenizer, data, out, policy=policy, batch_size=batch_size,
                             sequence_column=sequence_column, id_column=id_column, progress=progress,
                             n_records=scan.n_records)
     typer.echo(f"wrote {n} predictions to {out}{_cut_note(n_cut, n, policy)}")
+
+
+def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column) -> tuple[int, int]:
+    """Per-residue labels of every record (held in memory), one CSV row per record in input order."""
+    from scilm.data.protein import read_proteins
+    from scilm.inference.residue import predict_residues, write_residue_predictions
+
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None,
+                            id_column=id_column, unique_ids=False)
+    predicted = predict_residues(net, tokenizer, [r.sequence for r in records], batch_size, policy=policy)
+    write_residue_predictions(records, predicted, out, inputs=(data,))
+    return len(records), sum(policy.cuts(r.sequence) for r in records)
 
 
 def _check_sizes(batch_size: int, truncate: Optional[int]) -> None:

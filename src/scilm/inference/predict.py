@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from scilm.data.protein import ProteinRecord, iter_proteins
+from scilm.errors import ScilmError
 from scilm.inference.batching import chunked, encode_proteins, length_sorted_batches
 from scilm.inference.policy import ResiduePolicy, head_policy
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output
-from scilm.models.protein import max_residues
+from scilm.models.protein import is_per_residue, max_residues
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ def predict_proteins(
     the number cut is logged at DEBUG (the CLI reports it). The result does not depend on
     ``batch_size`` or on the order of ``sequences`` (padding is masked), beyond float rounding.
     """
+    if is_per_residue(model.config):  # (B, T, C) logits: one row per protein would be wrong
+        raise ScilmError("this is a per-residue model (--task residue): its predictions are labels per residue "
+                         "(scilm.inference.residue.predict_residues)")
     if policy is None:
         policy = head_policy(truncate if truncate is not None else max_residues(model.config, tokenizer))
     fed = [policy(s) for s in sequences]
