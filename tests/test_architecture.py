@@ -7,6 +7,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 import scilm
 
 ROOT = Path(scilm.__file__).parent
@@ -107,6 +109,7 @@ def test_no_function_over_60_lines_in_the_training_core():
     assert not long, "\n".join(long)
 
 
+@pytest.mark.slow  # imports every module (torch, transformers, lightning, rdkit, fastapi ...)
 def test_every_public_function_and_class_has_a_docstring():
     """Public functions, classes and their public methods (a method overriding a documented one
     inherits its docstring, as ``inspect.getdoc`` reads it)."""
