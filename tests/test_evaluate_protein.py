@@ -25,8 +25,9 @@ def classifier(tiny_fastas, tmp_path_factory) -> Path:
     from scilm.training import load_config, train
 
     out = tmp_path_factory.mktemp("eval-cls") / "run"
-    train(load_config(None, dict(task="membrane", data=str(tiny_fastas[0]), valid=str(tiny_fastas[1]),
-                                 model="esm2-tiny", epochs=2.0, batch_size=8, lr=2e-3, progress=False, out=str(out))))
+    train(load_config(None, dict(task="membrane", data=str(tiny_fastas[0]), valid=str(tiny_fastas[1]), truncate=60,
+                                 model="esm2-tiny-mlm", epochs=2.0, batch_size=8, lr=1e-3, progress=False,
+                                 out=str(out))))
     return out
 
 
@@ -99,7 +100,10 @@ def test_classification_metrics_are_sklearns_on_the_predictions_file_and_the_run
     run = json.loads((classifier / "metrics.json").read_text())
     for key in ("accuracy", "f1", "mcc", "auroc"):
         assert metrics[key] == pytest.approx(run[f"eval_{key}"], abs=1e-6), key
-    assert metrics["n"] == run["n_eval"] == 16
+    assert metrics["n"] == run["n_eval"] == 16 and metrics["truncate"] == 60  # the trained length
+    assert len({r["predicted_label"] for r in rows}) == 2  # a model that tells the classes apart
+    # training's metrics.json: records per class of each split, every class named
+    assert run["label_counts"] == {"train": {"soluble": 24, "membrane": 24}, "valid": metrics["counts"]}
 
 
 def test_a_tables_labels_are_mapped_to_the_models_by_name(classifier, tiny_fastas, run_cli, tmp_path):
@@ -187,6 +191,10 @@ def test_regression_metrics_are_scipys_and_sklearns_on_the_predictions_file(regr
                    "sequence", "--id-column", "name", "--out", tmp_path / "p.csv").exit_code == 0
     assert [float(r["score"]) for r in rows_of(tmp_path / "p.csv")] == list(predicted)
     run = json.loads((regressor / "metrics.json").read_text())
+    assert run["target"]["valid"] == pytest.approx({k: v for k, v in metrics["target"].items() if k != "name"})
+    train_y = np.array([float(d["score"]) for d in rows_of(regression_tables[0])])
+    assert run["target"]["train"] == pytest.approx({"n": 48, "mean": train_y.mean(), "std": train_y.std(),
+                                                    "min": train_y.min(), "max": train_y.max()})
     for key in ("spearman", "pearson", "mse", "r2"):
         assert metrics[key] == pytest.approx(run[f"eval_{key}"], rel=1e-4, abs=1e-5), key
 
@@ -229,3 +237,17 @@ def test_options_of_the_other_kind_of_model_are_errors(classifier, tiny_fastas, 
     assert result.exit_code == 2 and "--num-beams" in result.stderr and not (tmp_path / "o").exists()
     result = run_cli("evaluate", "--model", classifier / "model", "--data", tiny_fastas[1])
     assert result.exit_code == 2 and "--out is required" in result.stderr
+
+
+def test_training_counts_every_class_of_each_split_even_an_absent_one(tiny_fastas, run_cli, tmp_path):
+    """A validation file of membrane proteins only: metrics.json still names soluble, with 0."""
+    valid = tmp_path / "valid.fasta"
+    text = tiny_fastas[1].read_text().split(">")[1:]
+    valid.write_text("".join(">" + entry for entry in text if "-M" in entry.split("\n")[0]))
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", tiny_fastas[0], "--valid", valid, "--max-steps", "1", "--truncate", "30",
+                     "--no-progress", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    counts = json.loads((out / "metrics.json").read_text())["label_counts"]
+    assert counts == {"train": {"soluble": 24, "membrane": 24}, "valid": {"soluble": 0, "membrane": 8}}
+    assert list(counts["valid"]) == ["soluble", "membrane"]  # the model's class order
