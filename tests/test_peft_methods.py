@@ -38,7 +38,7 @@ def switches(method: str) -> list[str]:
 def assert_same_rows(actual: np.ndarray, expected: np.ndarray, atol: float) -> None:
     """Equal as sets of rows: the Trainer evaluates in length-grouped order (transformers 5 applies
     group_by_length to its evaluation sampler too; metrics see predictions and labels permuted alike)."""
-    order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+    order = lambda a: a[np.lexsort(a.T[::-1])]
     np.testing.assert_allclose(order(actual), order(expected), atol=atol)
 
 

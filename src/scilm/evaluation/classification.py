@@ -18,7 +18,7 @@ import numpy as np
 
 from scilm.data import protein as pdata
 from scilm.data.textio import data_suffix
-from scilm.errors import ScilmError, name
+from scilm.errors import ScilmError
 from scilm.evaluation.protein import EvaluationData, ProteinEvaluation, unknown_label_error
 
 

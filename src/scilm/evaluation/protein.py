@@ -74,7 +74,7 @@ class ProteinEvaluation:
         raise NotImplementedError
 
 
-def check_out_dir(out: Path, overwrite: bool) -> Path:
+def check_eval_dir(out: Path, overwrite: bool) -> Path:
     """``out`` as evaluate's output directory: absent, empty, or any directory with ``overwrite``
     (then only evaluate's three files are replaced; nothing else is touched). Writes nothing."""
     out = Path(out)
@@ -104,7 +104,7 @@ def evaluate_proteins(model: str, data: EvaluationData, out: str | Path, batch_s
         raise ScilmError(f"{name('batch_size')} must be at least 1 (got {batch_size})")
     if truncate is not None and truncate < 1:
         raise ScilmError(f"{name('truncate')} must be at least 1 (got {truncate})")
-    out = check_out_dir(Path(out), overwrite)
+    out = check_eval_dir(Path(out), overwrite)
     config = _load_config(resolve_source(model))
     if getattr(config, "is_encoder_decoder", False):
         raise ScilmError(f"{name('model')} {model}: a seq2seq model; evaluate it on Text+Chem JSONL")

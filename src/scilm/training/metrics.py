@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import resource
-from collections import Counter
 import sys
+from collections import Counter
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ def regression_metrics(predicted: np.ndarray, observed: np.ndarray, train_mean: 
 
 def target_stats(y: np.ndarray) -> dict[str, float]:
     """n, mean, population sd, min and max of (N,) regression targets (a split's, in metrics.json)."""
-    return {"n": int(len(y)), "mean": float(np.mean(y)), "std": float(np.std(y)), "min": float(np.min(y)),
+    return {"n": len(y), "mean": float(np.mean(y)), "std": float(np.std(y)), "min": float(np.min(y)),
             "max": float(np.max(y))}
 
 
