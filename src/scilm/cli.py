@@ -95,7 +95,8 @@ def _run_training(options: dict, task: str | None = None) -> dict:
     """Load the settings, start torchrun for ``nproc`` > 1, run the recipe; the metrics (rank 0) or {}."""
     from scilm.training import load_config
     from scilm.training import train as run_training
-    from scilm.training.distributed import is_main_process, launch_torchrun, launched_by_torchrun, strip_option
+    from scilm.distributed import is_main_process
+    from scilm.training.distributed import launch_torchrun, launched_by_torchrun, strip_option
 
     config = options.pop("config")
     run_config = load_config(config, options, task=task)
@@ -142,75 +143,155 @@ def predict(
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(32, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar with proteins/s on stderr (a terminal only)."),
 ) -> None:
     """Class probabilities per protein, one row per input record in input order: id, predicted_label, prob_<label>..."""
-    from scilm.inference import predict_proteins, write_predictions
+    from scilm.inference.embed_stream import scan_input
+    from scilm.inference.predict import predict_file
+    from scilm.io import check_output
     from scilm.models.protein import load_trained_classifier
 
-    from scilm.io import check_output
-
     check_output(out, [data])  # before any work: not a directory, not the input itself
-    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
+    _check_sizes(batch_size, truncate)
+    scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
     net, tokenizer = load_trained_classifier(model)
-    limit, cut = _truncation(records, net, tokenizer, truncate)
-    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    from scilm.inference.predict import is_regression
+    policy = _policy(net, tokenizer, truncate)
+    n, n_cut = predict_file(net, tokenizer, data, out, policy=policy, batch_size=batch_size,
+                            sequence_column=sequence_column, id_column=id_column, progress=progress,
+                            n_records=scan.n_records)
+    typer.echo(f"wrote {n} predictions to {out}{_cut_note(n_cut, n, policy)}")
 
-    write_predictions(records, probabilities, out, inputs=(data,), regression=is_regression(net.config))
-    typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
 
-
-def _read_unlabelled(data: str, sequence_column: str, id_column: Optional[str], batch_size: int,
-                     truncate: Optional[int]):
-    """predict/embed input: every record kept, in input order (a repeated id is one row per record)."""
-    from scilm.data.protein import read_proteins
-
+def _check_sizes(batch_size: int, truncate: Optional[int]) -> None:
     if batch_size < 1:
         raise ScilmError(f"--batch-size must be at least 1 (got {batch_size})")
     if truncate is not None and truncate < 1:
         raise ScilmError(f"--truncate must be at least 1 (got {truncate})")
-    return read_proteins(data, task=None, sequence_column=sequence_column, label_column=None,
-                         id_column=id_column, unique_ids=False)
 
 
-def _truncation(records, net, tokenizer, truncate: Optional[int]) -> tuple[int, str]:
-    """The residues kept (--truncate, else the model's trained length) and a note of how many were cut."""
+def _policy(net, tokenizer, truncate: Optional[int]):
+    """The residues fed: the first --truncate, else the model's trained length (the long-protein policy's hook)."""
+    from scilm.inference.policy import head_policy
     from scilm.models.protein import max_residues
 
-    limit = truncate if truncate is not None else max_residues(net.config, tokenizer)
-    n_cut = sum(len(r.sequence) > limit for r in records)
-    return limit, f" ({n_cut} of {len(records)} sequences cut to {limit} residues)" if n_cut else ""
+    return head_policy(truncate if truncate is not None else max_residues(net.config, tokenizer))
+
+
+def _cut_note(n_cut: int, n: int, policy) -> str:
+    return f" ({n_cut} of {n} sequences cut to {policy.max_residues} residues)" if n_cut else ""
 
 
 @app.command()
 def embed(
     model: str = Opt(..., help="Model directory, preset or hub id."),
     data: str = Opt(..., help="FASTA or CSV/TSV of sequences."),
-    out: Path = Opt(Path("embeddings.npy"), help="Output: .npy (+ .ids.txt), .npz or .parquet."),
+    out: Path = Opt(Path("embeddings.npy"), help="Output: .npy (+ .ids.txt), .npz, .parquet, .h5/.hdf5."),
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(16, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    layer: Optional[list[int]] = Opt(None, "--layer", help="Layer to embed from (repeat for several): 0 = the "
+                                     "embedding layer, negative counts from the end [-1, the last]."),
+    pooling: str = Opt("mean", help="mean | cls | per-residue (one vector per residue: .npz, .parquet, .h5)."),
+    chunk_size: Optional[int] = Opt(None, help="Proteins per chunk written (memory, resume unit) [up to 1024]."),
+    nproc: int = Opt(1, help="Processes (torchrun); outputs merged in input order."),
+    progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar with proteins/s on stderr (a terminal only)."),
 ) -> None:
-    """Mean-pooled per-protein embeddings with ids, one row per input record in input order."""
-    from scilm.inference import embed_proteins, write_embeddings
-    from scilm.inference.embed import EMBEDDING_SUFFIXES
-    from scilm.models.protein import load_protein_encoder
+    """Per-protein (mean, cls) or per-residue embeddings with ids, one row per input record in input order.
 
+    Streams inputs of any size in chunks; a killed run continues when the same command is run again.
+    """
+    from scilm.inference.embed import check_pooling
+    from scilm.inference.embed_stream import embed_file, launch_embed_workers, scan_input
+    from scilm.inference.embedding_files import check_embedding_output
     from scilm.io import check_output
+    from scilm.models.protein import load_protein_encoder
+    from scilm.training.distributed import launched_by_torchrun, strip_option
 
-    if out.suffix.lower() not in EMBEDDING_SUFFIXES:
-        raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
+    check_pooling(pooling)
+    check_embedding_output(out, pooling)
     check_output(out, [data])
     if out.suffix.lower() == ".npy":
         check_output(out.with_suffix(".ids.txt"), [data])
-    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
+    _check_sizes(batch_size, truncate)
+    if chunk_size is not None and chunk_size < 1:
+        raise ScilmError(f"--chunk-size must be at least 1 (got {chunk_size})")
+    scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
+    if nproc > 1 and not launched_by_torchrun():
+        argv = sys.argv[sys.argv.index("embed") + 1:]
+        raise typer.Exit(launch_embed_workers(nproc, strip_option(argv, "--nproc")))
+    if nproc < 1:
+        raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
     net, tokenizer = load_protein_encoder(model)
-    limit, cut = _truncation(records, net, tokenizer, truncate)
-    embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    written = write_embeddings([r.id for r in records], embeddings, out, inputs=(data,))
-    typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
-               f"{', '.join(map(str, written))}{cut}")
+    policy = _policy(net, tokenizer, truncate)
+    result = embed_file(net, tokenizer, data, out, policy=policy, layers=layer or [-1], pooling=pooling,
+                        batch_size=batch_size, chunk_size=chunk_size, sequence_column=sequence_column,
+                        id_column=id_column, progress=progress, scan=scan)
+    if result is None:  # a worker other than process 0: it wrote its chunks, process 0 merged them
+        return
+    shape = " x ".join(map(str, [result.n_records, *([len(result.layers)] if len(result.layers) > 1 else []),
+                                 result.hidden]))
+    layers = f" (layers {', '.join(map(str, result.layers))})" if len(result.layers) > 1 else ""
+    what = (f"per-residue embeddings of {result.n_records} proteins ({result.n_residues} residues x "
+            f"{' x '.join(map(str, [*([len(result.layers)] if len(result.layers) > 1 else []), result.hidden]))})"
+            if pooling == "per-residue" else f"{shape} embeddings")
+    resumed = (f"; {result.n_reused} of {result.n_chunks} chunks were already written by an interrupted run"
+               if result.n_reused else "")
+    typer.echo(f"wrote {what}{layers} to {', '.join(map(str, result.written))}"
+               f"{_cut_note(result.n_cut, result.n_records, policy)}{resumed}")
+
+
+@app.command("score-variants")
+def score_variants(
+    model: str = Opt(..., help="ESM-2 masked LM: hub id (facebook/esm2_t33_650M_UR50D), local directory or esm2-tiny-mlm."),
+    wild_type: Path = Opt(..., help="FASTA holding the one wild-type sequence the mutations are numbered on."),
+    data: Optional[str] = Opt(None, help="CSV/TSV with a mutant column (ProteinGym layout; DMS_score optional)."),
+    mutant: Optional[list[str]] = Opt(None, "--mutant", help="A mutation instead of --data (repeat): A42G, or A42G:C55T."),
+    out: Path = Opt(Path("scored.csv"), help="Output CSV: the input with a score column (+ .spearman.json, .scatter.png)."),
+    scoring: str = Opt("masked-marginal", help="masked-marginal | wt-marginal (ESM-1v's masked / wild-type marginals)."),
+    offset: int = Opt(1, help="Number of the wild type's first residue in the mutations (esm's --offset-idx)."),
+    mutant_column: str = Opt("mutant", help="Column with the mutations."),
+    dms_column: Optional[str] = Opt(None, help="Measured fitness column for Spearman [DMS_score, when present]."),
+    score_column: Optional[str] = Opt(None, help="Name of the added column [masked_marginal | wt_marginal]."),
+    window: Optional[int] = Opt(None, help="Residues per forward; longer proteins are scored on a window around each "
+                                "position [the length the model was trained with, 1022 for ESM-2]."),
+    batch_size: int = Opt(32, help="Forwards per batch."),
+    progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar on stderr (a terminal only)."),
+) -> None:
+    """Zero-shot variant-effect scores (ESM-1v masked / wild-type marginals), Spearman against DMS_score."""
+    from scilm.inference import variants
+    from scilm.io import check_output
+    from scilm.models.protein import max_residues
+
+    if scoring not in variants.SCORINGS:
+        raise ScilmError(f"--scoring must be one of {', '.join(variants.SCORINGS)} (got {scoring!r})")
+    if (data is None) == (not mutant):
+        raise ScilmError("give the mutations either as --data TABLE or as --mutant A42G (repeat), one of the two")
+    for name, value in (("--batch-size", batch_size), ("--window", window)):
+        if value is not None and value < 1:
+            raise ScilmError(f"{name} must be at least 1 (got {value})")
+    inputs = [data, wild_type]
+    check_output(out, inputs)
+    sequence = variants.read_wild_type(wild_type)
+    table = variants.read_mutant_table(data, mutant_column) if data else variants.mutant_list(mutant)
+    variants.parse_table_mutants(table, sequence, offset)  # every mutation checked before the model loads
+    target = dms_column or "DMS_score"
+    variants.check_score_outputs(out, inputs, with_report=target in table.header)
+    net, tokenizer = variants.load_masked_lm(model)
+    limit = window if window is not None else max_residues(net.config, tokenizer)
+    result = variants.score_variants_file(
+        net, tokenizer, sequence, table, out, scoring=scoring, window=limit, batch_size=batch_size,
+        score_column=score_column, dms_column=target, dms_required=dms_column is not None, progress=progress,
+        inputs=inputs, model_name=model)
+    windows = f", windows of {limit} residues" if len(sequence) > limit else ""
+    forwards = f"{result.n_forwards} forward{'s' if result.n_forwards != 1 else ''}"
+    typer.echo(f"scored {result.n_mutants} mutants ({scoring}, {forwards}{windows}); "
+               f"wrote {', '.join(map(str, result.written))}")
+    if result.report is not None:
+        rho = result.report["spearman"]
+        missing = f", {result.report['n_missing']} without a value left out" if result.report["n_missing"] else ""
+        typer.echo(f"Spearman {'undefined' if rho is None else f'{rho:.4f}'} against "
+                   f"{result.report['dms_column']} ({result.report['n']} mutants{missing})")
 
 
 @app.command()
@@ -409,13 +490,19 @@ def bench_serve(
 ) -> None:
     """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
     if abuse:
-        from scilm.serving.abuse import run_abuse_bench
+        from scilm.bench.serve_abuse import run_abuse_bench
 
         typer.echo(run_abuse_bench(out / "abuse", model=model))
         return
-    from scilm.serving.bench import run_serve_bench
+    from scilm.bench.serve import run_serve_bench
 
     typer.echo(run_serve_bench(out, model=model, quick=quick))
+
+
+# Warnings some libraries log merely on import, which a user cannot act on: torchao (a dependency of
+# the int8 path, imported by transformers when installed) about kernels built for other GPUs, and
+# torch's pytree about Enum registrations torchao makes.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree")
 
 
 def main() -> None:
@@ -424,6 +511,8 @@ def main() -> None:
     # "Using default tokenizer." at INFO). Model load reports are summarised by scilm.models.loading.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("scilm").setLevel(os.environ.get("SCILM_LOG_LEVEL", "INFO"))
+    for noisy in IMPORT_NOISE:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         app()
     except OSError as exc:  # disk full, read-only or forbidden paths: the user can act on these
@@ -436,7 +525,7 @@ def main() -> None:
     except ScilmError as exc:
         code = getattr(exc, "exit_code", 2)
         if code != 2:  # a signal stop: rank 0 says it once for all ranks
-            from scilm.training.distributed import is_main_process
+            from scilm.distributed import is_main_process
 
             if not is_main_process():
                 sys.exit(code)

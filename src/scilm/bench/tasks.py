@@ -92,6 +92,24 @@ def regression(out: Path, quick: bool) -> dict[str, Any]:
             "extra": f"MSE {metrics['eval_mse']:.3f} vs {metrics['eval_baseline_mse']:.3f}"}
 
 
+@row("multilabel")
+def multilabel(out: Path, quick: bool) -> dict[str, Any] | None:
+    """DeepLoc-2.0's HPA set (../shared/data, not bundleable; absent: None), its 8 location columns, a seeded
+    80/20 split. The metric is micro F1 at threshold 0.5 (not tuned on the set it measures); the baseline
+    predicts the training set's most frequent location set for every protein."""
+    data = SHARED / "deeploc2_subsets" / "hpa_testset.csv"
+    if not data.is_file():
+        return None
+    config = {**_common(quick), "task": "multilabel", "data": str(data), "sequence_column": "fasta",
+              "id_column": "sid", "truncate": 256 if quick else 512, "out": str(out / "run")}
+    metrics, seconds = _timed(config, out)
+    return {"task": "multilabel", "data": "DeepLoc-2.0 HPA set (../shared/data)", "n_train": metrics["n_train"],
+            "n_valid": metrics["n_eval"], "metric": "micro F1 at 0.5 (exact-set accuracy vs baseline)",
+            "value": metrics["eval_micro_f1"], "baseline": metrics["eval_baseline_micro_f1"], "seconds": seconds,
+            "extra": f"exact set {metrics['eval_subset_accuracy']:.3f} vs "
+                     f"{metrics['eval_baseline_subset_accuracy']:.3f}"}
+
+
 def run_tasks_bench(out: str | Path, quick: bool = False, only: list[str] | None = None,
                     command: str = "scilm bench tasks") -> str:
     """Run the rows (``only``: by name), write ``results.json`` and ``table.md`` into ``out``; returns the table.

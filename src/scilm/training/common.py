@@ -19,7 +19,7 @@ from scilm.data.textio import read_json
 from scilm.errors import ScilmError
 from scilm.io import replace_dir_atomic, write_json_atomic  # noqa: F401 (re-exported)
 from scilm.training import checkpoints, rundir
-from scilm.training.distributed import is_main_process, world_size
+from scilm.distributed import is_main_process, world_size
 
 log = logging.getLogger(__name__)
 

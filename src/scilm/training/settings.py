@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from scilm.errors import ScilmError, name
+from scilm.training.sift_policies import SIFT_POLICIES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# random / reuse-random: controls that drop at the same rate as relative / reuse, blind to the losses
-SIFT_POLICIES = ("relative", "reuse", "random", "reuse-random")
 PEFT_METHODS = ("none", "lora", "dora", "ia3")
 
 
@@ -240,12 +239,12 @@ class SiftSettings(Settings):
                              f"(got {self.sift_policy!r})")
         if self.sift_history < 2 or self.sift_delay < 0:
             raise ScilmError(f"{name('sift_history')} must be at least 2 and {name('sift_delay')} at least 0")
-        from scilm.training.distributed import world_size  # WORLD_SIZE under torchrun / accelerate launch
+        from scilm.distributed import world_size  # WORLD_SIZE under torchrun / accelerate launch
 
         processes = max(getattr(self, "nproc", 1), world_size())
-        if self.sift_policy.startswith("reuse") and (processes > 1 or getattr(self, "resume", False)):
-            raise ScilmError(f"{name('sift_policy')} reuse runs in one process and cannot resume (its epochs change "
-                             f"length); use {name('sift_policy')} relative")
+        if not SIFT_POLICIES[self.sift_policy].resumable and (processes > 1 or getattr(self, "resume", False)):
+            raise ScilmError(f"{name('sift_policy')} {self.sift_policy} runs in one process and cannot resume (its "
+                             f"epochs change length); use {name('sift_policy')} relative")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from scilm.sifting.batching import BatchTransform, SampleListTransform, batch_si
 from scilm.sifting.data_model.data_model_interface import SiftingBatch, SiftingBatchTransform
 from scilm.sifting.config import RelativeProbabilisticSiftConfig
 from scilm.sifting.cost import ON_NO_GAIN, CostVerdict, check_cost
-from scilm.sifting.distributed import active_world, all_reduce, gather_losses
+from scilm.distributed import active_world, all_reduce, gather_losses
 from scilm.sifting.loss import Loss
 from scilm.sifting.selection import LossHistory, select_by_loss
 

@@ -32,12 +32,13 @@ def check_fasta_settings(config) -> None:
 
 def read_labelled(config, path: str, reader_task: str | None, counts: MutableMapping[str, int],
                   split_column: str | None = None) -> list[pdata.ProteinRecord]:
-    """The records of ``path`` with their raw labels (``reader_task`` None: the label column as written),
-    filtered by ``min_length``/``max_length`` (counted). Raises ScilmError for bad input."""
+    """The records of ``path`` with their raw labels (``reader_task`` None: the label column as written, or a
+    multi-label config's ``label_column_list`` values joined by commas), filtered by ``min_length``/
+    ``max_length`` (counted). Raises ScilmError for bad input."""
     records = pdata.read_proteins(path, task=reader_task, sequence_column=config.sequence_column,
-                                  label_column=config.label_column, id_column=config.id_column,
+                                  label_column=getattr(config, "label_column", None), id_column=config.id_column,
                                   split_column=split_column, drop_missing_labels=config.drop_missing_labels,
-                                  counts=counts)
+                                  counts=counts, label_columns=getattr(config, "label_column_list", None))
     kept = pdata.filter_by_length(records, config.min_length, config.max_length)
     counts["n_filtered_length"] += len(records) - len(kept)
     if len(kept) < len(records):
