@@ -331,19 +331,45 @@ def generate(
 
 @app.command()
 def evaluate(
-    model: str = Opt(..., help="Seq2seq model directory (OUT/model) or hub id."),
-    data: Path = Opt(..., help="Text+Chem JSONL (source, target)."),
-    out: Path = Opt(Path("metrics.json"), help="Per-task metrics (JSON)."),
-    predictions: Optional[Path] = Opt(None, help="Per-example predictions (JSONL) [next to --out]."),
-    num_beams: int = Opt(10, help="Beam width."),
-    max_length: int = Opt(512, help="Maximum generated tokens."),
-    batch_size: int = Opt(8, help="Inputs per batch."),
+    model: str = Opt(..., help="Trained model directory (OUT/model): a protein model, or seq2seq (or its hub id)."),
+    data: Path = Opt(..., help="Labelled FASTA/CSV/TSV for a protein model; Text+Chem JSONL (source, target) for seq2seq."),
+    out: Optional[Path] = Opt(None, help="Protein: output directory (metrics.json, predictions.csv, a PNG); "
+                                         "seq2seq: metrics JSON file [metrics.json]."),
+    sequence_column: str = Opt("Sequence", help="Protein table: column with sequences."),
+    label_column: Optional[str] = Opt(None, help="Protein table: column with labels [classifier: Membrane, or a "
+                                      "DeepLoc-2 table's location columns; regression: the trained target's name]."),
+    id_column: Optional[str] = Opt(None, help="Protein table: column with ids."),
+    truncate: Optional[int] = Opt(None, help="Protein: residues kept per sequence [the length the model was trained with]."),
+    overwrite: bool = Opt(False, "--overwrite", help="Protein: write into a non-empty --out (only evaluate's files are replaced)."),
+    predictions: Optional[Path] = Opt(None, help="Seq2seq: per-example predictions (JSONL) [next to --out]."),
+    num_beams: int = Opt(10, help="Seq2seq: beam width."),
+    max_length: int = Opt(512, help="Seq2seq: maximum generated tokens."),
+    batch_size: Optional[int] = Opt(None, help="Inputs per batch [protein 32, seq2seq 8]."),
 ) -> None:
-    """Generate for every example and score per task: molecules by RDKit, captions and actions by text metrics."""
+    """Score a trained model on labelled data. Protein: the task's metrics, predictions and a confusion-matrix
+    or scatter PNG; seq2seq: generate and score per task (molecules by RDKit, text by text metrics)."""
+    from scilm.data.textio import data_suffix
+
+    if data_suffix(data) != ".jsonl":
+        from scilm.evaluation.protein import EvaluationData, evaluate_proteins
+
+        if predictions is not None or num_beams != 10 or max_length != 512:
+            raise ScilmError("--predictions, --num-beams and --max-length are for seq2seq models (JSONL data)")
+        if out is None:
+            raise ScilmError("--out is required for a protein model: the directory for metrics.json, "
+                             "predictions.csv and the PNG")
+        metrics = evaluate_proteins(model, EvaluationData(str(data), sequence_column, label_column, id_column), out,
+                                    batch_size=batch_size or 32, truncate=truncate, overwrite=overwrite)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        typer.echo(f"{shown} (n={metrics['n']}); wrote {', '.join(str(Path(out) / f) for f in metrics['files'])}")
+        return
+    if label_column or id_column or truncate or overwrite or sequence_column != "Sequence":
+        raise ScilmError("--sequence-column, --label-column, --id-column, --truncate and --overwrite are for "
+                         "protein models (FASTA/CSV/TSV data)")
     from scilm.inference.generate import evaluate_command
 
-    evaluate_command(model=model, data=data, out=out, predictions=predictions, num_beams=num_beams,
-                     max_length=max_length, batch_size=batch_size)
+    evaluate_command(model=model, data=data, out=out or Path("metrics.json"), predictions=predictions,
+                     num_beams=num_beams, max_length=max_length, batch_size=batch_size or 8)
 
 
 @app.command()

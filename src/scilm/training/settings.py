@@ -144,6 +144,13 @@ class ModelSettings(Settings):
         return "lora" if self.lora and self.peft == "none" else self.peft
 
     def check_section(self) -> None:
+        if self.peft == "qlora":  # a 4-bit backbone: bitsandbytes kernels exist for CUDA only
+            import torch
+
+            where = ("needs a CUDA GPU; on CPU use" if not torch.cuda.is_available()
+                     else "is not available in this scilm version yet; use")
+            raise ScilmError(f"{name('peft')} qlora (LoRA on a 4-bit quantised backbone, bitsandbytes) {where} "
+                             f"{name('peft')} lora or dora")
         if self.peft not in PEFT_METHODS:
             raise ScilmError(f"{name('peft')} must be one of {', '.join(PEFT_METHODS)} (got {self.peft!r})")
         if self.lora and self.peft not in ("none", "lora"):
@@ -152,6 +159,11 @@ class ModelSettings(Settings):
         if self.freeze_backbone and self.peft_method != "none":
             raise ScilmError(f"{name('freeze_backbone')} trains the head only; it does not combine with {name('peft')} "
                              f"{self.peft_method} (adapters would be trained)")
+        shaping = [key for key in ("lora_r", "lora_alpha", "lora_dropout") if self.is_set(key)]
+        if shaping and self.peft_method not in ("lora", "dora"):  # they would change nothing: an error, not ignored
+            what = name("freeze_backbone") if self.freeze_backbone else f"{name('peft')} {self.peft_method}"
+            raise ScilmError(f"{', '.join(map(name, shaping))} shape LoRA/DoRA adapters, which {what} does not train; "
+                             "drop them")
         _at_least({"lora_r": self.lora_r, "lora_alpha": self.lora_alpha}, 1)
         if not 0 <= self.lora_dropout < 1:
             raise ScilmError(f"{name('lora_dropout')} must be in [0, 1) (got {self.lora_dropout})")
