@@ -20,6 +20,7 @@ LAYERS = [
     {"models"},
     {"sifting"},
     {"training", "inference"},
+    {"evaluation"},
     {"serving"},
     {"bench"},
     {"cli", "__main__"},
