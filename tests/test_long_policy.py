@@ -204,7 +204,7 @@ def test_window_embed_file_writes_every_residue_and_a_cut_report(run_cli, encode
 # -- recorded at training, used by predict and serve ------------------------------------------------
 
 def test_train_records_ends_and_predict_uses_it_by_default(run_cli, tiny_fastas, tmp_path):
-    from scilm.inference.policy import EndsPolicy
+    from scilm.inference.policy import EndsPolicy, make_policy
     from scilm.inference.predict import predict_proteins
     from scilm.models.protein import load_trained_classifier
 
@@ -237,8 +237,10 @@ def test_train_records_ends_and_predict_uses_it_by_default(run_cli, tiny_fastas,
             "--no-progress", "--long-policy", "head")  # an explicit choice overrides the recorded one
     head = [[float(r[f"prob_{label}"]) for label in net.config.id2label.values()]
             for r in csv.DictReader(open(tmp_path / "h.csv", encoding="utf-8"))]
-    np.testing.assert_allclose(head, [list(p.values()) for p in predict_proteins(net, tokenizer, sequences,
-                                                                                   truncate=20)], atol=2e-6)
+    expected = predict_proteins(net, tokenizer, sequences, policy=make_policy("head", 20))
+    np.testing.assert_allclose(head, [list(p.values()) for p in expected], atol=2e-6)
+    # the library's default is the model's policy too
+    assert predict_proteins(net, tokenizer, sequences) == ends
 
 
 @pytest.mark.parametrize("policy", ["ends", "window"])

@@ -22,9 +22,8 @@ import torch
 
 from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
-from scilm.inference.policy import ResiduePolicy, average_pieces, head_policy, split
+from scilm.inference.policy import ResiduePolicy, average_pieces, model_policy, split
 from scilm.io import atomic_output
-from scilm.models.protein import max_residues
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +157,15 @@ def embed_proteins(
     Pooled (``mean``, ``cls``): an (N, H) float32 array for one layer, (N, n_layers, H) for several.
     ``per-residue``: a list of N arrays (len_i, H) / (len_i, n_layers, H) over the residues fed (a
     ``window`` policy: every residue). ``policy`` chooses the residues fed (:func:`embed_with_policy`;
-    default: the first ``truncate`` residues, by default the length the model was trained with,
-    :func:`scilm.models.protein.max_residues`). ``layers``: see
+    default: the model's training policy, ``head`` when none is recorded, at ``truncate`` residues,
+    by default the length the model was trained with, :func:`scilm.models.protein.max_residues`). ``layers``: see
     :func:`resolve_layers` (default: the last). Raises ScilmError for a bad layer or pooling.
     For files of any size use :func:`scilm.inference.embed_stream.embed_file`.
     """
     check_pooling(pooling)
     absolute = resolve_layers(model.config, layers)
     if policy is None:
-        policy = head_policy(truncate if truncate is not None else max_residues(model.config, tokenizer))
+        policy = model_policy(model.config, tokenizer, truncate=truncate)  # the model's policy, else head
     results, _ = embed_with_policy(model, tokenizer, sequences, policy, absolute, pooling, batch_size)
     if pooling == "per-residue":
         return results

@@ -38,7 +38,7 @@ from scilm.errors import ScilmError
 from scilm.inference.batching import chunked
 from scilm.inference.embed import check_pooling, embed_with_policy, resolve_layers
 from scilm.inference.embedding_files import Layout, check_embedding_output, write_h5, write_npy, write_npz, write_parquet
-from scilm.inference.policy import ResiduePolicy, cuts
+from scilm.inference.policy import ResiduePolicy, WindowPolicy, cuts
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output, check_output, write_json_atomic
 
@@ -51,10 +51,11 @@ MAX_CHUNK = 1024
 
 @dataclass(frozen=True)
 class InputScan:
-    """What the first pass over an input found: how many records, the longest id."""
+    """What the first pass over an input found: how many records, the longest id and sequence."""
 
     n_records: int
     id_width: int
+    max_length: int = 0
 
 
 def scan_input(data: str | Path, sequence_column: str = "Sequence", id_column: str | None = None) -> InputScan:
@@ -62,11 +63,11 @@ def scan_input(data: str | Path, sequence_column: str = "Sequence", id_column: s
 
     Raises ScilmError naming the file and line of the first bad record, or for an empty file.
     """
-    n, width = 0, 0
+    n, width, longest = 0, 0, 0
     for record in iter_proteins(data, sequence_column, id_column):
         n += 1
-        width = max(width, len(record.id))
-    return InputScan(n, width)
+        width, longest = max(width, len(record.id)), max(longest, len(record.sequence))
+    return InputScan(n, width, longest)
 
 
 def default_chunk_size(hidden: int, n_layers: int, pooling: str, max_residues: int) -> int:
@@ -236,6 +237,8 @@ def embed_file(
     hidden = int(model.config.hidden_size)
     if chunk_size is None:
         limit = getattr(policy, "max_residues", 1022)
+        if isinstance(policy, WindowPolicy):  # per-residue rows cover whole proteins
+            limit = max(limit, scan.max_length)
         chunk_size = default_chunk_size(hidden, len(absolute), pooling, limit)
     if chunk_size < 1:
         raise ScilmError(f"--chunk-size must be at least 1 (got {chunk_size})")

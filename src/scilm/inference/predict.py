@@ -11,10 +11,9 @@ import torch
 
 from scilm.data.protein import ProteinRecord, iter_proteins
 from scilm.inference.batching import chunked, encode_proteins, length_sorted_batches
-from scilm.inference.policy import ResiduePolicy, cuts, head_policy, split
+from scilm.inference.policy import ResiduePolicy, cuts, model_policy, split
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output
-from scilm.models.protein import max_residues
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,15 @@ def predict_proteins(
     :func:`output_function`).
 
     ``sequences`` are validated residues (:func:`scilm.data.protein.normalize_sequence`). ``policy``
-    chooses the residues fed (:mod:`scilm.inference.policy`); by default the first ``truncate``,
-    by default the length the model was trained with (:func:`scilm.models.protein.max_residues`).
+    chooses the residues fed (:mod:`scilm.inference.policy`); by default the model's training policy
+    (``head`` when none is recorded) at ``truncate`` residues, by default the length the model was
+    trained with (:func:`scilm.models.protein.max_residues`).
     A protein fed in several windows (``window``) gets the output of the mean of its windows' logits
     (:func:`policy_logits`). The result does not depend on ``batch_size`` or on the order of
     ``sequences`` (padding is masked), beyond float rounding.
     """
     if policy is None:
-        policy = head_policy(truncate if truncate is not None else max_residues(model.config, tokenizer))
+        policy = model_policy(model.config, tokenizer, truncate=truncate)  # the model's policy, else head
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     outputs = output_function(model.config)(policy_logits(model, tokenizer, sequences, policy, batch_size))
     return [dict(zip(labels, row)) for row in outputs.tolist()]
