@@ -7,6 +7,8 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 import scilm
 
 ROOT = Path(scilm.__file__).parent
@@ -105,3 +107,33 @@ def test_no_function_over_60_lines_in_the_training_core():
                 if lines > TRAINING_CORE_MAX_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "\n".join(long)
+
+
+@pytest.mark.slow  # imports every module (torch, transformers, lightning, rdkit, fastapi ...)
+def test_every_public_function_and_class_has_a_docstring():
+    """Public functions, classes and their public methods (a method overriding a documented one
+    inherits its docstring, as ``inspect.getdoc`` reads it)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    missing = []
+    for info in pkgutil.walk_packages(scilm.__path__, "scilm."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{module.__name__}.{name}")
+            if inspect.isclass(obj):
+                for attribute, member in vars(obj).items():
+                    member = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                    if attribute.startswith("_") or not inspect.isfunction(member):
+                        continue
+                    if not inspect.getdoc(getattr(obj, attribute)) and not inspect.getdoc(member):
+                        missing.append(f"{module.__name__}.{name}.{attribute}")
+    assert not missing, "\n".join(missing)

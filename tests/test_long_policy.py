@@ -274,3 +274,12 @@ def test_a_bad_policy_is_one_line_and_exit_2(run_cli, tiny_fastas, tmp_path, com
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--long-policy" in lines[0] and value in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_residue_task_refuses_a_policy_other_than_head(run_cli, tmp_path):
+    data = tmp_path / "r.csv"
+    data.write_text("id,Sequence,labels\na,MKTAYIAKQR,HHHHEEEECC\nb,MKTAYIAKQR,HHHHEEEECC\n", encoding="utf-8")
+    result = run_cli("train", "--task", "residue", "--data", data, "--out", tmp_path / "run", "--long-policy", "ends")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "--long-policy ends" in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()

@@ -152,7 +152,7 @@ def predict(
     from scilm.inference.policy import cut_report_path, write_cut_report
     from scilm.inference.predict import predict_file
     from scilm.io import check_output
-    from scilm.models.protein import load_trained_classifier
+    from scilm.models.protein import is_per_residue, load_trained_classifier
 
     check_output(out, [data])  # before any work: not a directory, not the input itself
     check_output(cut_report_path(out), [data])
@@ -160,11 +160,30 @@ def predict(
     scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
     net, tokenizer = load_trained_classifier(model)
     policy = _policy(net, tokenizer, truncate, long_policy)
+    if is_per_residue(net.config):  # --task residue: a label per residue, aligned to the input residues
+        n, cut = _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column)
+        report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
+        typer.echo(f"wrote {n} per-residue predictions to {out}{_cut_note(len(cut), n, policy, report)} "
+                   "('.' marks residues not predicted)")
+        return
     n, cut = predict_file(net, tokenizer, data, out, policy=policy, batch_size=batch_size,
                           sequence_column=sequence_column, id_column=id_column, progress=progress,
                           n_records=scan.n_records)
     report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
     typer.echo(f"wrote {n} predictions to {out}{_cut_note(len(cut), n, policy, report)}")
+
+
+def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column):
+    """Per-residue labels of every record (held in memory), one CSV row per record in input order;
+    returns (records, [(row, id) of each record the policy cut])."""
+    from scilm.data.protein import read_proteins
+    from scilm.inference.residue import predict_residues, write_residue_predictions
+
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None,
+                            id_column=id_column, unique_ids=False)
+    predicted = predict_residues(net, tokenizer, [r.sequence for r in records], batch_size, policy=policy)
+    write_residue_predictions(records, predicted, out, inputs=(data,))
+    return len(records), [(k, r.id) for k, r in enumerate(records) if policy.cuts(r.sequence)]
 
 
 def _check_sizes(batch_size: int, truncate: Optional[int], long_policy: Optional[str] = None) -> None:

@@ -22,6 +22,7 @@ def machine_name() -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table: ``header`` then ``rows`` (cells rendered with ``str``)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -106,6 +106,7 @@ class ConversionSummary:
     skipped: list[str] = field(default_factory=list)
 
     def to_dict(self, max_listed: int = 10) -> dict:
+        """The counts as saved in ``summary.json`` (examples per task and split, skipped lines by reason)."""
         reasons = Counter(s.rsplit(": ", 1)[1] for s in self.skipped)
         return {"source": self.source, "lines": self.lines, "examples": self.examples,
                 "skipped": len(self.skipped), "skip_reasons": dict(reasons),

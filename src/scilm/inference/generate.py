@@ -53,6 +53,7 @@ def load_seq2seq(path: str):
 
 
 def check_task(task: str) -> str:
+    """Raises ScilmError unless ``task`` is one of the five Text+Chem task names (or None: any)."""
     if task not in PROMPTS:
         raise ScilmError(f"unknown task {task!r}; the tasks are: {', '.join(TASKS)}")
     return task

@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 
 from scilm.data.protein import ProteinRecord, iter_proteins
+from scilm.errors import ScilmError
 from scilm.inference.batching import chunked, encode_proteins, length_sorted_batches
 from scilm.inference.policy import ResiduePolicy, cuts, model_policy, split
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output
+from scilm.models.protein import is_per_residue
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ def predict_proteins(
     (:func:`policy_logits`). The result does not depend on ``batch_size`` or on the order of
     ``sequences`` (padding is masked), beyond float rounding.
     """
+    if is_per_residue(model.config):  # (B, T, C) logits: one row per protein would be wrong
+        raise ScilmError("this is a per-residue model (--task residue): its predictions are labels per residue "
+                         "(scilm.inference.residue.predict_residues)")
     if policy is None:
         policy = model_policy(model.config, tokenizer, truncate=truncate)  # the model's policy, else head
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

@@ -50,6 +50,7 @@ ALPHABET = sorted(set(string.printable) - set(string.whitespace) | {SPACE})
 
 
 def is_seq2seq_preset(name: str) -> bool:
+    """Whether ``name`` is one of scilm's offline T5 presets (e.g. ``t5-tiny``), not a hub id or path."""
     return name in SEQ2SEQ_PRESETS
 
 

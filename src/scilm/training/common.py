@@ -349,6 +349,7 @@ def save_run(model, tokenizer, out: Path, lora: bool) -> None:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of scilm, Python, torch, transformers, peft and accelerate, as recorded in metrics.json."""
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for package in ("scilm", "torch", "transformers", "peft", "accelerate"):
         try:

@@ -29,6 +29,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 
 def reset_peak_memory() -> None:
+    """Restart the peak-memory counters (CUDA's; on CPU the process's peak RSS cannot be reset)."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 

@@ -49,6 +49,14 @@ class Settings:
             return name in self.given
         return getattr(self, name) != getattr(type(self)(), name)
 
+    def check_section(self) -> None:
+        """Check this section's own settings (each section overrides it; :meth:`validate` calls every
+        section's in turn). Raises ScilmError naming the setting and what it must be."""
+
+    def check_recipe(self) -> None:
+        """Check rules of a recipe that span sections (a recipe's Config overrides it), after every
+        section's :meth:`check_section`. Raises ScilmError naming the settings."""
+
     def validate(self):
         """Check every section's values, then the recipe's own rules; returns ``self``. Raises ScilmError."""
         for cls in reversed(type(self).__mro__):

@@ -174,6 +174,7 @@ class SiftingTrainer(ScilmTrainer):
         return self.lr_scheduler
 
     def sifting_stats(self) -> dict[str, Any]:
+        """The policy, its settings and the selector's counts (samples seen, kept, keep rate) for metrics.json."""
         stats = self.sifting_loader.stats() if self.sifting_loader is not None else self.reuse.stats()
         return {"policy": self.sift.policy.name, "beta": self.sift.beta, "history": self.sift.history,
                 "delay": self.sift.delay, **stats}

@@ -78,6 +78,7 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's order from ``seed + epoch`` (so a resumed epoch sees the same order)."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
@@ -483,6 +484,7 @@ class ScilmTrainer(Trainer):
         return (self.loss_sum_before + segment_mean * (steps - self.resumed_step)) / steps
 
     def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of this run's output directory, else None."""
         return checkpoints.latest_complete(Path(self.args.output_dir))
 
     def checkpoint_to_resume(self) -> Path | None:

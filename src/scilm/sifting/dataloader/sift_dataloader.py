@@ -141,10 +141,12 @@ class SiftingDataloader:
 
     @property
     def dataset(self):
+        """The wrapped loader's dataset (as ``DataLoader.dataset``; HF Trainer and Lightning read it)."""
         return getattr(self.orig_dataloader, "dataset", None)
 
     @property
     def batch_size(self) -> int | None:
+        """The wrapped loader's batch size (batches it yields may be smaller: sifted)."""
         return self._batch_size
 
     @property

@@ -42,6 +42,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
                                        "Spearman, Pearson, MSE, R^2"),
     Recipe("multilabel", "multilabel", "a set of labels per protein (DeepLoc-2's 0/1 location columns): BCE, "
                                        "per-label MCC-tuned thresholds; exact-set accuracy, Jaccard, F1, MCC"),
+    Recipe("residue", "residue", "a label per residue (signal peptides, secondary structure, binding sites): "
+                                 "token cross-entropy; accuracy, macro F1, MCC, per-protein"),
     Recipe("seq2seq", "seq2seq", "Text+Chem T5 on source/target JSONL: the five chemistry-language tasks"),
     Recipe("mlm", "mlm", "masked-LM (continued) pre-training of ESM-2 on unlabelled sequences (scilm pretrain)"),
 )}
