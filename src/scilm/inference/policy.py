@@ -118,7 +118,7 @@ class WindowPolicy(HeadPolicy):
 
     def __call__(self, sequence: str) -> str:
         raise ScilmError(f"{setting_name('long_policy')} window feeds several windows per protein; it cannot be used "
-                         "where one piece per protein is fed (training)")
+                         "where one piece per protein is fed (training, per-residue labels)")
 
     def __str__(self) -> str:
         return f"window:{self.max_residues}:{self.step}"
