@@ -143,32 +143,39 @@ def predict(
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(32, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    long_policy: Optional[str] = Opt(None, help="Longer sequences: head (the first N) | ends (both termini) | window "
+                                     "(overlapping windows averaged) [the model's training policy, else head]."),
     progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar with proteins/s on stderr (a terminal only)."),
 ) -> None:
     """Class probabilities per protein, one row per input record in input order: id, predicted_label, prob_<label>..."""
     from scilm.inference.embed_stream import scan_input
+    from scilm.inference.policy import cut_report_path, write_cut_report
     from scilm.inference.predict import predict_file
     from scilm.io import check_output
     from scilm.models.protein import is_per_residue, load_trained_classifier
 
     check_output(out, [data])  # before any work: not a directory, not the input itself
-    _check_sizes(batch_size, truncate)
+    check_output(cut_report_path(out), [data])
+    _check_sizes(batch_size, truncate, long_policy)
     scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
     net, tokenizer = load_trained_classifier(model)
-    policy = _policy(net, tokenizer, truncate)
+    policy = _policy(net, tokenizer, truncate, long_policy)
     if is_per_residue(net.config):  # --task residue: a label per residue, aligned to the input residues
-        n, n_cut = _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column)
-        typer.echo(f"wrote {n} per-residue predictions to {out}{_cut_note(n_cut, n, policy)} "
+        n, cut = _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column)
+        report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
+        typer.echo(f"wrote {n} per-residue predictions to {out}{_cut_note(len(cut), n, policy, report)} "
                    "('.' marks residues not predicted)")
         return
-    n, n_cut = predict_file(net, tokenizer, data, out, policy=policy, batch_size=batch_size,
-                            sequence_column=sequence_column, id_column=id_column, progress=progress,
-                            n_records=scan.n_records)
-    typer.echo(f"wrote {n} predictions to {out}{_cut_note(n_cut, n, policy)}")
+    n, cut = predict_file(net, tokenizer, data, out, policy=policy, batch_size=batch_size,
+                          sequence_column=sequence_column, id_column=id_column, progress=progress,
+                          n_records=scan.n_records)
+    report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
+    typer.echo(f"wrote {n} predictions to {out}{_cut_note(len(cut), n, policy, report)}")
 
 
-def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column) -> tuple[int, int]:
-    """Per-residue labels of every record (held in memory), one CSV row per record in input order."""
+def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column):
+    """Per-residue labels of every record (held in memory), one CSV row per record in input order;
+    returns (records, [(row, id) of each record the policy cut])."""
     from scilm.data.protein import read_proteins
     from scilm.inference.residue import predict_residues, write_residue_predictions
 
@@ -176,26 +183,31 @@ def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_co
                             id_column=id_column, unique_ids=False)
     predicted = predict_residues(net, tokenizer, [r.sequence for r in records], batch_size, policy=policy)
     write_residue_predictions(records, predicted, out, inputs=(data,))
-    return len(records), sum(policy.cuts(r.sequence) for r in records)
+    return len(records), [(k, r.id) for k, r in enumerate(records) if policy.cuts(r.sequence)]
 
 
-def _check_sizes(batch_size: int, truncate: Optional[int]) -> None:
+def _check_sizes(batch_size: int, truncate: Optional[int], long_policy: Optional[str] = None) -> None:
     if batch_size < 1:
         raise ScilmError(f"--batch-size must be at least 1 (got {batch_size})")
     if truncate is not None and truncate < 1:
         raise ScilmError(f"--truncate must be at least 1 (got {truncate})")
+    if long_policy is not None:
+        from scilm.inference.policy import check_long_policy
+
+        check_long_policy(long_policy)
 
 
-def _policy(net, tokenizer, truncate: Optional[int]):
-    """The residues fed: the first --truncate, else the model's trained length (the long-protein policy's hook)."""
-    from scilm.inference.policy import head_policy
-    from scilm.models.protein import max_residues
+def _policy(net, tokenizer, truncate: Optional[int], long_policy: Optional[str] = None):
+    """The long-protein policy: --long-policy else the model's, at --truncate else the model's trained length."""
+    from scilm.inference.policy import model_policy
 
-    return head_policy(truncate if truncate is not None else max_residues(net.config, tokenizer))
+    return model_policy(net.config, tokenizer, long_policy, truncate)
 
 
-def _cut_note(n_cut: int, n: int, policy) -> str:
-    return f" ({n_cut} of {n} sequences cut to {policy.max_residues} residues)" if n_cut else ""
+def _cut_note(n_cut: int, n: int, policy, report=None) -> str:
+    if not n_cut:
+        return ""
+    return f" ({n_cut} of {n} sequences {policy.describe()})" + (f"; their ids: {report}" if report else "")
 
 
 @app.command()
@@ -207,6 +219,8 @@ def embed(
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(16, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    long_policy: Optional[str] = Opt(None, help="Longer sequences: head (the first N) | ends (both termini) | window "
+                                     "(overlapping windows averaged) [the model's training policy, else head]."),
     layer: Optional[list[int]] = Opt(None, "--layer", help="Layer to embed from (repeat for several): 0 = the "
                                      "embedding layer, negative counts from the end [-1, the last]."),
     pooling: str = Opt("mean", help="mean | cls | per-residue (one vector per residue: .npz, .parquet, .h5)."),
@@ -221,6 +235,7 @@ def embed(
     from scilm.inference.embed import check_pooling
     from scilm.inference.embed_stream import embed_file, launch_embed_workers, scan_input
     from scilm.inference.embedding_files import check_embedding_output
+    from scilm.inference.policy import cut_report_path, write_cut_report
     from scilm.io import check_output
     from scilm.models.protein import load_protein_encoder
     from scilm.training.distributed import launched_by_torchrun, strip_option
@@ -230,7 +245,8 @@ def embed(
     check_output(out, [data])
     if out.suffix.lower() == ".npy":
         check_output(out.with_suffix(".ids.txt"), [data])
-    _check_sizes(batch_size, truncate)
+    check_output(cut_report_path(out), [data])
+    _check_sizes(batch_size, truncate, long_policy)
     if chunk_size is not None and chunk_size < 1:
         raise ScilmError(f"--chunk-size must be at least 1 (got {chunk_size})")
     scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
@@ -240,7 +256,7 @@ def embed(
     if nproc < 1:
         raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
     net, tokenizer = load_protein_encoder(model)
-    policy = _policy(net, tokenizer, truncate)
+    policy = _policy(net, tokenizer, truncate, long_policy)
     result = embed_file(net, tokenizer, data, out, policy=policy, layers=layer or [-1], pooling=pooling,
                         batch_size=batch_size, chunk_size=chunk_size, sequence_column=sequence_column,
                         id_column=id_column, progress=progress, scan=scan)
@@ -252,10 +268,11 @@ def embed(
     what = (f"per-residue embeddings of {result.n_records} proteins ({result.n_residues} residues x "
             f"{' x '.join(map(str, [*([len(result.layers)] if len(result.layers) > 1 else []), result.hidden]))})"
             if pooling == "per-residue" else f"{shape} embeddings")
+    report = write_cut_report(out, policy, result.n_records, result.cut_rows, result.cut_ids, [data])
     resumed = (f"; {result.n_reused} of {result.n_chunks} chunks were already written by an interrupted run"
                if result.n_reused else "")
     typer.echo(f"wrote {what}{layers} to {', '.join(map(str, result.written))}"
-               f"{_cut_note(result.n_cut, result.n_records, policy)}{resumed}")
+               f"{_cut_note(result.n_cut, result.n_records, policy, report)}{resumed}")
 
 
 @app.command("score-variants")

@@ -3,8 +3,8 @@
 Any layer (0 = the embedding layer, ``n`` = the last, negative counts from the end as in fair-esm's
 ``extract.py --repr_layers``; several at once) and three poolings: ``mean`` over the residues
 (<cls>, <eos> and padding excluded), ``cls`` (the <cls> token) and ``per-residue`` (one vector per
-residue fed). Which residues are fed is a :data:`~scilm.inference.policy.ResiduePolicy` (today: the
-first N, by default the length the model was trained with).
+residue fed). Which residues are fed is the long-protein policy (:mod:`scilm.inference.policy`: the
+first N residues, both ends, or overlapping windows averaged), by default the model's.
 
 :func:`embed_proteins` works in memory; :func:`scilm.inference.embed_stream.embed_file` streams a
 file of any size through the same :func:`embed_batch` in resumable chunks.
@@ -22,9 +22,8 @@ import torch
 
 from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
-from scilm.inference.policy import ResiduePolicy, head_policy
+from scilm.inference.policy import ResiduePolicy, average_pieces, model_policy, split
 from scilm.io import atomic_output
-from scilm.models.protein import max_residues
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +96,58 @@ def embed_batch(model, tokenizer, residues: list[str], layers: list[int], poolin
     return out
 
 
+def embed_with_policy(model, tokenizer, sequences: list[str], policy, layers: list[int], pooling: str,
+                      batch_size: int) -> tuple[list[np.ndarray], list[str]]:
+    """Embeddings of ``sequences`` under a long-protein ``policy`` (:mod:`scilm.inference.policy`), and
+    for each the residues its per-residue rows belong to.
+
+    A sequence fed in one piece (head, ends, or any sequence of at most N residues) is embedded as
+    :func:`embed_batch` does. A sequence fed in several windows (``window``): every window is run; its
+    per-residue rows are the mean, over the windows covering each residue, of their rows for it (rows
+    cover the whole sequence, in order); ``mean`` is the mean of those per-residue rows; ``cls`` the mean
+    of the windows' <cls> vectors. ``layers`` absolute (:func:`resolve_layers`); shapes as
+    :func:`embed_batch`.
+    """
+    whole: list[tuple[int, str]] = []  # (sequence, residues fed) of one-piece sequences
+    windows: list[tuple[int, str]] = []  # (sequence, window residues) of several-piece sequences
+    split_pieces: dict[int, list[np.ndarray]] = {}
+    covered: list[str] = []
+    for i, sequence in enumerate(sequences):
+        strings, pieces = split(policy, sequence)
+        if len(strings) == 1:
+            whole.append((i, strings[0]))
+            covered.append(strings[0])
+        else:
+            split_pieces[i] = pieces
+            windows.extend((i, piece) for piece in strings)
+            covered.append(sequence)  # every residue is in some window
+    results: list[np.ndarray | None] = [None] * len(sequences)
+    for i, value in zip([i for i, _ in whole], _embed_all(model, tokenizer, [f for _, f in whole], layers, pooling,
+                                                          batch_size)):
+        results[i] = value
+    window_values = _embed_all(model, tokenizer, [w for _, w in windows], layers,
+                               "cls" if pooling == "cls" else "per-residue", batch_size)
+    by_owner: dict[int, list[np.ndarray]] = {i: [] for i in split_pieces}
+    for (owner, _), value in zip(windows, window_values, strict=True):
+        by_owner[owner].append(value)
+    for i, pieces in split_pieces.items():
+        mine = by_owner[i]
+        if pooling == "cls":
+            results[i] = np.mean(np.stack(mine).astype(np.float64), axis=0).astype(np.float32)
+            continue
+        per_residue = average_pieces(mine, pieces, len(sequences[i]))
+        results[i] = per_residue if pooling == "per-residue" else per_residue.astype(np.float64).mean(0).astype(np.float32)
+    return results, covered
+
+
+def _embed_all(model, tokenizer, fed: list[str], layers: list[int], pooling: str, batch_size: int) -> list[np.ndarray]:
+    results: list[np.ndarray | None] = [None] * len(fed)
+    for batch in length_sorted_batches([len(s) for s in fed], batch_size):
+        for i, value in zip(batch, embed_batch(model, tokenizer, [fed[i] for i in batch], layers, pooling)):
+            results[i] = value
+    return results
+
+
 def embed_proteins(
     model, tokenizer, sequences: list[str], batch_size: int = 16, truncate: int | None = None, *,
     layers: Sequence[int] = (-1,), pooling: str = "mean", policy: ResiduePolicy | None = None,
@@ -104,24 +155,18 @@ def embed_proteins(
     """Embeddings of ``sequences`` in memory, row i for ``sequences[i]`` whatever ``batch_size`` or order.
 
     Pooled (``mean``, ``cls``): an (N, H) float32 array for one layer, (N, n_layers, H) for several.
-    ``per-residue``: a list of N arrays (len_i, H) / (len_i, n_layers, H) over the residues fed.
-    ``policy`` chooses the residues fed (default: the first ``truncate`` residues, by default the
-    length the model was trained with, :func:`scilm.models.protein.max_residues`). ``layers``: see
+    ``per-residue``: a list of N arrays (len_i, H) / (len_i, n_layers, H) over the residues fed (a
+    ``window`` policy: every residue). ``policy`` chooses the residues fed (:func:`embed_with_policy`;
+    default: the model's training policy, ``head`` when none is recorded, at ``truncate`` residues,
+    by default the length the model was trained with, :func:`scilm.models.protein.max_residues`). ``layers``: see
     :func:`resolve_layers` (default: the last). Raises ScilmError for a bad layer or pooling.
     For files of any size use :func:`scilm.inference.embed_stream.embed_file`.
     """
     check_pooling(pooling)
     absolute = resolve_layers(model.config, layers)
     if policy is None:
-        policy = head_policy(truncate if truncate is not None else max_residues(model.config, tokenizer))
-    fed = [policy(s) for s in sequences]
-    n_cut = sum(len(f) < len(s) for f, s in zip(fed, sequences))
-    if n_cut:
-        log.debug("%d of %d sequences cut by %s", n_cut, len(sequences), policy)  # the CLI reports it
-    results: list[np.ndarray | None] = [None] * len(fed)
-    for batch in length_sorted_batches([len(s) for s in fed], batch_size):
-        for i, value in zip(batch, embed_batch(model, tokenizer, [fed[i] for i in batch], absolute, pooling)):
-            results[i] = value
+        policy = model_policy(model.config, tokenizer, truncate=truncate)  # the model's policy, else head
+    results, _ = embed_with_policy(model, tokenizer, sequences, policy, absolute, pooling, batch_size)
     if pooling == "per-residue":
         return results
     width = (model.config.hidden_size,) if len(absolute) == 1 else (len(absolute), model.config.hidden_size)

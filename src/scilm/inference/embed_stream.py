@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +35,10 @@ import torch
 
 from scilm.data.protein import ProteinRecord, iter_proteins
 from scilm.errors import ScilmError
-from scilm.inference.batching import chunked, length_sorted_batches
-from scilm.inference.embed import check_pooling, embed_batch, resolve_layers
+from scilm.inference.batching import chunked
+from scilm.inference.embed import check_pooling, embed_with_policy, resolve_layers
 from scilm.inference.embedding_files import Layout, check_embedding_output, write_h5, write_npy, write_npz, write_parquet
-from scilm.inference.policy import ResiduePolicy
+from scilm.inference.policy import ResiduePolicy, WindowPolicy, cuts
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output, check_output, write_json_atomic
 
@@ -51,10 +51,11 @@ MAX_CHUNK = 1024
 
 @dataclass(frozen=True)
 class InputScan:
-    """What the first pass over an input found: how many records, the longest id."""
+    """What the first pass over an input found: how many records, the longest id and sequence."""
 
     n_records: int
     id_width: int
+    max_length: int = 0
 
 
 def scan_input(data: str | Path, sequence_column: str = "Sequence", id_column: str | None = None) -> InputScan:
@@ -62,11 +63,11 @@ def scan_input(data: str | Path, sequence_column: str = "Sequence", id_column: s
 
     Raises ScilmError naming the file and line of the first bad record, or for an empty file.
     """
-    n, width = 0, 0
+    n, width, longest = 0, 0, 0
     for record in iter_proteins(data, sequence_column, id_column):
         n += 1
-        width = max(width, len(record.id))
-    return InputScan(n, width)
+        width, longest = max(width, len(record.id)), max(longest, len(record.sequence))
+    return InputScan(n, width, longest)
 
 
 def default_chunk_size(hidden: int, n_layers: int, pooling: str, max_residues: int) -> int:
@@ -170,15 +171,14 @@ class EmbedResult:
     n_cut: int
     n_chunks: int
     n_reused: int
+    cut_rows: list[int] = field(default_factory=list)  # 0-based input positions the policy did not feed whole
+    cut_ids: list[str] = field(default_factory=list)  # their ids
 
 
 def _embed_chunk(model, tokenizer, records: list[ProteinRecord], policy: ResiduePolicy, layers: list[int],
                  pooling: str, batch_size: int) -> dict[str, np.ndarray]:
-    fed = [policy(r.sequence) for r in records]
-    values: list[np.ndarray | None] = [None] * len(fed)
-    for batch in length_sorted_batches([len(s) for s in fed], batch_size):
-        for i, value in zip(batch, embed_batch(model, tokenizer, [fed[i] for i in batch], layers, pooling)):
-            values[i] = value
+    values, fed = embed_with_policy(model, tokenizer, [r.sequence for r in records], policy, layers, pooling,
+                                    batch_size)
     chunk = {"ids": np.array([r.id for r in records], dtype=str),
              "lengths": np.array([len(s) for s in fed], dtype=np.int64)}
     if pooling == "per-residue":
@@ -237,6 +237,8 @@ def embed_file(
     hidden = int(model.config.hidden_size)
     if chunk_size is None:
         limit = getattr(policy, "max_residues", 1022)
+        if isinstance(policy, WindowPolicy):  # per-residue rows cover whole proteins
+            limit = max(limit, scan.max_length)
         chunk_size = default_chunk_size(hidden, len(absolute), pooling, limit)
     if chunk_size < 1:
         raise ScilmError(f"--chunk-size must be at least 1 (got {chunk_size})")
@@ -251,11 +253,16 @@ def embed_file(
     mine = [i for i in range(n_chunks) if i % world == rank]
     bar = progress_bar(sum(min(chunk_size, scan.n_records - i * chunk_size) for i in mine),
                        "embed" if world == 1 else f"embed (process {rank} of {world})", progress and rank == 0)
-    n_cut = n_reused = 0
+    n_reused = 0
+    cut_rows: list[int] = []
+    cut_ids: list[str] = []
     with bar:
         records = iter_proteins(data, sequence_column, id_column)
         for index, chunk in enumerate(chunked(records, chunk_size)):
-            n_cut += sum(len(policy(r.sequence)) < len(r.sequence) for r in chunk)
+            for row, record in enumerate(chunk, start=index * chunk_size):
+                if cuts(policy, record.sequence):
+                    cut_rows.append(row)
+                    cut_ids.append(record.id)
             if index % world != rank:
                 continue
             digest = chunk_digest(index, chunk)
@@ -277,7 +284,8 @@ def embed_file(
     result = _merge(store, out, data, n_chunks, scan, pooling, absolute, hidden)
     store.remove()
     return EmbedResult(written=result[0], n_records=scan.n_records, n_residues=result[1], hidden=hidden,
-                       layers=absolute, n_cut=n_cut, n_chunks=n_chunks, n_reused=n_reused)
+                       layers=absolute, n_cut=len(cut_rows), n_chunks=n_chunks, n_reused=n_reused,
+                       cut_rows=cut_rows, cut_ids=cut_ids)
 
 
 def _merge(store: PartStore, out: Path, data, n_chunks: int, scan: InputScan, pooling: str, layers: list[int],

@@ -12,10 +12,10 @@ import torch
 from scilm.data.protein import ProteinRecord, iter_proteins
 from scilm.errors import ScilmError
 from scilm.inference.batching import chunked, encode_proteins, length_sorted_batches
-from scilm.inference.policy import ResiduePolicy, head_policy
+from scilm.inference.policy import ResiduePolicy, cuts, model_policy, split
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output
-from scilm.models.protein import is_per_residue, max_residues
+from scilm.models.protein import is_per_residue
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +32,46 @@ def predict_proteins(
     :func:`output_function`).
 
     ``sequences`` are validated residues (:func:`scilm.data.protein.normalize_sequence`). ``policy``
-    chooses the residues fed (:mod:`scilm.inference.policy`); by default the first ``truncate``,
-    by default the length the model was trained with (:func:`scilm.models.protein.max_residues`);
-    the number cut is logged at DEBUG (the CLI reports it). The result does not depend on
-    ``batch_size`` or on the order of ``sequences`` (padding is masked), beyond float rounding.
+    chooses the residues fed (:mod:`scilm.inference.policy`); by default the model's training policy
+    (``head`` when none is recorded) at ``truncate`` residues, by default the length the model was
+    trained with (:func:`scilm.models.protein.max_residues`).
+    A protein fed in several windows (``window``) gets the output of the mean of its windows' logits
+    (:func:`policy_logits`). The result does not depend on ``batch_size`` or on the order of
+    ``sequences`` (padding is masked), beyond float rounding.
     """
     if is_per_residue(model.config):  # (B, T, C) logits: one row per protein would be wrong
         raise ScilmError("this is a per-residue model (--task residue): its predictions are labels per residue "
                          "(scilm.inference.residue.predict_residues)")
     if policy is None:
-        policy = head_policy(truncate if truncate is not None else max_residues(model.config, tokenizer))
-    fed = [policy(s) for s in sequences]
-    n_cut = sum(len(f) < len(s) for f, s in zip(fed, sequences))
-    if n_cut:
-        log.debug("%d of %d sequences cut by %s", n_cut, len(sequences), policy)  # the CLI reports it
-    device = next(model.parameters()).device
+        policy = model_policy(model.config, tokenizer, truncate=truncate)  # the model's policy, else head
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    to_output = output_function(model.config)
-    results: list[dict[str, float]] = [{} for _ in fed]
+    outputs = output_function(model.config)(policy_logits(model, tokenizer, sequences, policy, batch_size))
+    return [dict(zip(labels, row)) for row in outputs.tolist()]
+
+
+@torch.inference_mode()
+def policy_logits(model, tokenizer, sequences: list[str], policy: ResiduePolicy, batch_size: int = 32) -> torch.Tensor:
+    """Logits (N, num_labels) float32 of ``sequences`` under a long-protein ``policy``: each piece fed
+    (:func:`scilm.inference.policy.split`) is run once, and a protein's logits are the mean of its
+    pieces' logits (one piece: its logits unchanged; ``window``: the mean over its windows, before
+    softmax/sigmoid/unscaling, so a regression model's value is the mean of the windows' values).
+    """
+    device = next(model.parameters()).device
+    owners: list[int] = []
+    fed: list[str] = []
+    for i, sequence in enumerate(sequences):
+        strings, _ = split(policy, sequence)
+        owners.extend([i] * len(strings))
+        fed.extend(strings)
+    total = torch.zeros(len(sequences), model.config.num_labels, dtype=torch.float64)
+    count = torch.zeros(len(sequences), dtype=torch.float64)
     for batch in length_sorted_batches([len(s) for s in fed], batch_size):
         encoded = encode_proteins(tokenizer, [fed[i] for i in batch]).to(device)
-        outputs = to_output(model(**encoded).logits.float()).cpu()  # (B, num_labels)
-        for row, i in enumerate(batch):
-            results[i] = dict(zip(labels, outputs[row].tolist()))
-    return results
+        logits = model(**encoded).logits.float().cpu()  # (B, num_labels)
+        index = torch.tensor([owners[i] for i in batch])
+        total.index_add_(0, index, logits.double())
+        count.index_add_(0, index, torch.ones(len(batch), dtype=torch.float64))
+    return (total / count.clamp(min=1)[:, None]).float()
 
 
 def is_regression(config) -> bool:
@@ -132,20 +148,21 @@ def predict_file(model, tokenizer, data: str | Path, out: str | Path, *, policy:
     Records are read, predicted and written :data:`PREDICT_CHUNK` at a time (memory does not grow
     with the file); ``out`` appears whole at the end, or not at all. A progress bar (proteins/s,
     stderr, TTY only) runs unless ``progress`` is False; ``n_records`` is its total. Returns
-    (records written, records cut by ``policy``). Raises ScilmError for bad input or output.
+    (records written, [(0-based row, id) of each record ``policy`` did not feed whole]). Raises
+    ScilmError for bad input or output.
     """
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     regression, thresholds = is_regression(model.config), multilabel_thresholds(model.config)
-    n = n_cut = 0
+    n = 0
+    cut: list[tuple[int, str]] = []
     with atomic_output(out, [data]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle, \
             progress_bar(n_records, "predict", progress) as bar:
         writer = csv.writer(handle)
         writer.writerow(_header(labels, regression, thresholds))
         for chunk in chunked(iter_proteins(data, sequence_column, id_column), PREDICT_CHUNK):
-            fed = [policy(r.sequence) for r in chunk]
-            n_cut += sum(len(f) < len(r.sequence) for f, r in zip(fed, chunk))
-            probabilities = predict_proteins(model, tokenizer, fed, batch_size, policy=lambda s: s)
+            cut.extend((n + k, r.id) for k, r in enumerate(chunk) if cuts(policy, r.sequence))
+            probabilities = predict_proteins(model, tokenizer, [r.sequence for r in chunk], batch_size, policy=policy)
             writer.writerows(_row(r.id, p, labels, regression, thresholds) for r, p in zip(chunk, probabilities, strict=True))
             n += len(chunk)
             bar.update(len(chunk))
-    return n, n_cut
+    return n, cut

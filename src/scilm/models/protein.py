@@ -157,13 +157,17 @@ def _load_config(source: str) -> PretrainedConfig:
 # -- the length policy: the residues a model was trained with, recorded in its config.json -----
 
 MAX_RESIDUES_KEY = "scilm_max_residues"  # residues per sequence at training (specials excluded)
+LONG_POLICY_KEY = "scilm_long_policy"  # how longer sequences were cut at training (scilm.inference.policy)
 _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e30
 
 
-def record_max_residues(model, max_residues: int) -> None:
-    """Write the training truncation into ``model.config`` (saved in ``config.json``), so that
-    ``predict``, ``embed`` and ``serve`` default to it. Works through a PEFT wrapper (same config)."""
+def record_max_residues(model, max_residues: int, long_policy: str | None = None) -> None:
+    """Write the training truncation (and the long-protein policy, ``head`` | ``ends``, when given) into
+    ``model.config`` (saved in ``config.json``), so that ``predict``, ``embed`` and ``serve`` default to
+    them. Works through a PEFT wrapper (same config)."""
     setattr(model.config, MAX_RESIDUES_KEY, int(max_residues))
+    if long_policy is not None:
+        setattr(model.config, LONG_POLICY_KEY, str(long_policy))
 
 
 def positional_max_residues(config: PretrainedConfig) -> int | None:

@@ -29,6 +29,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.inference.policy import WindowPolicy, split
 from scilm.inference.predict import is_regression, multilabel_thresholds, output_function
 from scilm.serving.batching import Control
 from scilm.serving.limits import RequestError, clean_protein, clean_source
@@ -103,7 +104,8 @@ class ServedClassifier:
 
     ``model`` is a ``*ForSequenceClassification`` in eval mode, ``tokenizer`` its ESM tokenizer;
     sequences longer than ``max_residues`` are refused (422) or, with ``parameters.truncation``,
-    cut, as ``scilm predict`` cuts them. Scores are ``parameters.function_to_apply`` of the logits
+    fed by the model's long-protein policy as ``scilm predict`` feeds them (the one it was trained
+    with, :func:`scilm.inference.policy.model_policy`: head, ends, or windows whose logits are averaged). Scores are ``parameters.function_to_apply`` of the logits
     (``softmax``, ``sigmoid`` or ``none``); by default sigmoid for a multi-label or one-label model,
     else softmax. The answers are ``scilm predict``'s: a multi-label model's items also say whether
     the label is ``predicted`` (score at or above the threshold tuned in training; sigmoid scores
@@ -117,12 +119,14 @@ class ServedClassifier:
     kind: str = "classifier"
 
     def __post_init__(self):
+        from scilm.inference.policy import model_policy
         from scilm.models.protein import max_residues
 
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         # the one length policy of predict/embed/serve: the trained length (config.json), else positions
         self.max_residues = max_residues(config, self.tokenizer)
+        self.policy = model_policy(config, self.tokenizer, truncate=self.max_residues)
         multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
         self.default_function = "sigmoid" if multi_label or config.num_labels == 1 else "softmax"
         self.regression = is_regression(config)
@@ -135,6 +139,7 @@ class ServedClassifier:
         """What ``GET /info`` says of the model: its kind, labels, length limit and parameters schema."""
         task = "regression" if self.regression else "multi-label" if self.thresholds else "single-label"
         return {"kind": self.kind, "task": task, "labels": self.labels, "max_residues": self.max_residues,
+                "long_policy": self.policy.name,
                 **({"thresholds": self.thresholds} if self.thresholds else {}),
                 "parameters": parameters_schema(self.parameters)}
 
@@ -153,12 +158,13 @@ class ServedClassifier:
         sequences = []
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
-            sequences.append(clean_protein(raw, where, limit)[: self.max_residues])
+            cleaned = clean_protein(raw, where, limit)
+            sequences.append(cleaned if isinstance(self.policy, WindowPolicy) else self.policy(cleaned))
         return None, sequences
 
     def cost(self, group: Hashable, sequence: str) -> int:
-        """Token-steps of one input: its tokens (residues + <cls> + <eos>), one forward each."""
-        return len(sequence) + 2
+        """Token-steps of one input: the tokens of each piece fed (residues + <cls> + <eos>)."""
+        return sum(len(piece) + 2 for piece in split(self.policy, sequence)[0])
 
     @torch.inference_mode()
     def run_batch(self, group: Hashable, sequences: list[str], control: Control | None = None) -> list[list[float]]:
@@ -167,15 +173,22 @@ class ServedClassifier:
         Between forwards ``control`` is checked: past its deadline TimeLimit, all inputs abandoned
         Cancelled (a forward itself is bounded by FORWARD_TOKENS).
         """
-        logits: list[list[float]] = [[] for _ in sequences]
-        for batch in tight_batches([len(s) for s in sequences]):
+        owners, fed = [], []
+        for i, sequence in enumerate(sequences):  # one piece each, or a window policy's windows
+            pieces = split(self.policy, sequence)[0]
+            owners.extend([i] * len(pieces))
+            fed.extend(pieces)
+        total = torch.zeros(len(sequences), len(self.labels), dtype=torch.float64)
+        count = torch.zeros(len(sequences), dtype=torch.float64)
+        for batch in tight_batches([len(s) for s in fed]):
             if control is not None:
                 control.check()
-            encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])  # as predict/embed do
+            encoded = encode_proteins(self.tokenizer, [fed[i] for i in batch])  # as predict/embed do
             out = self.model(**encoded).logits.float()  # (B, num_labels)
-            for row, i in enumerate(batch):
-                logits[i] = out[row].tolist()
-        return logits
+            index = torch.tensor([owners[i] for i in batch])
+            total.index_add_(0, index, out.double())
+            count.index_add_(0, index, torch.ones(len(batch), dtype=torch.float64))
+        return (total / count.clamp(min=1)[:, None]).float().tolist()  # predict's mean of the windows' logits
 
     def respond(self, payload: Payload, logits: list[list[float]]) -> list:
         """One list of ``{"label", "score"}`` per input, best first (the HF Inference API shape)."""

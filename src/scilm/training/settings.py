@@ -109,11 +109,16 @@ class ProteinDataSettings(DataSettings):
     min_length: int | None = setting(None, "Drop shorter sequences (published recipe: 100).")
     max_length: int | None = setting(None, "Drop longer sequences (published recipe: 512).")
     truncate: int = setting(1022, "Residues kept per sequence (ESM-2 sees at most 1022 + 2 special tokens).")
+    long_policy: str = setting("head", "Residues kept of a longer sequence: head (the first --truncate) | ends "
+                                       "(first and last halves: both termini); recorded for predict/embed/serve.")
     drop_missing_labels: bool = setting(False, "Exclude (and count) rows whose label is empty/NaN/NA/None; "
                                                "else such a row is an error.")
 
     def check_section(self) -> None:
         _at_least({"truncate": self.truncate, "min_length": self.min_length, "max_length": self.max_length}, 1)
+        from scilm.inference.policy import TRAINING_POLICIES, check_long_policy
+
+        check_long_policy(self.long_policy, TRAINING_POLICIES)
         if (self.split_column is None) != (self.valid_split is None):
             raise ScilmError(f"{name('split_column')} and {name('valid_split')} go together")
         if self.train_split is not None and self.split_column is None:

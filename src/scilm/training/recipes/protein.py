@@ -14,7 +14,6 @@ from collections.abc import MutableMapping
 from scilm.data import protein as pdata
 from scilm.data.textio import data_suffix
 from scilm.errors import ScilmError, name
-from scilm.models.protein import truncate_sequences
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +94,19 @@ def random_split(records: list[pdata.ProteinRecord], valid_fraction: float, seed
     return [records[i] for i in sorted(train_index)], [records[i] for i in sorted(valid_index)]
 
 
-def encode_records(records: list[pdata.ProteinRecord], tokenizer, truncate: int, targets: list) -> list[dict]:
-    """Token ids (with <cls>/<eos>) and a target per record; sequences cut to ``truncate`` residues before
-    tokenizing, the cut predict/embed/serve make (:func:`scilm.models.protein.truncate_sequences`)."""
-    sequences, n_cut = truncate_sequences([r.sequence for r in records], truncate)
+def encode_records(records: list[pdata.ProteinRecord], tokenizer, truncate: int, targets: list,
+                   long_policy: str = "head") -> list[dict]:
+    """Token ids (with <cls>/<eos>) and a target per record; each sequence longer than ``truncate``
+    residues is cut by ``long_policy`` (head: the first ``truncate``; ends: both termini) before
+    tokenizing, as predict/embed/serve cut it (:mod:`scilm.inference.policy`). Raises ScilmError for
+    ``window`` (several pieces per record) or another name."""
+    from scilm.inference.policy import TRAINING_POLICIES, check_long_policy, make_policy
+
+    policy = make_policy(check_long_policy(long_policy, TRAINING_POLICIES), truncate)
+    sequences = [policy(r.sequence) for r in records]
+    n_cut = sum(policy.cuts(r.sequence) for r in records)
     if n_cut:
-        log.info("%d of %d sequences cut to %d residues (truncate)", n_cut, len(records), truncate)
+        log.info("%d of %d sequences %s (%s, truncate)", n_cut, len(records), policy.describe(), policy.name)
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     return [{"input_ids": ids, "attention_mask": mask, "labels": target}
             for ids, mask, target in zip(encoded["input_ids"], encoded["attention_mask"], targets, strict=True)]

@@ -69,13 +69,15 @@ def run(config: Config) -> dict[str, Any]:
 
     # Model before data: the tokenizer comes with it. PEFT is chosen at construction time.
     model, tokenizer = load_protein_classifier(config.model, labels, seed=config.seed)
-    record_max_residues(model, config.truncate)  # predict/embed/serve default to the trained length
+    record_max_residues(model, config.truncate, config.long_policy)  # predict/embed/serve default to them
     model = prepare_model(model, config, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
     out = prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
     index = {label: i for i, label in enumerate(labels)}
-    train_set = encode_records(train_records, tokenizer, config.truncate, [index[r.label] for r in train_records])
-    valid_set = encode_records(valid_records, tokenizer, config.truncate, [index[r.label] for r in valid_records])
+    train_set = encode_records(train_records, tokenizer, config.truncate, [index[r.label] for r in train_records],
+                               config.long_policy)
+    valid_set = encode_records(valid_records, tokenizer, config.truncate, [index[r.label] for r in valid_records],
+                               config.long_policy)
     log.info("train %d, validation %d, labels %s, %d of %d parameters trainable",
              len(train_set), len(valid_set), labels, n_trainable, n_total)
     log.info("records per class: train %s; validation %s", class_counts([r.label for r in train_records], labels),

@@ -149,13 +149,15 @@ def run(config: Config) -> dict[str, Any]:
 
     model, tokenizer = load_protein_classifier(config.model, labels, seed=config.seed,
                                                problem_type="multi_label_classification")
-    record_max_residues(model, config.truncate)
+    record_max_residues(model, config.truncate, config.long_policy)
     saved_config = model.config  # the PEFT wrapper keeps this object: thresholds set at the end are saved
     model = common.prepare_model(model, config, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
     out = common.prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
-    train_set = encode_records(train_records, tokenizer, config.truncate, y_train.tolist())
-    valid_set = encode_records(valid_records, tokenizer, config.truncate, y_valid.tolist())
+    train_set = encode_records(train_records, tokenizer, config.truncate, y_train.tolist(),
+                               config.long_policy)
+    valid_set = encode_records(valid_records, tokenizer, config.truncate, y_valid.tolist(),
+                               config.long_policy)
     log.info("train %d, validation %d, labels %s, %d of %d parameters trainable",
              len(train_set), len(valid_set), labels, n_trainable, n_total)
 

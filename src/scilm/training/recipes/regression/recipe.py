@@ -92,13 +92,15 @@ def run(config: Config) -> dict[str, Any]:
 
     model, tokenizer = load_protein_classifier(config.model, [config.label_column], seed=config.seed,
                                                problem_type="regression")
-    record_max_residues(model, config.truncate)
+    record_max_residues(model, config.truncate, config.long_policy)
     model.config.update({MEAN_KEY: mean, STD_KEY: std})  # saved with the model, undone at prediction
     model = prepare_model(model, config, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
     out = prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
-    train_set = encode_records(train_records, tokenizer, config.truncate, list((y_train - mean) / std))
-    valid_set = encode_records(valid_records, tokenizer, config.truncate, list((y_valid - mean) / std))
+    train_set = encode_records(train_records, tokenizer, config.truncate, list((y_train - mean) / std),
+                               config.long_policy)
+    valid_set = encode_records(valid_records, tokenizer, config.truncate, list((y_valid - mean) / std),
+                               config.long_policy)
     log.info("train %d, validation %d, target mean %.4g sd %.4g, %d of %d parameters trainable",
              len(train_set), len(valid_set), mean, std, n_trainable, n_total)
     log.info("targets: train %s; validation %s", target_stats(y_train), target_stats(y_valid))

@@ -29,6 +29,9 @@ class Config(ProteinRecipeSettings):
     def check_recipe(self) -> None:
         if self.task != "residue":
             raise ScilmError(f"{name('task')} {self.task!r}: this recipe trains residue")
+        if self.long_policy != "head":  # labels are cut with their residues, from the head only
+            raise ScilmError(f"{name('long_policy')} {self.long_policy}: per-residue labels align to the first "
+                             f"{name('truncate')} residues; use head")
         if self.label_alphabet is not None and len(set(self.label_alphabet)) < 2:
             raise ScilmError(f"{name('label_alphabet')} {self.label_alphabet!r}: a classifier needs at least two "
                              "label characters")
