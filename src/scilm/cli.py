@@ -203,12 +203,19 @@ def evaluate(
     num_beams: int = Opt(10, help="Beam width."),
     max_length: int = Opt(512, help="Maximum generated tokens."),
     batch_size: int = Opt(8, help="Inputs per batch."),
+    top_k: str = Opt("1", help="Top-k exact match for these k, e.g. 1,3,5,10 (at most --num-beams)."),
+    forward_model: Optional[str] = Opt(None, help="Forward-prediction model for retrosynthesis round-trip "
+                                       "accuracy (may be --model itself)."),
+    randomize_inputs: int = Opt(0, help="Score N >= 2 random re-spellings of every input SMILES too; "
+                                "report each metric's spread [0: off]."),
+    seed: int = Opt(0, help="Seed of the re-spellings."),
 ) -> None:
     """Generate for every example and score per task: molecules by RDKit, captions and actions by text metrics."""
-    from scilm.inference.generate import evaluate_command
+    from scilm.inference.generate import evaluate_command, parse_top_k
 
     evaluate_command(model=model, data=data, out=out, predictions=predictions, num_beams=num_beams,
-                     max_length=max_length, batch_size=batch_size)
+                     max_length=max_length, batch_size=batch_size, top_k=parse_top_k(top_k),
+                     forward_model=forward_model, randomize_inputs=randomize_inputs, seed=seed)
 
 
 @app.command()
@@ -286,16 +293,19 @@ def bench_efficiency(
 
 @data_app.command("textchem")
 def data_textchem(
-    out: Path = Opt(..., help="Output directory for train/valid/test.jsonl."),
+    out: Path = Opt(..., help="Output directory for train/valid/test.jsonl (--split none: all.jsonl) and skipped.tsv."),
     chebi20: Optional[Path] = Opt(None, help="ChEBI-20 TSV (CID, SMILES, description): caption + text-to-SMILES."),
     uspto_sources: Optional[Path] = Opt(None, help="Space-tokenised USPTO products (retrosynthesis sources)."),
     uspto_targets: Optional[Path] = Opt(None, help="Space-tokenised USPTO reactants, line-aligned."),
     actions_src: Optional[Path] = Opt(None, help="paragraph2actions src-*.txt (sentences)."),
     actions_tgt: Optional[Path] = Opt(None, help="paragraph2actions tgt-*.txt (action sequences)."),
     canonicalize: bool = Opt(False, "--canonicalize", help="RDKit-canonical SMILES (unparsable ones skipped, counted)."),
-    valid_fraction: float = Opt(0.1, help="Share for valid.jsonl."),
-    test_fraction: float = Opt(0.1, help="Share for test.jsonl."),
-    seed: int = Opt(0, help="Split seed."),
+    split: str = Opt("random", help="random: train/valid/test by seed | none: one file, all.jsonl, in input order."),
+    keep_reaction_class: bool = Opt(False, "--keep-reaction-class",
+                                    help="Keep USPTO's <RX_n> class as the optional field reaction_class."),
+    valid_fraction: Optional[float] = Opt(None, help="Share for valid.jsonl [0.1]."),
+    test_fraction: Optional[float] = Opt(None, help="Share for test.jsonl [0.1]."),
+    seed: Optional[int] = Opt(None, help="Split seed [0]."),
 ) -> None:
     """Real sets -> Text+Chem JSONL (`source` = prompt + input, `target`), split by seed."""
     import json
@@ -308,11 +318,16 @@ def data_textchem(
         raise ScilmError("--actions-src and --actions-tgt go together")
     if not (chebi20 or uspto_sources or actions_src):
         raise ScilmError("nothing to convert: give --chebi20, --uspto-sources/--uspto-targets or --actions-src/--actions-tgt")
+    given = {"--valid-fraction": valid_fraction, "--test-fraction": test_fraction, "--seed": seed}
+    if split == "none" and any(v is not None for v in given.values()):
+        raise ScilmError(f"{', '.join(k for k, v in given.items() if v is not None)}: --split none does not split")
     summary = convert_textchem(
         out, chebi20=chebi20,
         uspto=(uspto_sources, uspto_targets) if uspto_sources else None,
         paragraph2actions=(actions_src, actions_tgt) if actions_src else None,
-        canonicalize=canonicalize, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
+        canonicalize=canonicalize, split=split, keep_reaction_class=keep_reaction_class,
+        valid_fraction=0.1 if valid_fraction is None else valid_fraction,
+        test_fraction=0.1 if test_fraction is None else test_fraction, seed=seed or 0,
     )
     typer.echo(json.dumps(summary, indent=2))
 
