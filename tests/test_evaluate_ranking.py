@@ -249,3 +249,16 @@ def test_evaluate_bad_settings_are_one_line(scripted_model, run_cli, tmp_path, a
 def test_predict_candidates_refuses_more_candidates_than_beams():
     with pytest.raises(ScilmError, match="at most --num-beams"):
         generate.predict_candidates("m", "t", read_jsonl(SAMPLE), num_beams=2, k=3, max_length=8, batch_size=4)
+
+
+def test_top_k_per_reaction_class():
+    from dataclasses import replace
+
+    examples = [e for e in read_jsonl(SAMPLE) if e.task == "retrosynthesis"]
+    examples = [replace(examples[0], reaction_class=3), replace(examples[1], reaction_class=1),
+                replace(examples[0], reaction_class=3)]
+    candidates = [[examples[0].target, "C"], ["C", examples[1].target], ["C", "CC"]]
+    tasks, rows = score_run(examples, candidates, (1, 2))
+    assert tasks["retrosynthesis"]["by_reaction_class"] == {
+        "1": {"n_examples": 1, "top_1": 0.0, "top_2": 1.0}, "3": {"n_examples": 2, "top_1": 0.5, "top_2": 0.5}}
+    assert [r["reaction_class"] for r in rows] == [3, 1, 3]
