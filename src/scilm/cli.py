@@ -351,6 +351,25 @@ def bench_sifting(
     typer.echo(run_sifting_bench(out, quick=quick, settings=settings, command=command))
 
 
+@bench_app.command("textchem")
+def bench_textchem(
+    out: Path = Opt(Path("bench/textchem"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="300 steps, 6 test examples per task, 5 beams (a smoke run)."),
+    steps: Optional[int] = Opt(None, help="Training steps of t5-tiny [900; --quick 300]."),
+    per_task: Optional[int] = Opt(None, help="Test examples per task [20; --quick 6]."),
+) -> None:
+    """Per-task Text+Chem table on the bundled slices: top-1/3/5/10, round trip, coverage, re-spelling spread."""
+    from scilm.bench.textchem import TextChemBenchSettings, run_textchem_bench
+
+    for name, value in (("steps", steps), ("per-task", per_task)):
+        if value is not None and value < 1:
+            raise ScilmError(f"--{name} must be at least 1 (got {value})")
+    settings = TextChemBenchSettings.for_mode(quick, steps=steps, per_task=per_task)
+    command = " ".join(["scilm bench textchem", f"--out {out}", *(["--quick"] if quick else []),
+                        *([f"--steps {steps}"] if steps else []), *([f"--per-task {per_task}"] if per_task else [])])
+    typer.echo(run_textchem_bench(out, settings, command))
+
+
 @bench_app.command("serve")
 def bench_serve(
     out: Path = Opt(Path("bench/serve"), help="Output directory."),
