@@ -73,7 +73,7 @@ class TrainConfig:
     lora_r: int = setting(8, 'LoRA rank: higher = more capacity and memory.')
     lora_alpha: int = setting(16, 'LoRA alpha (scale = alpha / r).')
     lora_dropout: float = setting(0.05, 'LoRA dropout.')
-    precision: str = setting("auto", 'auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU).')
+    precision: str = setting("auto", 'auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU; T5 never fp16: fp32 there).')
     # -- smart sifting (section 2 of SOURCES.md); off unless sift_beta is set
     sift_beta: float | None = setting(None, 'Smart sifting: keep ~1/(1+beta) of the samples (0.5 -> 2/3, 1 -> 1/2, 3 -> 1/4); none: off.')
     sift_history: int = setting(500, 'Sifting: recent losses that rank a new one (its percentile).')
