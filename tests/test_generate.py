@@ -148,3 +148,15 @@ def test_evaluate_gives_every_metric_per_task(run_cli, model_dir, tmp_path):
             sum(canonical_smiles(r["prediction"]) is not None for r in mine) / len(mine))
         assert tasks[task]["exact_match"] == pytest.approx(sum(r["exact_match"] for r in mine) / len(mine))
     assert rows[-2]["target"] == "C1CC((" and rows[-2]["exact_match"] == 0.0  # unparsable target: never a match
+
+
+def test_more_beam_candidates_never_change_the_first(model_dir):
+    # issue 15: --top-k asks beam search for k candidates; the top-1 must be the one k=1 gives
+    from scilm.inference.generate import load_seq2seq, predict_candidates
+
+    model, tokenizer = load_seq2seq(model_dir)
+    examples = read_jsonl(SAMPLE / "test.jsonl")
+    one = predict_candidates(model, tokenizer, examples, num_beams=4, k=1, max_length=16, batch_size=3)
+    four = predict_candidates(model, tokenizer, examples, num_beams=4, k=4, max_length=16, batch_size=3)
+    assert [c[0] for c in four] == [c[0] for c in one] and {len(c) for c in four} == {4}
+    assert any(len(set(c)) > 1 for c in four)  # real alternatives, not one answer repeated
