@@ -273,7 +273,12 @@ def is_failure(task: str, output: str) -> bool:
 def forward_round_trips(forward, examples: list[TextChemExample], candidates: list[list[str]], num_beams: int,
                         max_length: int, batch_size: int) -> dict[int, str | None]:
     """``{example index: the forward model's top-1 product}`` for every retrosynthesis example;
-    None where the top-1 precursors do not parse (not sent to the forward model: a failure)."""
+    None where the top-1 precursors do not parse (not sent to the forward model: a failure).
+
+    The products feed round-trip accuracy as Schwaller et al. (Chem. Sci. 11, 3316, 2020) define it
+    and Text+Chem (Christofidellis et al., ICML 2023) reports it: :mod:`scilm.chem.ranking`. The
+    forward model decodes with the same beam width; its top-1 is compared.
+    """
     from scilm.chem.smiles import canonical_smiles
 
     index = [i for i, e in enumerate(examples) if e.task == "retrosynthesis"]
