@@ -1,4 +1,4 @@
-"""The CLI surface: `scilm train`'s options are TrainConfig's fields, every default shown, --version."""
+"""The CLI surface: `scilm train`'s options are the recipes' settings, every default shown, --version."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from importlib import metadata
 
 import pytest
 
-from scilm.training.config import TrainConfig
 
 
 def test_version(run_cli):
@@ -30,27 +29,60 @@ def option_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
-def test_train_options_are_the_config_fields_with_their_defaults(run_cli):
+def _shown(value) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def test_train_options_are_every_recipes_settings_with_their_defaults(run_cli):
+    from scilm.training.config import all_settings
+    from scilm.training.recipes import RECIPES
+
     result = run_cli("train", "--help")
     assert result.exit_code == 0
     text = result.stdout
     blocks = option_blocks(text)
-    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "extra" and not f.metadata.get("internal")]
-    for field in fields:
-        flag = "--" + field.name.replace("_", "-")
+    for info in all_settings():
+        flag = "--" + info.name.replace("_", "-")
         line = blocks.get(flag)
         assert line is not None, f"{flag} missing from --help"
-        if field.name == "data":
+        if info.name in ("data", "task"):
             continue
-        expected = "none" if field.default is None else (str(field.default).lower() if isinstance(field.default, bool)
-                                                         else str(field.default))
-        assert f"[default: {expected}]" in line, (flag, line)
-    # word defaults used to vanish (eaten as markup) and leave " ."
-    for word in ("esm2-tiny", "membrane", "auto", "relative", "runs/scilm"):
-        assert f"[default: {word}]" in " ".join(blocks.values())
+        shown = {task: _shown(value) for task, value in info.defaults.items()}
+        common = max(set(shown.values()), key=list(shown.values()).count)
+        assert f"[default: {common}" in line, (flag, line)
+        for task, value in shown.items():  # a recipe whose default differs is named with its own
+            assert value == common or f"{task}: {value}" in line, (flag, task, line)
+        if len(info.defaults) < len(RECIPES):  # a setting of some recipes only says which
+            assert f"(for {', '.join(info.defaults)})" in line, (flag, line)
+    for task, recipe in RECIPES.items():  # every task listed with its summary
+        assert f"{task}: {recipe.summary.split()[0]}" in text
+    for word in ("esm2-tiny", "auto", "relative", "runs/scilm"):  # word defaults used to vanish as markup
+        assert f"[default: {word}" in " ".join(blocks.values())
     assert not re.search(r"\S \.\s*$", text, flags=re.M)
-    options = set(blocks)
-    assert options == {"--config", "--help"} | {"--" + f.name.replace("_", "-") for f in fields}
+    assert set(blocks) == {"--config", "--help"} | {"--" + i.name.replace("_", "-") for i in all_settings()}
+
+
+def test_pretrain_options_are_the_mlm_recipes_settings(run_cli):
+    import dataclasses
+
+    from scilm.training.recipes import RECIPES
+
+    blocks = option_blocks(run_cli("pretrain", "--help").stdout)
+    config = RECIPES["mlm"].config
+    fields = [f for f in dataclasses.fields(config) if not f.metadata.get("internal") and f.name != "task"]
+    assert set(blocks) == {"--config", "--help"} | {"--" + f.name.replace("_", "-") for f in fields}
+    assert "[default: 10.0]" in blocks["--epochs"] and "[default: 0.002]" in blocks["--lr"]
+
+
+def test_a_setting_of_another_task_is_an_error_naming_its_tasks(run_cli, tmp_path):
+    data = tmp_path / "t.csv"
+    data.write_text("id,sequence,target\nA,MKT,1.0\nB,MKV,2.0\n")
+    result = run_cli("train", "--data", data, "--task", "regression", "--lr-decay", "0.9", "--out", tmp_path / "r")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --lr-decay: not a setting of task 'regression' (it would be ignored); " \
+                                    "it belongs to seq2seq"
+    result = run_cli("train", "--data", data, "--task", "nonsense")
+    assert result.exit_code == 2 and "'nonsense' is not a task; the tasks are: membrane, localization" in result.stderr
 
 
 @pytest.mark.slow  # a real process: ~10 s

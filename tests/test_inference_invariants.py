@@ -327,15 +327,17 @@ def test_settings_that_would_be_ignored_are_errors(run_cli, tmp_path, tiny_fasta
         (["--data", table, "--task", "localization"], "needs the DeepLoc-2 one-hot location columns"),
         (["--data", tiny_fastas[0], "--label-column", "Location"], "--label-column name table columns"),
         (["--data", tiny_fastas[0], "--sequence-column", "Seq"], "--sequence-column name table columns"),
-        (["--data", tiny_fastas[0], "--max-source-length", "64"], "--max-source-length: for Text+Chem JSONL"),
+        (["--data", tiny_fastas[0], "--max-source-length", "64"],
+         "--max-source-length: not a setting of task 'membrane' (it would be ignored); it belongs to seq2seq"),
         (["--data", tiny_fastas[0], "--valid", tiny_fastas[1], "--valid-fraction", "0.3"], "nothing to split"),
-        (["--data", jsonl, "--model", "t5-tiny", "--task", "localization"], "--task: for protein data, not JSONL"),
-        (["--data", jsonl, "--model", "t5-tiny", "--truncate", "100"], "--truncate: for protein data, not JSONL"),
+        (["--data", jsonl, "--model", "t5-tiny", "--task", "localization"],
+         f"--data {jsonl}: task 'localization' trains on protein FASTA or CSV/TSV"),
+        (["--data", jsonl, "--model", "t5-tiny", "--truncate", "100"], "--truncate: not a setting of task 'seq2seq'"),
         # given explicitly at their default values, they are still not silently ignored
         (["--data", tiny_fastas[0], "--label-column", "Membrane"], "--label-column name table columns"),
         (["--data", tiny_fastas[0], "--valid", tiny_fastas[1], "--valid-fraction", "0.2"], "nothing to split"),
-        (["--data", jsonl, "--model", "t5-tiny", "--truncate", "1022"], "--truncate: for protein data, not JSONL"),
-        (["--data", jsonl, "--model", "t5-tiny", "--task", "membrane"], "--task: for protein data, not JSONL"),
+        (["--data", jsonl, "--model", "t5-tiny", "--truncate", "1022"], "--truncate: not a setting of task 'seq2seq'"),
+        (["--data", tiny_fastas[0], "--tokenizer-vocab-size", "1000"], "--tokenizer-vocab-size: not a setting of task"),
     ]
     for args, message in cases:
         result = run_cli("train", *args, "--out", tmp_path / "run")

@@ -194,7 +194,7 @@ def textchem(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def classifier_run(runs, proteins, out: Path, batch_size: int, grad_accum: int, **settings) -> Run:
-    from scilm.training.classifier import train_classifier
+    from scilm.training.recipes.classification.recipe import run as train_classifier
     from scilm.training.config import TrainConfig
 
     train, valid = proteins
@@ -206,7 +206,7 @@ def classifier_run(runs, proteins, out: Path, batch_size: int, grad_accum: int, 
 
 def seq2seq_run(runs, textchem, out: Path, batch_size: int, grad_accum: int, **settings) -> Run:
     from scilm.training.config import TrainConfig
-    from scilm.training.seq2seq import train_seq2seq
+    from scilm.training.recipes.seq2seq.recipe import run as train_seq2seq
 
     train, valid = textchem
     config = TrainConfig(data=str(train), valid=str(valid), model="t5-tiny", out=str(out), batch_size=batch_size,
@@ -252,7 +252,7 @@ def test_seq2seq_accumulation_changes_nothing(recorder, textchem, tmp_path):
 
 
 def test_masked_lm_accumulation_changes_nothing(recorder, proteins, tmp_path):
-    from scilm.training.mlm import pretrain_mlm
+    from scilm.training.recipes.mlm.recipe import pretrain_mlm
 
     sequences = [r.sequence for r in read_proteins(proteins[0], task="membrane")]
     runs = []
@@ -272,7 +272,7 @@ def test_masks_do_not_depend_on_batching_or_on_what_came_before():
     """The masked-LM collator masks a sample by (seed, epoch, sample): a fresh collator (the first batch
     after a resume), another batch composition and an earlier call all give the same rows."""
     from scilm.models.protein import esm2_tokenizer
-    from scilm.training.mlm import SampleSeededMaskingCollator
+    from scilm.training.recipes.mlm.recipe import SampleSeededMaskingCollator
 
     tokenizer = esm2_tokenizer()
     features = [{"input_ids": tokenizer(s)["input_ids"], INDEX_KEY: i}
@@ -335,14 +335,14 @@ def test_eval_loss_does_not_depend_on_eval_batch_size(tmp_path, textchem):
     from scilm.training.common import training_arguments
     from scilm.training.config import TrainConfig
     from scilm.training.losses import token_loss_sums
-    from scilm.training.seq2seq import collator, encode
+    from scilm.training.recipes.seq2seq.recipe import collator, encode
 
     examples = read_jsonl(textchem[0])
     model, tokenizer = load_seq2seq_model("t5-tiny", [t for e in examples for t in (e.source, e.target)], 300, 0)
     data = encode(examples, tokenizer, 48, 40)
     losses = []
     for size in (1, 4, 6):
-        config = TrainConfig(data="x", eval_batch_size=size, progress=False)
+        config = TrainConfig(data="x.jsonl", eval_batch_size=size, progress=False)
         trainer = ScilmTrainer(model=model, args=training_arguments(config, tmp_path, "fp32"), eval_dataset=data,
                                data_collator=collator(tokenizer, model), processing_class=tokenizer,
                                item_loss=token_loss_sums)
@@ -459,11 +459,11 @@ PINNED_DEMO_LOSSES = [0.687732, 0.692419, 0.683216, 0.676818, 0.659008]
 
 
 def test_pinned_early_losses_of_the_demo_config(tmp_path, monkeypatch):
-    from scilm.training import classifier
+    from scilm.training import common, train
     from scilm.training.config import load_config
 
     trainers: list[ScilmTrainer] = []
-    init, arguments = ScilmTrainer.__init__, classifier.training_arguments
+    init, arguments = ScilmTrainer.__init__, common.training_arguments
 
     def keep(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -471,14 +471,14 @@ def test_pinned_early_losses_of_the_demo_config(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ScilmTrainer, "__init__", keep)
     # log every step's loss (the demo itself logs every 10)
-    monkeypatch.setattr(classifier, "training_arguments",
+    monkeypatch.setattr(common, "training_arguments",
                         lambda *args, **kwargs: arguments(*args, **{**kwargs, "logging_steps": 1}))
     config = load_config(REPO / "configs" / "membrane_demo.yaml", {
         "data": str(deeploc_slice(tmp_path / "train.fasta", DEEPLOC_TRAIN, 16, max_residues=100_000)),
         "valid": str(deeploc_slice(tmp_path / "valid.fasta", DEEPLOC_VALID, 4, max_residues=100_000)),
         "out": str(tmp_path / "demo"), "progress": False})
     assert (config.model, config.batch_size, config.lr, config.truncate) == ("esm2-tiny-mlm", 16, 5e-4, 512)
-    classifier.train_classifier(config)
+    train(config)
     losses = [row["loss"] for row in trainers[-1].state.log_history if "loss" in row][:5]
     print("first five losses:", losses)
     assert losses == pytest.approx(PINNED_DEMO_LOSSES, abs=1e-4)
@@ -536,6 +536,40 @@ def test_final_evaluation_after_a_keep_best_reload_says_whose_weights_it_measure
 
     trainer = SimpleNamespace(state=SimpleNamespace(global_step=4, best_model_checkpoint="/run/checkpoints/checkpoint-2"),
                               args=SimpleNamespace(load_best_model_at_end=True), eval_history=history,
-                              eval_dataset=None, evaluate=evaluate)
+                              eval_dataset=[{"input_ids": [0]}], evaluate=evaluate)
     assert final_evaluation(trainer) == {"eval_loss": 0.5}
     assert history.history[-1] == {"step": 4, "eval_loss": 0.5, "weights_of_step": 2}
+
+
+@pytest.fixture(scope="module")
+def regression_tables(proteins, tmp_path_factory) -> tuple[Path, Path]:
+    """The same proteins as tables with a numeric target (their length / 10)."""
+    root = tmp_path_factory.mktemp("regression")
+    paths = []
+    for source, name in zip(proteins, ("train.csv", "valid.csv")):
+        rows = read_proteins(source, task="membrane")
+        path = root / name
+        path.write_text("id,sequence,target\n" + "".join(f"{r.id},{r.sequence},{len(r.sequence) / 10}\n"
+                                                          for r in rows))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_regression_accumulation_changes_nothing(recorder, regression_tables, tmp_path):
+    from scilm.training import train
+    from scilm.training.recipes.regression.config import Config
+
+    runs = []
+    for b, g in SPLITS:
+        config = Config(data=str(regression_tables[0]), valid=str(regression_tables[1]), out=str(tmp_path / f"{b}x{g}"),
+                        sequence_column="sequence", batch_size=b, grad_accum=g, warmup_ratio=0.0, lr=1e-3,
+                        progress=False, model="esm2-tiny").validate()
+        runs.append(finish(recorder, train(config)))
+    assert_same_training(runs)
+    # step 1's loss: the mean squared error of the standardised targets over the whole window
+    run = runs[0]
+    batch = whole_window(run, 1, pad_id=1)
+    with torch.no_grad():
+        predicted = model_at_start(run)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = torch.nn.functional.mse_loss(predicted.float().reshape(-1), batch["labels"].float())
+    assert run.losses[1] == pytest.approx(float(expected), rel=1e-5)

@@ -49,19 +49,19 @@ def run_recipe(recipe: str, data: tuple[Path, Path], out: Path, resume: bool = F
     common = dict(out=str(out), resume=resume, batch_size=4, save_every=2, progress=False, warmup_ratio=0.25)
     if recipe == "pretrain":
         from scilm.data.protein import read_proteins
-        from scilm.training.mlm import pretrain_mlm
+        from scilm.training.recipes.mlm.recipe import pretrain_mlm
 
         sequences = [r.sequence for r in read_proteins(train, task="membrane")]
         pretrain_mlm(sequences, "esm2-tiny", out, epochs=2, batch_size=4, truncate=60, save_every=2, resume=resume)
         metrics = json.loads((out / "metrics.json").read_text())
     elif recipe == "seq2seq":
-        from scilm.training.seq2seq import train_seq2seq
+        from scilm.training.recipes.seq2seq.recipe import run as train_seq2seq
 
         metrics = train_seq2seq(TrainConfig(data=str(TEXTCHEM / "train.jsonl"), valid=str(TEXTCHEM / "valid.jsonl"),
                                             model="t5-tiny", epochs=2, lr=3e-3, max_source_length=64,
                                             max_target_length=48, **common).validate())
     else:
-        from scilm.training.classifier import train_classifier
+        from scilm.training.recipes.classification.recipe import run as train_classifier
 
         sift = dict(sift_beta=1.0, sift_delay=2, epochs=3) if recipe == "sifting" else dict(epochs=2)
         metrics = train_classifier(TrainConfig(data=str(train), valid=str(valid), model="esm2-tiny", lr=1e-3,

@@ -162,7 +162,7 @@ def test_train_on_original_jsonl_writes_metrics_and_a_loadable_model(base_run):
     assert {"model.safetensors", "tokenizer.json", "config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
     from scilm.inference.generate import load_seq2seq
-    from scilm.training.seq2seq import encode
+    from scilm.training.recipes.seq2seq.recipe import encode
 
     model, tokenizer = load_seq2seq(out / "model")
     assert isinstance(model, T5ForConditionalGeneration) and model.config.d_model == 128
@@ -182,7 +182,7 @@ def test_padding_never_counts_in_the_loss(tokenizer, single_thread):
     """A short target padded next to a long one has the same loss as alone; padded labels are -100."""
     from scilm.models.seq2seq import load_seq2seq_model
     from scilm.sifting import per_sample_token_mean
-    from scilm.training.seq2seq import collator, encode
+    from scilm.training.recipes.seq2seq.recipe import collator, encode
 
     examples = read_jsonl(TRAIN)[:4]
     model, tok = load_seq2seq_model("t5-tiny", [t for e in examples for t in (e.source, e.target)], 500, seed=0)
@@ -205,7 +205,7 @@ def test_padding_never_counts_in_the_loss(tokenizer, single_thread):
 
 
 def test_lr_decay_is_per_epoch():
-    from scilm.training.seq2seq import epoch_decay_schedule
+    from scilm.training.recipes.seq2seq.recipe import epoch_decay_schedule
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     schedule = epoch_decay_schedule(optimizer, warmup_steps=0, steps_per_epoch=2, decay=0.5)
@@ -290,7 +290,9 @@ def test_bad_jsonl_line_names_file_and_line(run_cli, tmp_path):
     (["--eval-steps", "0"], "--eval-steps must be at least 1"),
     (["--lr-decay", "0.9", "--sift-beta", "1"], "do not combine"),
     (["--tokenizer-vocab-size", "50"], "--tokenizer-vocab-size must be at least 200"),
-    (["--max-length", "100"], "--max-length: for protein data, not JSONL"),
+    (["--max-length", "100"], "--max-length: not a setting of task 'seq2seq' (it would be ignored); it belongs to "
+                              "membrane, localization, regression"),
+    (["--task", "membrane"], f"--data {TRAIN}: task 'membrane' trains on protein FASTA or CSV/TSV"),
     (["--model", "esm2-tiny"], "--model esm2-tiny is a protein model"),
 ])
 def test_bad_seq2seq_settings(run_cli, tmp_path, flags, message):

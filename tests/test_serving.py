@@ -69,6 +69,48 @@ def url(classifier):
         yield base
 
 
+class Hooked:
+    """``served`` with test hooks on its model calls, for deterministic tests instead of sleeps.
+
+    ``started`` is set when a model call starts; while ``release`` is clear, calls wait for it (so
+    a test can hold requests in flight, then let them go); ``calls`` holds each call's
+    ``(start, end)`` (``time.perf_counter``); ``prepare_threads`` the threads that validated requests.
+    """
+
+    def __init__(self, served):
+        self.served = served
+        self.started, self.release = threading.Event(), threading.Event()
+        self.release.set()
+        self.calls: list[tuple[float, float]] = []
+        self.prepare_threads: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self.served, name)
+
+    def prepare(self, payload):
+        self.prepare_threads.append(threading.current_thread().name)
+        return self.served.prepare(payload)
+
+    def run_batch(self, group, values, control=None):
+        start = time.perf_counter()
+        self.started.set()
+        try:
+            if not self.release.wait(60):
+                raise RuntimeError("the test never released the model call")
+            return self.served.run_batch(group, values, control)
+        finally:
+            self.calls.append((start, time.perf_counter()))
+
+
+def wait_until(condition, seconds: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until true; a generous bound, since only a broken server never gets there."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {seconds:g} s")
+        time.sleep(0.02)
+
+
 def metric(base: str, name: str) -> float:
     text = httpx.get(f"{base}/metrics").text
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
@@ -182,34 +224,59 @@ def test_hostile_inputs_get_4xx_and_the_server_stays_healthy(url):
 
 # -- batching, queue, auth -----------------------------------------------------------------------
 
-def test_concurrent_requests_share_forward_calls(url):
-    calls_before = metric(url, "scilm_batch_size_count")
-    inputs_before = metric(url, "scilm_batch_size_sum")
+def test_concurrent_requests_share_forward_calls(classifier):
+    """Requests queued together run as one micro-batch, each answer still its own sequence's.
 
-    async def burst():
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            return await asyncio.gather(*(client.post("/predict", json={"inputs": PROTEIN[: 20 + i]})
-                                          for i in range(16)))
+    The model is held busy (a hook, not a race against the clock) while 16 requests queue; once
+    released they run in one call.
+    """
+    served = Hooked(classifier)
+    alone = {}
+    with server_thread(create_app(served, max_batch_size=32, max_wait_ms=0)) as base:
+        for i in (0, 15):
+            alone[i] = httpx.post(f"{base}/predict", json={"inputs": PROTEIN[: 20 + i]}).json()
+        served.release.clear()
+        served.started.clear()
+        blocker = threading.Thread(target=httpx.post, args=(f"{base}/predict",), kwargs={"json": {"inputs": "MKT"}})
+        blocker.start()
+        assert served.started.wait(30)
+        calls_before = metric(base, "scilm_batch_size_count")
 
-    responses = asyncio.run(burst())
-    assert all(r.status_code == 200 for r in responses)
-    calls = metric(url, "scilm_batch_size_count") - calls_before
-    assert metric(url, "scilm_batch_size_sum") - inputs_before == 16
-    assert calls < 8, f"16 concurrent requests took {calls} model calls"
-    text = httpx.get(f"{url}/metrics").text
+        async def burst():
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                sent = [asyncio.ensure_future(client.post("/predict", json={"inputs": PROTEIN[: 20 + i]}))
+                        for i in range(16)]
+                await asyncio.to_thread(wait_until, lambda: metric(base, "scilm_queue_depth") == 17,
+                                        30, "16 requests queued behind the held call")
+                served.release.set()
+                return await asyncio.gather(*sent)
+
+        responses = asyncio.run(burst())
+        blocker.join(30)
+        assert all(r.status_code == 200 for r in responses)
+        for i in (0, 15):  # batched with others: its own answer (padding moves scores by float rounding only)
+            got, want = responses[i].json()[0], alone[i][0]
+            assert [d["label"] for d in got] == [d["label"] for d in want]
+            assert [d["score"] for d in got] == pytest.approx([d["score"] for d in want], abs=1e-6)
+        assert metric(base, "scilm_batch_size_count") - calls_before == 2  # the held call, then all 16 in one
+        assert metric(base, "scilm_batch_size_bucket{le=\"16.0\"}") - metric(base, "scilm_batch_size_bucket{le=\"8.0\"}") == 1
+        text = httpx.get(f"{base}/metrics").text
     for name in ("scilm_requests_total", "scilm_request_latency_seconds_bucket", "scilm_queue_depth",
                  "scilm_errors_total", "scilm_batch_size_bucket"):
         assert name in text
 
 
 def test_full_queue_answers_503_with_retry_after(classifier):
-    app = create_app(classifier, max_batch_size=4, max_wait_ms=500, max_queue=3)
+    served = Hooked(classifier)
+    served.release.clear()  # the first request's call is held: its three inputs fill the queue
+    app = create_app(served, max_batch_size=4, max_wait_ms=0, max_queue=3)
 
     async def overload(base):
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             first = asyncio.create_task(client.post("/predict", json={"inputs": ["MKT", "MKV", "MKL"]}))
-            await asyncio.sleep(0.2)  # the first request now fills the queue, waiting for its batch
+            await asyncio.to_thread(served.started.wait, 30)
             second = await client.post("/predict", json={"inputs": "MKT"})
+            served.release.set()
             return await first, second
 
     with server_thread(app) as base:
@@ -304,15 +371,15 @@ def test_seq2seq_endpoint_and_draw(t5_dir):
 @pytest.mark.slow  # a real process: ~10 s
 def test_cli_serve_finishes_in_flight_requests_on_sigterm(classifier_dir, tmp_path):
     log = tmp_path / "server.log"
-    with server_process(classifier_dir, args=("--max-wait-ms", "1500"), log=log) as (base, process):
+    with server_process(classifier_dir, args=("--max-wait-ms", "5000"), log=log) as (base, process):
         result = {}
 
-        def slow_request():  # waits 1.5 s for its batch to fill: in flight when SIGTERM lands
+        def slow_request():  # waits 5 s for its batch to fill: in flight when SIGTERM lands
             result["response"] = httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30)
 
         thread = threading.Thread(target=slow_request)
         thread.start()
-        time.sleep(0.5)
+        wait_until(lambda: metric(base, "scilm_queue_depth") == 1, 30, "the request in the server")
         process.send_signal(signal.SIGTERM)
         thread.join(timeout=30)
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
@@ -423,10 +490,8 @@ def test_sampling_parameters_are_honoured_and_seeded(t5_url, t5_served):
     # a sampling parameter alone asks for sampling (TGI); unset filters are off, not Transformers' top_k 50
     implied = reference(t5_served, PROMPT, seed=7, do_sample=True, temperature=1.5, top_k=0, max_new_tokens=12)
     assert generated(t5_url, PROMPT, seed=7, temperature=1.5, max_new_tokens=12) == [{"generated_text": implied[0]}]
-    # batching changes cost, not the draw: the same seeded input alone, in a list, and among others
+    # batching changes cost, not the draw: the same seeded input alone and among other requests
     alone = generated(t5_url, PROMPT, seed=5, **sampling)[0]
-    listed = generated(t5_url, ["Caption the following SMILES: CC", PROMPT, PROMPT], seed=5, **sampling)
-    assert listed[1] == listed[2] == alone
 
     async def concurrent():
         async with httpx.AsyncClient(base_url=t5_url, timeout=60) as client:
@@ -438,6 +503,45 @@ def test_sampling_parameters_are_honoured_and_seeded(t5_url, t5_served):
     greedy = {"max_new_tokens": 8, "repetition_penalty": 1.3, "num_beams": 2, "early_stopping": True}
     assert generated(t5_url, PROMPT, **greedy) == [{"generated_text": reference(t5_served, PROMPT, do_sample=False,
                                                                                 **greedy)[0]}]
+
+
+def test_identical_inputs_of_one_sampled_request_get_their_own_seeds(t5_url, t5_served):
+    """Input i of a sampled request draws from input_seed(seed, i): identical inputs of one request get
+    different samples (they all drew from one seed before), each is what generate gives from that seed,
+    and neither the other requests in the micro-batch nor the input's neighbours change it."""
+    import numpy as np
+
+    from scilm.serving.models import input_seed
+    from scilm.serving.schema import GenerationParameters, parse_payload
+
+    # the derivation, pinned: input 0 is the request's seed, input i NumPy's SeedSequence child i
+    assert input_seed(5, 0) == 5
+    assert input_seed(5, 3) == int(np.random.SeedSequence(5, spawn_key=(3,)).generate_state(1, np.uint64)[0]) >> 1
+    assert len({input_seed(5, i) for i in range(64)}) == 64 and input_seed(5, 1) != input_seed(6, 0)
+    assert all(0 <= input_seed(2**63 - 1, i) < 2**63 for i in range(8))
+
+    sampling = {"do_sample": True, "temperature": 0.7, "top_k": 20, "max_new_tokens": 12}
+    want = [reference(t5_served, PROMPT, seed=input_seed(5, i), **sampling)[0] for i in range(4)]
+    assert len(set(want)) == 4  # four seeds, four different samples of this random model
+    same = generated(t5_url, [PROMPT] * 4, seed=5, **sampling)
+    assert [answer["generated_text"] for answer in same] == want
+    # its place in the request decides an input's seed, not its neighbours
+    mixed = generated(t5_url, ["Caption the following SMILES: CC", PROMPT, PROMPT], seed=5, **sampling)
+    assert [answer["generated_text"] for answer in mixed[1:]] == want[1:3]
+
+    async def among_others():  # one group: these requests share micro-batches
+        async with httpx.AsyncClient(base_url=t5_url, timeout=60) as client:
+            bodies = [{"inputs": [PROMPT] * 4 if i == 2 else [f"Caption the following SMILES: {'C' * (i + 1)}"] * 2,
+                       "parameters": {**sampling, "seed": 5 if i == 2 else i}} for i in range(5)]
+            return await asyncio.gather(*(client.post("/predict", json=body) for body in bodies))
+
+    assert asyncio.run(among_others())[2].json() == same
+    # no seed given: the request draws one, and its inputs still get distinct seeds derived from it
+    payload = parse_payload({"inputs": [PROMPT] * 3, "parameters": sampling}, 64, GenerationParameters)
+    seeds = [source.seed for source in t5_served.prepare(payload)[1]]
+    assert seeds == [input_seed(seeds[0], i) for i in range(3)] and len(set(seeds)) == 3
+    greedy = parse_payload({"inputs": [PROMPT] * 2, "parameters": {"max_new_tokens": 3}}, 64, GenerationParameters)
+    assert [source.seed for source in t5_served.prepare(greedy)[1]] == [None, None]
 
 
 def test_num_return_sequences_and_nested_generate_parameters(t5_url, t5_served):

@@ -42,48 +42,74 @@ def _main(version: bool = Opt(False, "--version", callback=_version, is_eager=Tr
     """Fine-tune, evaluate and serve scientific language models (ESM-2 proteins, Text+Chem T5)."""
 
 
-def _train_signature() -> inspect.Signature:
-    """The options of ``scilm train``, one per TrainConfig field: type, default and help declared once there.
+def _shown_default(info, base, task: str | None = None) -> str:
+    """The default ``--help`` shows: the recipe's (``task``), else the most common one with the tasks that
+    differ, e.g. ``esm2-tiny (seq2seq: t5-tiny)``."""
+    def show(value):
+        return "none" if value is None else str(value).lower() if base is bool else str(value)
 
-    Every option defaults to None here, meaning "not given": the YAML file (``--config``) and then
-    TrainConfig's own default apply; ``--help`` shows TrainConfig's default.
+    if info.name == "data":
+        return "required"
+    if task is not None:
+        return show(info.defaults[task])
+    if info.name == "task":
+        return "seq2seq for JSONL data, else membrane"
+    shown = {name: show(value) for name, value in info.defaults.items()}
+    common = max(set(shown.values()), key=list(shown.values()).count)
+    others = [f"{name}: {value}" for name, value in shown.items() if value != common]
+    return common + (f" ({'; '.join(others)})" if others else "")
+
+
+def _settings_signature(task: str | None = None) -> inspect.Signature:
+    """Options generated from the recipes' config dataclasses (type, default and help declared once there):
+    every recipe's settings for ``scilm train``, one recipe's for ``task`` (``scilm pretrain``).
+
+    Every option defaults to None, meaning "not given": the YAML file (``--config``) and then the
+    recipe's own default apply; ``--help`` shows those defaults.
     """
-    import dataclasses
     import typing
 
-    from scilm.training.config import TrainConfig
+    from scilm.training.config import all_settings
 
-    hints = typing.get_type_hints(TrainConfig)
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                                default=Opt(None, help="YAML file of settings (the same names); options given here win."))]
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "extra" or field.metadata.get("internal"):
+                                default=Opt(None, help="YAML file of settings (the same names); options given "
+                                                       "here win."))]
+    for info in all_settings():
+        if task is not None and (task not in info.defaults or info.name == "task"):
             continue
-        base = next(a for a in (typing.get_args(hints[field.name]) or (hints[field.name],)) if a is not type(None))
-        flag = "--" + field.name.replace("_", "-")
-        shown = "none" if field.default is None else str(field.default).lower() if base is bool else str(field.default)
-        if field.name == "data":
-            shown = "required"
+        base = next(a for a in (typing.get_args(info.type) or (info.type,)) if a is not type(None))
+        flag = "--" + info.name.replace("_", "-")
         decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag]
-        option = Opt(None, *decls, help=f"{field.metadata.get('help', '')} [default: {shown}]", show_default=False)
-        params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],
+        from scilm.training.recipes import RECIPES
+
+        only = "" if task is not None or len(info.defaults) == len(RECIPES) else f" (for {', '.join(info.defaults)})"
+        text = info.helps[task] if task is not None else info.help
+        option = Opt(None, *decls, help=f"{text}{only} [default: {_shown_default(info, base, task)}]",
+                     show_default=False)
+        params.append(inspect.Parameter(info.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],
                                         default=option))
     return inspect.Signature(params)
 
 
-def train(**options) -> None:
-    """Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json."""
-    config = options.pop("config")
+def _run_training(options: dict, task: str | None = None) -> dict:
+    """Load the settings, start torchrun for ``nproc`` > 1, run the recipe; the metrics (rank 0) or {}."""
     from scilm.training import load_config
     from scilm.training import train as run_training
     from scilm.training.distributed import is_main_process, launch_torchrun, launched_by_torchrun, strip_option
 
-    run_config = load_config(config, options)
+    config = options.pop("config")
+    run_config = load_config(config, options, task=task)
     if run_config.nproc > 1 and not launched_by_torchrun():
-        argv = sys.argv[sys.argv.index("train") + 1:]
+        command = sys.argv.index("train" if task is None else "pretrain")
+        argv = (["--task", task] if task else []) + sys.argv[command + 1:]
         raise typer.Exit(launch_torchrun(run_config.nproc, strip_option(argv, "--nproc")))
     metrics = run_training(run_config)
-    if not is_main_process():
+    return metrics if is_main_process() else {}
+
+
+def train(**options) -> None:
+    metrics = _run_training(options)
+    if not metrics:
         return
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in sorted(metrics)
                         if k.startswith("eval_") and isinstance(metrics[k], float) and "runtime" not in k
@@ -94,7 +120,16 @@ def train(**options) -> None:
                f"{metrics['peak_memory_mb']:.0f} MB{kept}; wrote {metrics['config']['out']}")
 
 
-train.__signature__ = _train_signature()
+def _train_help() -> str:
+    from scilm.training.recipes import RECIPES
+
+    tasks = "\n\n".join(f"  {name}: {recipe.summary}" for name, recipe in RECIPES.items())
+    return ("Fine-tune a model; writes OUT/model (safetensors) and OUT/metrics.json.\n\n"
+            f"\b\nTasks (--task):\n\n{tasks}\n\nA setting of another task is an error, not ignored.")
+
+
+train.__signature__ = _settings_signature()
+train.__doc__ = _train_help()
 app.command()(train)
 
 
@@ -119,7 +154,9 @@ def predict(
     net, tokenizer = load_trained_classifier(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
     probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    write_predictions(records, probabilities, out, inputs=(data,))
+    from scilm.inference.predict import is_regression
+
+    write_predictions(records, probabilities, out, inputs=(data,), regression=is_regression(net.config))
     typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
 
 
@@ -251,31 +288,17 @@ def serve(
                allowed_host=tuple(allowed_host or ()))
 
 
-@app.command()
-def pretrain(
-    data: str = Opt(..., help="FASTA or CSV/TSV of sequences (labels unused)."),
-    model: str = Opt("esm2-tiny", help="Preset, local directory or hub id to continue from."),
-    out: Path = Opt(Path("runs/pretrain"), help="Output directory (OUT/model)."),
-    epochs: float = Opt(10.0, help="Epochs of masked-LM training."),
-    lr: float = Opt(2e-3, help="Learning rate."),
-    batch_size: int = Opt(32, help="Batch size."),
-    truncate: int = Opt(1022, help="Residues kept per sequence."),
-    sequence_column: str = Opt("Sequence", help="Table column with sequences."),
-    seed: int = Opt(0, help="Seed."),
-    save_every: Optional[int] = Opt(None, help="Checkpoint every N steps [off; always on SIGTERM]."),
-    resume: bool = Opt(False, "--resume", help="Continue from the latest complete checkpoint in --out."),
-    overwrite: bool = Opt(False, "--overwrite", help="Replace a finished run in --out."),
-) -> None:
-    """Masked-LM (continued) pre-training of an ESM-2 model on your sequences, as ESM-2 was trained."""
-    from scilm.data.protein import read_proteins
-    from scilm.training.mlm import pretrain_mlm
+def pretrain(**options) -> None:
+    """Masked-LM (continued) pre-training of an ESM-2 model on your sequences, as ESM-2 was trained
+    (the same as scilm train --task mlm)."""
+    metrics = _run_training(options, task="mlm")
+    if metrics:
+        typer.echo(f"mlm_loss {metrics['mlm_loss']:.4f} over {metrics['n_sequences']} sequences; "
+                   f"wrote {Path(metrics['config']['out']) / 'model'}")
 
-    # unlabelled: every record is a training sequence (repeated ids are kept, in file order)
-    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None, unique_ids=False)
-    path = pretrain_mlm([r.sequence for r in records], model, out, epochs=epochs, batch_size=batch_size, lr=lr,
-                        truncate=truncate, seed=seed, progress=True, save_every=save_every, resume=resume,
-                        overwrite=overwrite)
-    typer.echo(f"wrote {path}")
+
+pretrain.__signature__ = _settings_signature("mlm")
+app.command()(pretrain)
 
 
 @bench_app.command("efficiency")
@@ -351,6 +374,20 @@ def bench_sifting(
     typer.echo(run_sifting_bench(out, quick=quick, settings=settings, command=command))
 
 
+@bench_app.command("tasks")
+def bench_tasks(
+    out: Path = Opt(Path("bench/tasks"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="Fewer epochs and shorter sequences."),
+    rows: Optional[list[str]] = Opt(None, "--row", help="Run only this row (repeatable) [all]."),
+) -> None:
+    """Every protein task on real data (bundled, or ../shared/data) beside its trivial baseline."""
+    from scilm.bench.tasks import run_tasks_bench
+
+    command = " ".join(["scilm bench tasks", f"--out {out}", *(["--quick"] if quick else []),
+                        *(f"--row {r}" for r in rows or ())])
+    typer.echo(run_tasks_bench(out, quick=quick, only=list(rows) if rows else None, command=command))
+
+
 @bench_app.command("textchem")
 def bench_textchem(
     out: Path = Opt(Path("bench/textchem"), help="Output directory."),
@@ -411,7 +448,7 @@ def main() -> None:
 
             if not is_main_process():
                 sys.exit(code)
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc.for_cli()}", err=True)
         sys.exit(code)
     except ModuleNotFoundError as exc:  # a package of an optional extra, imported outside optional_extra()
         from scilm._extras import missing_extra

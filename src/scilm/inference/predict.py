@@ -1,4 +1,5 @@
-"""Class probabilities for proteins from a trained classifier, batched by length."""
+"""Per-protein predictions of a trained model, batched by length: class probabilities, or the predicted
+number of a regression model (in the targets' own units)."""
 
 from __future__ import annotations
 
@@ -34,18 +35,37 @@ def predict_proteins(
         log.debug("%d of %d sequences cut to %d residues", n_cut, len(sequences), limit)  # the CLI reports it
     device = next(model.parameters()).device
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    to_output = output_function(model.config)
     results: list[dict[str, float]] = [{} for _ in sequences]
     for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
         encoded = encode_proteins(tokenizer, [sequences[i] for i in batch]).to(device)
-        probabilities = model(**encoded).logits.float().softmax(dim=-1).cpu()  # (B, num_labels)
+        outputs = to_output(model(**encoded).logits.float()).cpu()  # (B, num_labels)
         for row, i in enumerate(batch):
-            results[i] = dict(zip(labels, probabilities[row].tolist()))
+            results[i] = dict(zip(labels, outputs[row].tolist()))
     return results
 
 
+def is_regression(config) -> bool:
+    """A model trained by the regression recipe (one output per target, ``problem_type: regression``)."""
+    return getattr(config, "problem_type", None) == "regression"
+
+
+def output_function(config):
+    """logits (B, C) -> what predict reports: softmax probabilities, sigmoid ones for a multi-label model,
+    or for a regression model the output in the targets' units (the training standardisation undone:
+    ``y = output * scilm_target_std + scilm_target_mean``)."""
+    if is_regression(config):
+        mean, std = getattr(config, "scilm_target_mean", 0.0), getattr(config, "scilm_target_std", 1.0)
+        return lambda logits: logits * std + mean
+    if getattr(config, "problem_type", None) == "multi_label_classification":
+        return torch.sigmoid
+    return lambda logits: logits.softmax(dim=-1)
+
+
 def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str, float]], out: Path,
-                      inputs: tuple = ()) -> None:
-    """CSV: id, predicted_label, probability per class (``prob_<label>``), written whole or not at all.
+                      inputs: tuple = (), regression: bool = False) -> None:
+    """CSV: id, predicted_label, probability per class (``prob_<label>``), written whole or not at all;
+    for a regression model (``regression``) id and the predicted value per target, full precision.
 
     One row per record, in input order: a repeated id gets one row per occurrence. Raises
     ScilmError when ``out`` is a directory or one of ``inputs`` (see :func:`scilm.io.atomic_output`).
@@ -53,6 +73,11 @@ def write_predictions(records: list[ProteinRecord], probabilities: list[dict[str
     labels = list(probabilities[0]) if probabilities else []
     with atomic_output(out, inputs) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
+        if regression:  # one column per target, named as in training (e.g. target)
+            writer.writerow(["id", *labels])
+            for record, values in zip(records, probabilities, strict=True):
+                writer.writerow([record.id, *[repr(float(values[label])) for label in labels]])
+            return
         writer.writerow(["id", "predicted_label", *[f"prob_{label}" for label in labels]])
         for record, probs in zip(records, probabilities, strict=True):
             best = max(probs, key=probs.get)

@@ -201,19 +201,24 @@ def truncate_sequences(sequences: list[str], max_residues: int) -> tuple[list[st
 
 
 def load_protein_classifier(
-    name_or_path: str, labels: list[str], seed: int = 0
+    name_or_path: str, labels: list[str], seed: int = 0, problem_type: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A sequence classifier for ``labels`` (a new head when the labels differ) and its tokenizer."""
+    """A sequence classifier for ``labels`` (a new head when the labels differ) and its tokenizer.
+
+    ``problem_type`` (``regression``: one output per label; ``multi_label_classification``) is
+    recorded in the model's config, which predict and serve read back.
+    """
+    extra = {"problem_type": problem_type} if problem_type else {}
     if is_preset(name_or_path):
         torch.manual_seed(seed)  # the random init is part of the run's seed
-        model = EsmForSequenceClassification(esm2_config(name_or_path, **_label_maps(labels)))
+        model = EsmForSequenceClassification(esm2_config(name_or_path, **_label_maps(labels), **extra))
         return model, esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path)  # first: a missing tokenizer fails before the weights load
     try:
         model = load_pretrained(AutoModelForSequenceClassification, name_or_path, new_head=("classifier.",),
                                 unused=("lm_head.",), use_safetensors=True, ignore_mismatched_sizes=True,
-                                **_label_maps(labels))
+                                **_label_maps(labels), **extra)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
     return model, tokenizer

@@ -2,9 +2,10 @@
 
 RDKit holds Python's GIL while it parses and draws (a 280-atom cage took 2.8 s here, and a
 thread beside it did not run once in that time), so a thread pool would not keep ``/health``
-answering: drawings run in **one worker process** (:class:`DrawWorker`), one at a time, with a
-short wait list (more waiting: 503), and a drawing past its time limit kills the worker (a new
-one starts for the next). Before any of that, cheap bounds refuse what cannot be
+answering: drawings run in **one worker process** (:class:`DrawWorker`), started by the first
+drawing (a server that never draws, e.g. a protein classifier's, never starts one), one at a time,
+with a short wait list (more waiting: 503), and a drawing past its time limit kills the worker (a
+new one starts for the next). Before any of that, cheap bounds refuse what cannot be
 worth drawing: characters, atoms, rings, and a reaction that is not ``reactants>agents>products``.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import select
 import subprocess
@@ -27,8 +27,6 @@ from rdkit.Chem.Draw import rdMolDraw2D
 
 from scilm.chem.smiles import canonical_smiles, to_mol
 from scilm.serving.limits import RequestError, check_smiles_chars
-
-log = logging.getLogger("scilm.serving")
 
 MAX_SMILES_CHARS = 1000
 # Bounds a drawing must fit. Large drug-like and natural-product molecules (vancomycin: 101 heavy atoms,
@@ -115,7 +113,8 @@ class DrawWorker:
     """One drawing process, used by one request at a time, with a bounded wait list and a time limit.
 
     The process is ``python -m scilm.serving.draw`` (a plain subprocess: nothing of the server is
-    copied or re-imported into it), spoken to in JSON lines. ``draw`` is a coroutine; the blocking
+    copied or re-imported into it), spoken to in JSON lines, started by the first drawing (its start,
+    bounded by ``start_seconds``, does not count against the drawing's ``seconds``). ``draw`` is a coroutine; the blocking
     pipe talk runs in a thread, so the event loop only awaits. Raises RequestError: 422 (the
     SMILES; its time limit included), 503 (too many waiting, or closing).
     """
@@ -130,16 +129,11 @@ class DrawWorker:
         self._waiting = 0
         self.closing = False
 
-    def start(self) -> None:
-        """Start the process now, in a thread (else the first drawing starts it)."""
-        threading.Thread(target=self._start_quietly, daemon=True, name="scilm-draw-start").start()
-
-    def _start_quietly(self) -> None:
-        try:
-            with self._lock:
-                self._ensure_started()
-        except RuntimeError as exc:
-            log.warning("the drawing process did not start: %s (the next drawing tries again)", exc)
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id while one runs; None before the first drawing (it starts on demand)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     def _ensure_started(self) -> None:
         """(With the lock held.) A live worker process, started if needed."""

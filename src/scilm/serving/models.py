@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -212,6 +213,22 @@ def _bounded(control: Control, generate_sequences, *args, **generation):
     return result
 
 
+def input_seed(seed: int, index: int) -> int:
+    """The sampling seed (0 to 2**63 - 1) of input ``index`` of a request whose seed is ``seed``.
+
+    Input 0 draws from ``seed`` itself, so a one-input request gives what ``torch.manual_seed(seed)``
+    then ``model.generate`` give. Input ``index > 0`` draws from the first 63 bits of NumPy's
+    ``SeedSequence(seed, spawn_key=(index,))`` (NumPy's way to derive independent streams from one
+    root seed, "Parallel random number generation" in its manual), so identical inputs in one
+    request get different samples, and ``seed + 1`` is not input 1 of ``seed``. ``index`` is the
+    input's place in its request, never in a micro-batch: what else is batched never changes it.
+    """
+    if index == 0:
+        return seed
+    state = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, dtype=np.uint64)[0]
+    return int(state) >> 1
+
+
 @dataclass(frozen=True)
 class Source:
     """One seq2seq input ready to run: its task (None: a free prompt), full source, sampling seed."""
@@ -250,7 +267,7 @@ class ServedSeq2Seq:
         plan = params.plan()
         seed = params.seed
         if plan.sampling and seed is None:
-            seed = secrets.randbits(63)  # every input of the request draws from this seed
+            seed = secrets.randbits(63)  # the request's seed; each input draws from input_seed(seed, i)
         values = []
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
@@ -262,7 +279,7 @@ class ServedSeq2Seq:
                                         f"limit of {self.max_source_tokens} (or send parameters.truncation: "
                                         "only_first)")
             # a written prompt counts as naming its task (SMILES outputs are decoded as such)
-            values.append(Source(task_of(source), source, seed if plan.sampling else None,
+            values.append(Source(task_of(source), source, input_seed(seed, i) if plan.sampling else None,
                                  min(n_tokens, self.max_source_tokens)))
         return plan, values
 

@@ -153,8 +153,10 @@ class GenerationParameters(_Generation):
                           "the input is the whole prompt.")
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED,
-        description="Seed of the sampling RNG: the same seed, input and parameters give the same output, "
-                    "whatever else is in the batch. Default: a fresh random seed per request.")
+        description="Seed of the sampling RNG. Input i of the request draws from a seed derived from this one "
+                    "and i (input 0: this seed itself), so identical inputs of one request get different "
+                    "samples; the same seed, inputs and parameters give the same outputs, whatever else is "
+                    "in the batch. Default: a fresh random seed per request.")
     generate_parameters: GenerateParameters | None = Field(
         None, description="Generation parameters nested as in the text2text-generation task; the same "
                           "names may also be given directly.")

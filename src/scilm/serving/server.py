@@ -90,17 +90,41 @@ def host_name(value: str) -> str:
     return value.rstrip(".")
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_allowed_host(entry: str) -> tuple[str | None, str, int | None]:
+    """An ``--allowed-host`` entry, ``NAME``, ``NAME:PORT`` or ``SCHEME://NAME[:PORT]``, as (scheme, name, port).
+
+    ``"Models.Lab.example:8443"`` -> ``(None, "models.lab.example", 8443)``, ``"https://[::1]"`` ->
+    ``("https", "::1", None)``. Raises ScilmError naming the entry if it is none of these.
+    """
+    text = entry.strip()
+    if "://" not in text:
+        text = f"//[{text}]" if text.count(":") > 1 and "[" not in text else f"//{text}"  # a bare IPv6 address
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower() or None
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (scheme not in (None, *_DEFAULT_PORTS) or not parts.hostname or port in (-1, 0)
+            or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None):
+        raise ScilmError(f"--allowed-host {entry!r}: expected NAME, NAME:PORT or http(s)://NAME[:PORT]")
+    return scheme, parts.hostname.rstrip("."), port
+
+
 def allowed_hosts(bind: str, extra: tuple[str, ...] | list[str] = ()) -> frozenset[str] | None:
     """Host names a request may name for a server bound to ``bind`` (None: any, from ``"*"`` in ``extra``).
 
     Bound to loopback: the loopback names. Bound to every interface (``0.0.0.0``, ``::``): those, the
     machine's host names and every address of its interfaces. Bound to one address: that address.
-    ``extra`` adds names (the ones a reverse proxy or users reach the server by).
+    ``extra`` adds names (the ones a reverse proxy or users reach the server by; entries as in
+    :func:`parse_allowed_host`, whose scheme and port matter only to :func:`allowed_origins`).
     """
-    extra = [host_name(h) for h in extra]
-    if "*" in extra:
+    if any(h.strip() == "*" for h in extra):
         return None
-    names = {host_name(bind), *extra}
+    names = {host_name(bind), *(parse_allowed_host(h)[1] for h in extra)}
     if is_loopback(bind):
         names.update(LOOPBACK_NAMES)
     elif bind in ("0.0.0.0", "::", ""):
@@ -112,6 +136,37 @@ def allowed_hosts(bind: str, extra: tuple[str, ...] | list[str] = ()) -> frozens
             names.update(a.address.split("%")[0].lower() for a in addresses
                          if a.family in (socket.AF_INET, socket.AF_INET6))
     return frozenset(n for n in names if n)
+
+
+def allowed_origins(extra: tuple[str, ...] | list[str] = ()) -> frozenset[tuple[str, str, int]]:
+    """The ``(scheme, name, port)`` web origins the ``--allowed-host`` entries ``extra`` admit.
+
+    Besides these, :class:`Guard` admits only the server's own origin (an allowed name with the
+    scheme and port the request came in on). ``NAME``: ``http://NAME`` and ``https://NAME`` on their
+    default ports (a reverse proxy in front); ``NAME:PORT``: either scheme on that port;
+    ``SCHEME://NAME[:PORT]``: that origin alone. ``"*"`` adds nothing (it turns the checks off).
+    """
+    origins = set()
+    for entry in extra:
+        if entry.strip() == "*":
+            continue
+        scheme, name, port = parse_allowed_host(entry)
+        for s in (scheme,) if scheme else tuple(_DEFAULT_PORTS):
+            origins.add((s, name, port or _DEFAULT_PORTS[s]))
+    return frozenset(origins)
+
+
+def _origin(value: str) -> tuple[str, str, int] | None:
+    """``"http://LocalHost:8000"`` -> ``("http", "localhost", 8000)``; None if not an http(s) origin."""
+    parts = urlsplit(value.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.rstrip("."), port
 
 
 def _media_type(value: str) -> tuple[str, dict[str, str]]:
@@ -134,9 +189,10 @@ class Guard:
 
     def __init__(self, app, metrics: ServerMetrics, max_body: int, api_key: str | None,
                  hosts: frozenset[str] | None = None, body_timeout: float = 30.0, max_requests: int = 512,
-                 retry_after=lambda: 1):
+                 retry_after=lambda: 1, origins: frozenset[tuple[str, str, int]] = frozenset()):
         self.app, self.metrics, self.max_body, self.api_key = app, metrics, max_body, api_key
         self.hosts, self.body_timeout, self.max_requests = hosts, body_timeout, max_requests
+        self.origins = origins
         self.retry_after = retry_after
         self.in_flight = 0
 
@@ -174,7 +230,11 @@ class Guard:
             self.metrics.observe_request(path, status[0], time.perf_counter() - start)
 
     def _check_host(self, scope) -> Response | None:
-        """A Host (and any Origin) this server answers to: the defence against DNS rebinding and cross-site posts."""
+        """A Host (and any Origin) this server answers to: the defence against DNS rebinding and cross-site posts.
+
+        An Origin is this server's own only if its scheme, name and port all match: a page served
+        by another port of the same machine (``http://localhost:3000``) is another origin (RFC 6454).
+        """
         if self.hosts is None:
             return None
         headers = dict(scope["headers"])
@@ -183,11 +243,19 @@ class Guard:
             return _error(400, f"Host header {host!r} is not a name this server answers to "
                                f"({', '.join(sorted(self.hosts))}); the server can allow it with --allowed-host")
         origin = headers.get(b"origin")
-        if origin is not None:
-            text = origin.decode("latin-1")
-            if host_name(urlsplit(text).netloc) not in self.hosts:
-                return _error(403, f"cross-origin request from {text!r} refused")
+        if origin is not None and not self._own_origin(_origin(origin.decode("latin-1")), scope):
+            return _error(403, f"cross-origin request from {origin.decode('latin-1')!r} refused")
         return None
+
+    def _own_origin(self, origin: tuple[str, str, int] | None, scope) -> bool:
+        if origin is None:
+            return False
+        if origin in self.origins:
+            return True
+        scheme, name, port = origin
+        server = scope.get("server")  # (address, port) of the socket the request came in on
+        return (name in self.hosts and server is not None and port == server[1]
+                and scheme == scope.get("scheme", "http"))
 
     def _check_auth(self, scope) -> Response | None:
         if self.api_key is None or scope["path"] in _OPEN_PATHS:
@@ -252,10 +320,12 @@ async def _until_disconnect(receive) -> None:
 
 def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
                batching: bool = True, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               limits: ServerLimits | None = None, hosts: frozenset[str] | None = LOOPBACK_HOSTS) -> FastAPI:
+               limits: ServerLimits | None = None, hosts: frozenset[str] | None = LOOPBACK_HOSTS,
+               origins: frozenset[tuple[str, str, int]] = frozenset()) -> FastAPI:
     """The app around an already loaded model (:func:`scilm.serving.models.load_served_model`).
 
-    ``hosts``: the Host names it answers to (:func:`allowed_hosts`; None: any); ``limits``: its bounds.
+    ``hosts``: the Host names it answers to (:func:`allowed_hosts`; None: any); ``origins``: web
+    origins admitted besides its own (:func:`allowed_origins`); ``limits``: its bounds.
     """
     from scilm.serving.draw import DrawWorker, check_smiles
 
@@ -292,8 +362,7 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
                                on_batch=metrics.observe_batch, max_batch_cost=request_cost,
                                max_pending_cost=pending_cost, max_batch_seconds=limits.max_batch_seconds)
         batcher.start()
-        holder["batcher"] = batcher
-        drawer.start()
+        holder["batcher"] = batcher  # the drawing process starts with the first /draw, if one comes
         yield
         close()
         await holder["closed"].stop()
@@ -304,8 +373,10 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
     app.state.metrics = metrics
     app.state.close = close
     app.state.limits = limits
+    app.state.drawer = drawer
     app.add_middleware(Guard, metrics=metrics, max_body=max_body_bytes, api_key=api_key, hosts=hosts,
-                       body_timeout=limits.body_timeout, max_requests=limits.max_requests, retry_after=retry_after)
+                       body_timeout=limits.body_timeout, max_requests=limits.max_requests, retry_after=retry_after,
+                       origins=origins)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -494,9 +565,10 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size:
     if api_key is None and not is_loopback(host):
         log.warning("WARNING: serving on %s without an API key: anyone who can reach this address can use "
                     "the model. Set --api-key-env VAR, or bind 127.0.0.1.", host)
-    hosts = allowed_hosts(host, allowed_host)
+    hosts, origins = allowed_hosts(host, allowed_host), allowed_origins(allowed_host)
     served = load_served_model(model)
-    app = create_app(served, max_batch_size, max_wait_ms, max_queue, batching, api_key, limits=limits, hosts=hosts)
+    app = create_app(served, max_batch_size, max_wait_ms, max_queue, batching, api_key, limits=limits, hosts=hosts,
+                     origins=origins)
     log.info("serving the %s in %s at http://%s:%d/ (batching %s)", served.kind, model, host, port,
              f"on: up to {max_batch_size} inputs, {max_wait_ms:g} ms wait" if batching else "off")
     uvicorn_server(app, host, port).run()

@@ -1,27 +1,30 @@
-"""Training: one entry point, :func:`train`, that picks the recipe from the data."""
+"""Training: :func:`train` runs the recipe named by the config's ``task`` (see :mod:`scilm.training.recipes`).
+
+From a notebook::
+
+    from scilm.training import TrainConfig, train
+    metrics = train(TrainConfig(data="train.fasta", valid="valid.fasta", model="esm2-tiny", out="runs/demo"))
+
+``TrainConfig(**settings)`` builds the config of the recipe those settings name (``task``, else
+seq2seq for JSONL data and membrane otherwise); each recipe's config class is also importable as
+``scilm.training.recipes.<name>.config.Config``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from scilm.training.config import TrainConfig, load_config
+from scilm.training.recipes import RECIPES
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run the recipe that fits ``config.data`` and return its metrics.
+def train(config) -> dict[str, Any]:
+    """Validate ``config`` and run its recipe; returns the metrics also written to ``OUT/metrics.json``.
 
-    JSONL (``source``/``target``) trains a seq2seq model (Text+Chem); FASTA/CSV/TSV a classifier.
+    Raises ScilmError for bad settings or input, RunInterrupted when SIGTERM/Ctrl-C stopped the run.
     """
-    from scilm.data.textio import data_suffix
-
     config.validate()
-    if data_suffix(config.data) == ".jsonl":  # also .jsonl.gz
-        from scilm.training.seq2seq import train_seq2seq
-
-        return train_seq2seq(config)
-    from scilm.training.classifier import train_classifier
-
-    return train_classifier(config)
+    return RECIPES[config.task].run(config)
 
 
-__all__ = ["TrainConfig", "load_config", "train"]
+__all__ = ["TrainConfig", "load_config", "train", "RECIPES"]

@@ -16,10 +16,9 @@ import torch
 from transformers import TrainingArguments
 
 from scilm.data.textio import read_json
-from scilm.errors import ScilmError
+from scilm.errors import ScilmError, name
 from scilm.io import replace_dir_atomic, write_json_atomic  # noqa: F401 (re-exported)
 from scilm.training import checkpoints, rundir
-from scilm.training.config import TrainConfig
 from scilm.training.distributed import is_main_process, world_size
 
 log = logging.getLogger(__name__)
@@ -38,8 +37,8 @@ def resolve_precision(precision: str, fp16_safe: bool = True) -> str:
     """
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not fp16_safe:
-        raise ScilmError("--precision fp16: T5 overflows in fp16 (inf/NaN losses, a known T5 problem); "
-                         "use bf16 on a GPU that has it, or fp32 (--precision auto picks between them)")
+        raise ScilmError(f"{name('precision')} fp16: T5 overflows in fp16 (inf/NaN losses, a known T5 problem); "
+                         f"use bf16 on a GPU that has it, or fp32 ({name('precision')} auto picks between them)")
     if precision == "auto":
         if not cuda:
             return "fp32"
@@ -103,9 +102,7 @@ def prepare_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> P
     return out
 
 
-def training_arguments(
-    config: TrainConfig, output_dir: Path, precision: str, evaluate_each_epoch: bool = True, **extra: Any
-) -> TrainingArguments:
+def training_arguments(config, output_dir: Path, precision: str, **extra: Any) -> TrainingArguments:
     """The Hugging Face TrainingArguments for ``config``: one place maps our flags to theirs.
 
     ``extra`` adds or overrides arguments (e.g. ``max_steps`` for a loader without a length).
@@ -113,7 +110,7 @@ def training_arguments(
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
+        per_device_eval_batch_size=getattr(config, "eval_batch_size", 32),
         gradient_accumulation_steps=config.grad_accum,
         activation_checkpointing=config.grad_checkpointing,
         # non-reentrant checkpointing works with frozen inputs (LoRA) and is the PyTorch default
@@ -128,7 +125,6 @@ def training_arguments(
         seed=config.seed,
         data_seed=config.seed,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        eval_strategy="epoch" if evaluate_each_epoch and not config.max_steps else "no",
         save_strategy="steps" if config.save_every else "no",
         save_steps=config.save_every or 500,
         save_total_limit=None,  # scilm rotates, after a new checkpoint is complete (checkpoints.py)
@@ -145,6 +141,7 @@ def training_arguments(
         remove_unused_columns=False,  # keep each example's sample_index (ScilmTrainer pops it)
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    kwargs.update(evaluation_arguments(config))  # keep_best also sets save_strategy/save_steps
     if config.deepspeed:
         try:
             import deepspeed  # noqa: F401
@@ -157,7 +154,66 @@ def training_arguments(
         raise ScilmError(f"Trainer settings rejected: {str(exc).splitlines()[0]}") from None
 
 
-def trainer_options(config: TrainConfig, sample_names: list[str] | None = None) -> dict[str, Any]:
+def evaluation_arguments(config) -> dict[str, Any]:
+    """When to validate (every ``eval_steps``, else every epoch; not at all in a ``max_steps`` smoke run
+    unless ``keep_best``), and ``keep_best``: a checkpoint at every validation, the lowest
+    ``eval_loss`` reloaded at the end. A config without evaluation settings (masked-LM) validates never."""
+    if not hasattr(config, "eval_steps"):
+        return {"eval_strategy": "no"}
+    if config.eval_steps:
+        strategy = {"eval_strategy": "steps", "eval_steps": config.eval_steps}
+    elif config.keep_best or not config.max_steps:
+        strategy = {"eval_strategy": "epoch"}
+    else:
+        strategy = {"eval_strategy": "no"}  # a max_steps smoke run: one validation at the end
+    if config.keep_best:
+        strategy.update(save_strategy=strategy["eval_strategy"], save_steps=config.eval_steps or 500,
+                        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+    return strategy
+
+
+def periodic_subset(valid_set: list, config) -> list:
+    """The validation examples of the periodic evaluations: at most ``eval_max_batches`` batches (the
+    original's limit_val_batches); the final evaluation always uses them all."""
+    limit = getattr(config, "eval_max_batches", None)
+    if not limit or limit * config.eval_batch_size >= len(valid_set):
+        return valid_set  # the same object: the final evaluation can reuse the last periodic one
+    return valid_set[: limit * config.eval_batch_size]
+
+
+def build_trainer(config, out: Path, precision: str, trainer_kwargs: dict[str, Any], sift_loss=None,
+                  args_extra: dict[str, Any] | None = None):
+    """The run's Trainer: a :class:`~scilm.training.trainer.ScilmTrainer`, or with smart sifting when
+    ``sift_beta`` is set (``sift_loss`` scores samples for the relative policy; see training/sifting.py)."""
+    from scilm.training.trainer import ScilmTrainer
+
+    if getattr(config, "sift_beta", None) is None:
+        args = training_arguments(config, out / "checkpoints", precision, **(args_extra or {}))
+        return ScilmTrainer(args=args, **trainer_kwargs)
+    from scilm.training import sifting
+
+    return sifting.build_sifting_trainer(config, precision, out, trainer_kwargs, sift_loss, args_extra)
+
+
+def prepare_model(model, config, task_type):
+    """``model`` with the run's parameter-efficient method (``peft``/``lora``) or a frozen backbone, and
+    ESM-2's unused contact head frozen. Returns the model to train."""
+    from scilm.models.adapters import apply_peft, freeze_backbone
+
+    freeze_unused(model)
+    if getattr(config, "freeze_backbone", False):
+        return freeze_backbone(model)
+    return apply_peft(model, config.peft_method, task_type, config.lora_r, config.lora_alpha, config.lora_dropout)
+
+
+def best_checkpoint(trainer) -> dict[str, Any]:
+    """The validation (on the periodic subset) whose checkpoint model/ holds (``keep_best``)."""
+    path = trainer.state.best_model_checkpoint
+    return {"step": int(Path(path).name.rsplit("-", 1)[-1]) if path else None,
+            "eval_loss": trainer.state.best_metric}
+
+
+def trainer_options(config, sample_names: list[str] | None = None) -> dict[str, Any]:
     """ScilmTrainer keyword arguments that come from the run's configuration."""
     return {"skip_nonfinite": config.skip_nonfinite, "keep_checkpoints": config.keep_checkpoints,
             "sample_names": sample_names}
@@ -181,7 +237,7 @@ def with_sample_index(examples: list[dict]) -> list[dict]:
     return [{**example, INDEX_KEY: i} for i, example in enumerate(examples)]
 
 
-def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int, n_eval: int,
+def train_and_measure(trainer, config, precision: str, n_train: int, n_eval: int,
                       mean_tokens: float, parameters: tuple[int, int], eval_dataset=None) -> dict[str, Any]:
     """Train (or resume), evaluate the final weights once, and return the metrics every recipe reports.
 
@@ -226,7 +282,7 @@ def train_and_measure(trainer, config: TrainConfig, precision: str, n_train: int
         "trainable_parameters": parameters[0],
         "total_parameters": parameters[1],
         "precision": precision,
-        **({"sifting": trainer.sifting_stats()} if config.sift_beta is not None else {}),
+        **({"sifting": trainer.sifting_stats()} if getattr(config, "sift_beta", None) is not None else {}),
         "config": config.to_dict(),
         "versions": library_versions(),
     }
@@ -242,6 +298,8 @@ def final_evaluation(trainer, eval_dataset=None) -> dict[str, Any]:
     """
     from scilm.training.checkpoints import checkpoint_step
 
+    if eval_dataset is None and trainer.eval_dataset is None:  # a recipe without validation (masked-LM)
+        return {}
     state, history = trainer.state, trainer.eval_history
     last = history.history[-1] if history.history else None
     full = eval_dataset is None or eval_dataset is trainer.eval_dataset
@@ -280,16 +338,17 @@ def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
 
 
 def save_run(model, tokenizer, out: Path, lora: bool) -> None:
-    """``out/model`` (merged if LoRA; safetensors only) and ``out/adapter``, each moved in whole."""
+    """``out/model`` (merged if ``lora``: any PEFT adapter; safetensors only) and ``out/adapter``, each moved
+    in whole."""
     from scilm.models.loading import quiet_transformers
 
     tmp_model, tmp_adapter = out / ".model.partial", out / ".adapter.partial"
     try:
         with quiet_transformers():
             if lora:
-                from scilm.models.lora import save_lora_run
+                from scilm.models.adapters import save_adapter_run
 
-                model = save_lora_run(model, tmp_model, tmp_adapter)
+                model = save_adapter_run(model, tmp_model, tmp_adapter)
                 replace_dir_atomic(tmp_adapter, out / "adapter")
             else:
                 model.save_pretrained(str(tmp_model))

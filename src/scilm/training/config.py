@@ -1,178 +1,58 @@
-"""One typed configuration per training run: defaults declared once, validated once, saved with the run."""
+"""Reading a run's settings: YAML and command-line values, type-checked against the recipe's config.
+
+Each recipe declares its settings as a dataclass composed of the shared sections of
+:mod:`scilm.training.settings`; :func:`load_config` picks the recipe (``task``), checks every value
+against that dataclass's declared types with a strict schema, and refuses a setting that only
+other recipes have (it would be silently ignored). :func:`all_settings` lists every setting of
+every recipe for the CLI.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from scilm.errors import ScilmError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# random / reuse-random: controls that drop at the same rate as relative / reuse, blind to the losses
-SIFT_POLICIES = ("relative", "reuse", "random", "reuse-random")
+from scilm.errors import ScilmError, name
+from scilm.training.recipes.registry import RECIPES, recipe_for
+from scilm.training.settings import PRECISIONS, SIFT_POLICIES, Settings, setting  # noqa: F401 (re-exported)
 
 
-def setting(default: Any, help: str) -> Any:
-    """A TrainConfig field: its default and help, declared once (the CLI's options are built from them)."""
-    return field(default=default, metadata={"help": help})
+def _fields(config_class: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(config_class) if not f.metadata.get("internal")]
 
 
-@dataclass
-class TrainConfig:
-    """Everything ``scilm train`` needs. CLI flags and YAML keys have the same names."""
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting as the CLI shows it: its type, help, and default per task (they may differ)."""
 
-    # -- data
-    data: str = setting("", 'Training file: FASTA (DeepLoc headers), CSV/TSV (protein) or JSONL (Text+Chem seq2seq).')
-    valid: str | None = setting(None, 'Validation file; without it a stratified split of --data.')
-    valid_fraction: float = setting(0.2, 'Share held out for validation when there is no --valid / --split-column.')
-    task: str = setting("membrane", "membrane | localization: from the FASTA DeepLoc header, or a table's Membrane / "
-                                    "ten one-hot location columns.")
-    sequence_column: str = setting("Sequence", 'Table column with sequences.')
-    label_column: str = setting("Membrane", 'Table column with labels.')
-    id_column: str | None = setting(None, 'Table column with ids (none: ACC/id/ID/sid/accession/name if present, else row numbers).')
-    split_column: str | None = setting(None, 'Table column of homology partitions, e.g. Partition (homology-aware split).')
-    valid_split: str | None = setting(None, 'Value of --split-column that validates, e.g. 4.')
-    min_length: int | None = setting(None, 'Drop shorter sequences (published recipe: 100).')
-    max_length: int | None = setting(None, 'Drop longer sequences (published recipe: 512).')
-    truncate: int = setting(1022, 'Residues kept per sequence (ESM-2 sees at most 1022 + 2 special tokens).')
-    drop_missing_labels: bool = setting(False, "Exclude (and count) rows whose label is empty/NaN/NA/None; "
-                                               "else such a row is an error.")
-    # -- seq2seq (Text+Chem JSONL); a non-default value with protein data is an error
-    max_source_length: int = setting(512, 'Seq2seq: tokens kept of each source (prompt + input).')
-    max_target_length: int = setting(512, 'Seq2seq: tokens kept of each target.')
-    tokenizer_vocab_size: int = setting(1000, 't5-tiny only: vocabulary size of the tokenizer trained on the training texts.')
-    # -- model
-    model: str = setting("esm2-tiny", 'Preset (esm2-tiny, esm2-8m..650m, t5-tiny), shipped esm2-tiny-mlm, local directory or hub id.')
-    out: str = setting("runs/scilm", 'Output directory (OUT/model, OUT/metrics.json).')
-    overwrite: bool = setting(False, 'Replace a finished or unfinished run in --out (files scilm did not create are kept).')
-    # -- optimisation
-    epochs: float = setting(1.0, 'Training epochs.')
-    max_steps: int | None = setting(None, 'Optimizer steps; overrides --epochs when set.')
-    batch_size: int = setting(8, 'Per-device batch size.')
-    eval_batch_size: int = setting(32, 'Per-device validation batch size.')
-    lr: float | None = setting(None, 'Learning rate (none: 1e-4 for full fine-tuning, 1e-3 with --lora).')
-    weight_decay: float = setting(0.01, 'AdamW weight decay.')
-    warmup_ratio: float = setting(0.1, 'Share of the steps with linear warm-up.')
-    seed: int = setting(0, 'Seed for the split, initialisation and data order.')
-    group_by_length: bool = setting(True, 'Batches of similar length: less padding, faster.')
-    lr_decay: float | None = setting(None, 'Per-epoch multiplicative learning-rate decay instead of linear (the original T5: 0.99).')
-    eval_steps: int | None = setting(None, 'Validate every N steps (none: every epoch).')
-    eval_max_batches: int | None = setting(None, 'Validate on at most M batches (the original: 500; none: all).')
-    keep_best: bool = setting(False, 'At the end, keep the checkpoint with the lowest validation loss.')
-    # -- efficiency switches (section 1 of SOURCES.md)
-    class_weights: bool = setting(False, 'Class-weighted loss (weights inversely proportional to class frequency).')
-    grad_accum: int = setting(1, 'Gradient accumulation: an optimizer step every N micro-batches.')
-    grad_checkpointing: bool = setting(False, 'Gradient checkpointing: recompute activations in backward (less memory, ~30% slower).')
-    lora: bool = setting(False, 'LoRA adapters (PEFT); the classification head trains in full.')
-    lora_r: int = setting(8, 'LoRA rank: higher = more capacity and memory.')
-    lora_alpha: int = setting(16, 'LoRA alpha (scale = alpha / r).')
-    lora_dropout: float = setting(0.05, 'LoRA dropout.')
-    precision: str = setting("auto", 'auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU; T5 never fp16: fp32 there).')
-    # -- smart sifting (section 2 of SOURCES.md); off unless sift_beta is set
-    sift_beta: float | None = setting(None, 'Smart sifting: keep ~1/(1+beta) of the samples (0.5 -> 2/3, 1 -> 1/2, 3 -> 1/4); none: off.')
-    sift_history: int = setting(500, 'Sifting: recent losses that rank a new one (its percentile).')
-    sift_delay: int = setting(10, "Sifting: unsifted steps first (a fresh model's losses mean little).")
-    sift_policy: str = setting("relative", "Sifting: relative (extra scoring pass) | reuse (last epoch's own losses) | random, reuse-random (blind controls).")
-    # -- scale-out and fault tolerance
-    nproc: int = setting(1, 'Data-parallel processes on this machine (scilm starts torchrun).')
-    fsdp: bool = setting(False, 'Shard parameters, gradients and optimizer state over the processes (FSDP2; CUDA only).')
-    fsdp_config: str | None = setting(None, "FSDP JSON config file (the Trainer's fsdp_config keys), e.g. configs/fsdp/esm2.json.")
-    deepspeed: str | None = setting(None, 'DeepSpeed JSON config file (ZeRO stage, offload), e.g. configs/deepspeed/zero2.json.')
-    save_every: int | None = setting(None, 'Checkpoint every N optimizer steps (always one on SIGTERM / Ctrl-C); none: off.')
-    keep_checkpoints: int = setting(2, 'Complete checkpoints kept; older ones are deleted.')
-    resume: bool = setting(False, 'Continue from the newest intact checkpoint in OUT/checkpoints.')
-    skip_nonfinite: bool = setting(False, 'Skip (and count) batches with a NaN/inf loss instead of stopping.')
-    # -- logging
-    progress: bool = setting(True, 'Progress bar.')
-    extra: dict[str, Any] = field(default_factory=dict)  # reserved for recipe-specific settings
-    # names set explicitly (YAML or command line); None: unknown (built in code), compare with defaults
-    given: frozenset[str] | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
+    name: str
+    type: Any
+    help: str  # the first recipe's (recipes that redefine a setting may say more: ``helps``)
+    defaults: dict[str, Any]  # task -> default, for the tasks that have this setting
+    helps: dict[str, str]  # task -> help
 
-    def is_set(self, name: str) -> bool:
-        """Was setting ``name`` given (by YAML or a flag), even at its default value? Without a record of
-        what was given (a TrainConfig built in code), a value other than the default counts."""
-        if self.given is not None:
-            return name in self.given
-        return getattr(self, name) != getattr(TrainConfig(), name)
 
-    @property
-    def resolved_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return 1e-3 if self.lora else 1e-4
-
-    def validate(self) -> "TrainConfig":
-        """Reject bad values and combinations before any work is done."""
-        if not self.data:
-            raise ScilmError("--data is required")
-        if self.precision not in PRECISIONS:
-            raise ScilmError(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        positive = {"batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "grad_accum": self.grad_accum, "lora_r": self.lora_r, "truncate": self.truncate}
-        for name, value in positive.items():
-            if value < 1:
-                raise ScilmError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.epochs <= 0 and not self.max_steps:
-            raise ScilmError(f"--epochs must be positive (got {self.epochs})")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ScilmError(f"--max-steps must be at least 1 (got {self.max_steps})")
-        if self.lr is not None and not 0 < self.lr < 1:
-            raise ScilmError(f"--lr must be in (0, 1) (got {self.lr})")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ScilmError(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
-        if not 0 <= self.lora_dropout < 1:
-            raise ScilmError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
-        if self.sift_beta is not None:
-            if not self.sift_beta > 0:
-                raise ScilmError(f"--sift-beta must be positive (got {self.sift_beta})")
-            if self.sift_policy not in SIFT_POLICIES:
-                raise ScilmError(f"--sift-policy must be one of {', '.join(SIFT_POLICIES)} (got {self.sift_policy!r})")
-            if self.sift_history < 2 or self.sift_delay < 0:
-                raise ScilmError("--sift-history must be at least 2 and --sift-delay at least 0")
-        if self.nproc < 1 or self.keep_checkpoints < 1 or (self.save_every is not None and self.save_every < 1):
-            raise ScilmError("--nproc, --keep-checkpoints and --save-every must be at least 1")
-        from scilm.training.distributed import world_size  # WORLD_SIZE under torchrun / accelerate launch
-
-        processes = max(self.nproc, world_size())
-        if self.sift_beta is not None and self.sift_policy.startswith("reuse") and (processes > 1 or self.resume):
-            raise ScilmError("--sift-policy reuse runs in one process and cannot resume (its epochs change "
-                             "length); use --sift-policy relative")
-        if self.keep_best and self.save_every:
-            raise ScilmError("--keep-best already saves a checkpoint at every validation; drop --save-every "
-                             "(--resume continues from those)")
-        if self.resume and self.overwrite:
-            raise ScilmError("give either --resume (continue the run in --out) or --overwrite (start over), not both")
-        for name in ("deepspeed", "fsdp_config"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise ScilmError(f"--{name.replace('_', '-')} {value}: no such file")
-        if self.deepspeed and self.fsdp:
-            raise ScilmError("give either --deepspeed or --fsdp, not both")
-        if self.deepspeed or self.fsdp:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ScilmError(f"--{'fsdp' if self.fsdp else 'deepspeed'} needs CUDA GPUs (Accelerate shards "
-                                 "models only across GPUs); on CPU, --nproc N trains data-parallel (DDP)")
-        if (self.split_column is None) != (self.valid_split is None):
-            raise ScilmError("--split-column and --valid-split go together")
-        if self.valid and self.split_column:
-            raise ScilmError("give either --valid or --split-column/--valid-split, not both")
-        if self.min_length and self.max_length and self.min_length > self.max_length:
-            raise ScilmError(f"--min-length {self.min_length} is above --max-length {self.max_length}")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("given")
-        data["lr"] = self.resolved_lr
-        return data
+def all_settings() -> list[SettingInfo]:
+    """Every setting of every recipe, in declaration order (first recipe first)."""
+    found: dict[str, SettingInfo] = {}
+    for task, recipe in RECIPES.items():
+        config = recipe.config
+        hints = typing.get_type_hints(config)
+        for f in _fields(config):
+            default = getattr(config(), f.name) if f.name == "task" else f.default
+            if f.name == "task":
+                default = task if task in ("membrane", "localization") else default
+            if f.name not in found:
+                found[f.name] = SettingInfo(f.name, hints[f.name], f.metadata.get("help", ""), {}, {})
+            found[f.name].defaults[task] = default
+            found[f.name].helps[task] = f.metadata.get("help", "")
+    return list(found.values())
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -204,14 +84,15 @@ _EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number",
              dict: "a mapping of names to values"}
 
 
-def _schema():
-    """A strict pydantic model of TrainConfig's fields (types from the dataclass, declared once there)."""
+def _schema(config_class: type):
+    """A strict pydantic model of ``config_class``'s fields (types from the dataclass, declared once there)."""
     from pydantic import ConfigDict, create_model
 
-    hints = typing.get_type_hints(TrainConfig)
-    fields = {f.name: (hints[f.name], None) for f in dataclasses.fields(TrainConfig) if not f.metadata.get("internal")}
-    return create_model("TrainConfigSchema", __config__=ConfigDict(strict=True, allow_inf_nan=False,
-                                                                    extra="forbid"), **fields), hints
+    hints = typing.get_type_hints(config_class)
+    fields = {f.name: (hints[f.name], None) for f in _fields(config_class)}
+    model = create_model(f"{config_class.__module__}.Schema",
+                         __config__=ConfigDict(strict=True, allow_inf_nan=False, extra="forbid"), **fields)
+    return model, {f.name: hints[f.name] for f in _fields(config_class)}
 
 
 def _expected(hint: Any) -> str:
@@ -220,17 +101,18 @@ def _expected(hint: Any) -> str:
     return " or ".join(names) + (" (or null)" if type(None) in typing.get_args(hint) else "")
 
 
-def check_types(values: dict[Any, Any], where: str = "") -> dict[str, Any]:
-    """``values`` with each setting checked against TrainConfig's declared type (strict: no guessing).
+def check_types(values: dict[Any, Any], config_class: type, where: str = "") -> dict[str, Any]:
+    """``values`` with each setting checked against ``config_class``'s declared type (strict: no guessing).
 
     A string is never read as a boolean or a number (``overwrite: 'false'`` is an error, not true),
-    a float is not an integer, infinities and NaN are refused, unknown keys are errors. An integer
-    is accepted for a text setting (``valid_split: 4``) and converted. Raises ScilmError naming the
-    key, the expected type and the value given.
+    a float is not an integer, infinities and NaN are refused. An integer is accepted for a text
+    setting (``valid_split: 4``) and converted. A setting the recipe does not have is an error,
+    naming the tasks that do have it. Raises ScilmError naming the key, the expected type and the
+    value given.
     """
     from pydantic import ValidationError
 
-    schema, hints = _schema()
+    schema, hints = _schema(config_class)
     bad_keys = [key for key in values if not isinstance(key, str)]
     if bad_keys:
         raise ScilmError(f"{where}setting name {bad_keys[0]!r} is not text")
@@ -239,6 +121,14 @@ def check_types(values: dict[Any, Any], where: str = "") -> dict[str, Any]:
               for key, value in values.items()}
     unknown = sorted(set(values) - set(hints))
     if unknown:
+        others = {info.name: info for info in all_settings()}
+        elsewhere = [key for key in unknown if key in others]
+        if elsewhere:
+            key = elsewhere[0]
+            task = values.get("task") or next(t for t, r in RECIPES.items() if r.config is config_class)
+            shown = key if where else name(key)  # a YAML key as written; a command-line value as its flag
+            raise ScilmError(f"{where}{shown}: not a setting of task {task!r} (it would be ignored); it belongs to "
+                             f"{', '.join(others[key].defaults)}")
         raise ScilmError(f"{where}unknown setting(s): {', '.join(unknown)}")
     try:
         schema.model_validate(values)
@@ -247,14 +137,17 @@ def check_types(values: dict[Any, Any], where: str = "") -> dict[str, Any]:
         key = str(error["loc"][0])
         value = values.get(key)
         shown = f"the text {value!r}" if isinstance(value, str) else repr(value)
-        raise ScilmError(f"{where}{key}: expected {_expected(hints[key])}, got {shown}") from None
+        raise ScilmError(f"{where}{key if where else name(key)}: expected {_expected(hints[key])}, got {shown}") \
+            from None
     return values
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """A YAML file of TrainConfig keys (optional), then the command-line values on top, type-checked.
+def load_config(path: str | Path | None, overrides: dict[str, Any], task: str | None = None) -> Settings:
+    """The recipe config for a YAML file (optional) with the command-line values on top, type-checked.
 
-    Raises ScilmError naming the file and key for unknown keys, wrong types or bad values.
+    The recipe is ``task`` (the pretrain command passes ``mlm``), else the ``task`` setting, else
+    seq2seq for JSONL data and membrane otherwise. Raises ScilmError naming the file and key for
+    unknown keys, settings of another recipe, wrong types or bad values.
     """
     values: dict[str, Any] = {}
     where = ""
@@ -264,8 +157,38 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConf
         loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ScilmError(f"{path}: a config is a mapping of settings to values")
-        values.update(check_types({key.replace("-", "_") if isinstance(key, str) else key: value
-                                   for key, value in loaded.items()}, where))
+        values.update({key.replace("-", "_") if isinstance(key, str) else key: value for key, value in loaded.items()})
     values.update({key: value for key, value in overrides.items() if value is not None})
-    values = check_types(values)
-    return TrainConfig(**values, given=frozenset(values)).validate()
+    if "task" in values and not isinstance(values["task"], str):
+        raise ScilmError(f"{where}task: expected text, got {values['task']!r}")
+    chosen = task or values.get("task")
+    recipe = recipe_for(chosen if isinstance(chosen, str) else None,
+                        values.get("data") if isinstance(values.get("data"), str) else None)
+    if task is not None and values.get("task") not in (None, task):
+        raise ScilmError(f"{where}task: {values['task']!r}, but this command trains {task}")
+    values["task"] = recipe.name
+    _check_data_kind(recipe.name, values.get("data"), where)
+    from_file = {key for key in values if key not in overrides or overrides[key] is None}
+    check_types({k: v for k, v in values.items() if k in from_file}, recipe.config, where)
+    values = check_types(values, recipe.config)
+    given = frozenset(values) - ({"task"} if chosen is None else set())
+    return recipe.config(**values, given=given).validate()
+
+
+def _check_data_kind(task: str, data: Any, where: str) -> None:
+    """JSONL trains the seq2seq recipe, protein files the others: a mismatch is named, not left to a reader."""
+    from scilm.data.textio import data_suffix
+
+    if not isinstance(data, str) or not data:
+        return
+    jsonl = data_suffix(data) == ".jsonl"
+    if jsonl != (task == "seq2seq"):
+        wants = "source/target JSONL" if task == "seq2seq" else "protein FASTA or CSV/TSV"
+        raise ScilmError(f"{where}{name('data')} {data}: task {task!r} trains on {wants}")
+
+
+def TrainConfig(**values: Any) -> Settings:  # noqa: N802 (reads like the class it builds)
+    """The recipe config for ``values`` as ``scilm train`` would build it (task from ``task`` or ``data``),
+    not yet validated: ``TrainConfig(data="x.fasta", model="esm2-tiny").validate()``."""
+    recipe = recipe_for(values.get("task"), values.get("data"))
+    return recipe.config(**{**values, "task": recipe.name})

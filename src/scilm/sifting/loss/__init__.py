@@ -59,6 +59,15 @@ class SequenceClassificationLoss(Loss):
         return per_sample_cross_entropy(model(**inputs).logits, labels)
 
 
+class SquaredErrorLoss(Loss):
+    """Squared error per sample for regression batches: the model's ``.logits`` (n, 1) against labels (n,)."""
+
+    def loss(self, model, transformed_batch, original_batch=None):
+        labels = _labels(transformed_batch)
+        inputs = {k: v for k, v in transformed_batch.items() if k != "labels"}
+        return (model(**inputs).logits.float().reshape(-1) - labels.float().reshape(-1)) ** 2
+
+
 class Seq2SeqLoss(Loss):
     """Token-averaged cross-entropy per sample; labels equal to -100 are ignored.
 

@@ -1,0 +1,130 @@
+"""``scilm bench tasks``: every protein task trained and evaluated on real data, beside its trivial baseline.
+
+Each row (:data:`ROWS`) is one ``scilm train`` run of a recipe on a public data set: the data
+bundled with scilm where it may be bundled, else ``../shared/data`` (a row whose data is absent is
+skipped, said so in the table). Every run fine-tunes ``esm2-tiny-mlm`` (the tiny ESM-2 pre-trained
+by ``scilm pretrain`` on the bundled DeepLoc sequences) for a few epochs on a CPU; the numbers say
+what the recipe does, not what ESM-2 650M reaches. The baseline is the trivial predictor of each
+task (the majority class, the training mean), reported by the recipe itself, on the same
+validation set: a row beats its baseline or says it does not.
+
+A row is a function ``(out: Path, quick: bool) -> dict | None`` registered with :func:`row`; it
+returns the table's cells (``task``, ``data``, ``n_train``, ``n_valid``, ``metric``, ``value``,
+``baseline``, ``seconds``) or None when its data is absent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from scilm.bench.report import machine_name, markdown_table
+from scilm.bench.runner import BUNDLED, run_train
+from scilm.io import write_json_atomic, write_text_atomic
+
+SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # beside a checkout: ../shared/data
+GB1 = BUNDLED.parent / "flip_gb1" / "gb1_all_splits.csv.gz"
+WARM_MODEL = "esm2-tiny-mlm"
+
+Row = Callable[[Path, bool], "dict[str, Any] | None"]
+ROWS: dict[str, Row] = {}
+
+
+def row(name: str) -> Callable[[Row], Row]:
+    """Register a bench row under ``name`` (the table's order is the registration order)."""
+    def register(function: Row) -> Row:
+        ROWS[name] = function
+        return function
+    return register
+
+
+def _common(quick: bool) -> dict[str, Any]:
+    return {"model": WARM_MODEL, "batch_size": 16, "lr": 5e-4, "progress": False, "overwrite": True,
+            "epochs": 2.0 if quick else 4.0}
+
+
+def _timed(config: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], float]:
+    started = time.perf_counter()
+    metrics = run_train(config, workdir)
+    return metrics, time.perf_counter() - started
+
+
+@row("membrane")
+def membrane(out: Path, quick: bool) -> dict[str, Any]:
+    """Membrane vs soluble on the bundled DeepLoc-1 files (accuracy vs always answering the majority class)."""
+    config = {**_common(quick), "task": "membrane", "data": str(BUNDLED / "train.fasta"),
+              "valid": str(BUNDLED / "valid.fasta"), "truncate": 256 if quick else 512, "out": str(out / "run")}
+    metrics, seconds = _timed(config, out)
+    counts = metrics["label_counts"]["valid"]
+    return {"task": "membrane", "data": "DeepLoc-1 (bundled)", "n_train": metrics["n_train"],
+            "n_valid": metrics["n_eval"], "metric": "accuracy", "value": metrics["eval_accuracy"],
+            "baseline": max(counts.values()) / sum(counts.values()), "seconds": seconds}
+
+
+@row("localization")
+def localization(out: Path, quick: bool) -> dict[str, Any]:
+    """10-class location on the bundled DeepLoc-1 files (single-location proteins)."""
+    config = {**_common(quick), "task": "localization", "data": str(BUNDLED / "train.fasta"),
+              "valid": str(BUNDLED / "valid.fasta"), "truncate": 256 if quick else 512, "out": str(out / "run")}
+    metrics, seconds = _timed(config, out)
+    counts = metrics["label_counts"]["valid"]
+    return {"task": "localization", "data": "DeepLoc-1 (bundled)", "n_train": metrics["n_train"],
+            "n_valid": metrics["n_eval"], "metric": "accuracy", "value": metrics["eval_accuracy"],
+            "baseline": max(counts.values()) / sum(counts.values()), "seconds": seconds}
+
+
+@row("regression")
+def regression(out: Path, quick: bool) -> dict[str, Any]:
+    """FLIP GB1 three_vs_rest (bundled): train on up to triple mutants, validate on FLIP's val rows.
+
+    The metric is Spearman; its baseline, the constant training mean, has no ranking (0). MSE and
+    the mean predictor's MSE are in results.json.
+    """
+    config = {**_common(quick), "task": "regression", "data": str(GB1), "sequence_column": "sequence",
+              "id_column": "variant", "split_column": "three_vs_rest", "train_split": "train", "valid_split": "val",
+              # the four mutated sites are 39-41 and 54: the first 80 residues hold them all
+              "truncate": 80, "lr": 1e-3, "out": str(out / "run")}
+    metrics, seconds = _timed(config, out)
+    return {"task": "regression", "data": "FLIP GB1 three_vs_rest (bundled)", "n_train": metrics["n_train"],
+            "n_valid": metrics["n_eval"], "metric": "Spearman (MSE vs mean predictor)",
+            "value": metrics["eval_spearman"], "baseline": 0.0, "seconds": seconds,
+            "extra": f"MSE {metrics['eval_mse']:.3f} vs {metrics['eval_baseline_mse']:.3f}"}
+
+
+def run_tasks_bench(out: str | Path, quick: bool = False, only: list[str] | None = None,
+                    command: str = "scilm bench tasks") -> str:
+    """Run the rows (``only``: by name), write ``results.json`` and ``table.md`` into ``out``; returns the table.
+
+    Raises ScilmError for an unknown row name.
+    """
+    from scilm.errors import ScilmError
+
+    out = Path(out)
+    names = only or list(ROWS)
+    unknown = [name for name in names if name not in ROWS]
+    if unknown:
+        raise ScilmError(f"unknown bench row(s) {', '.join(unknown)}; rows are: {', '.join(ROWS)}")
+    results = []
+    for name in names:
+        result = ROWS[name](out / name, quick)
+        results.append(result or {"task": name, "skipped": "its data is not here (../shared/data)"})
+    header = ["task", "data", "train", "valid", "metric", "value", "trivial baseline", "beats it", "time (s)"]
+    table_rows = []
+    for r in results:
+        if "skipped" in r:
+            table_rows.append([r["task"], r["skipped"], "", "", "", "", "", "", ""])
+            continue
+        beats = "yes" if r["value"] > r["baseline"] else "**no**"
+        value = f"{r['value']:.3f}" + (f" ({r['extra']})" if r.get("extra") else "")
+        table_rows.append([r["task"], r["data"], r["n_train"], r["n_valid"], r["metric"], value,
+                           f"{r['baseline']:.3f}", beats, f"{r['seconds']:.0f}"])
+    table = "\n".join([f"Machine: {machine_name()}.", f"Command: `{command}`.", "",
+                       markdown_table(header, table_rows), ""])
+    write_json_atomic(out / "results.json", {"machine": machine_name(), "command": command, "quick": quick,
+                                             "rows": results})
+    write_text_atomic(out / "table.md", table)
+    return table
+
+
+__all__ = ["ROWS", "row", "run_tasks_bench"]

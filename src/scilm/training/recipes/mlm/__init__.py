@@ -1,0 +1,1 @@
+"""Masked-language-model (continued) pre-training of ESM-2."""

@@ -1,0 +1,1 @@
+"""Regression of one number per protein (fitness, stability)."""
