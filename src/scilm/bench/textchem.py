@@ -2,7 +2,7 @@
 
 Converts the bundled ChEBI-20 / USPTO-50K / paragraph2actions slices (``src/scilm/data/bundled/
 textchem``, canonical SMILES, USPTO reaction classes kept), trains ``t5-tiny`` for a few minutes
-(the run in ``docs/textchem_results.md``), and evaluates the test split the way the papers do:
+(``scilm bench textchem --out docs/bench/textchem`` wrote the committed table), and evaluates the test split the way the papers do:
 10-beam top-1/3/5/10 exact match (canonical), retrosynthesis round trip through the same
 multi-task model as forward model, coverage (``n_failed``), and the spread of every metric over
 random re-spellings of the input SMILES. Writes ``results.json``, ``table.md`` and ``topk.png``.
@@ -13,7 +13,6 @@ for minutes on CPU; the released checkpoints are 60M-220M parameters trained for
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from scilm.bench.report import machine_name, markdown_table
 from scilm.data.textchem import TASKS, read_jsonl, write_jsonl
+from scilm.io import write_json_atomic, write_text_atomic
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "textchem"
 
@@ -106,9 +106,9 @@ def run_textchem_bench(out: Path, settings: TextChemBenchSettings, command: str)
         "evaluation": evaluation,
         "seconds": {"convert_and_train": trained - started, "evaluate": finished - trained, "total": finished - started},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json_atomic(out / "results.json", results)
     table = report(results)
-    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    write_text_atomic(out / "table.md", table + "\n")
     save_topk_chart(out / "topk.png", evaluation, settings.top_k)
     return table
 
