@@ -52,3 +52,22 @@ def test_cli_refuses_fp16_for_a_seq2seq_run_before_writing(run_cli, tmp_path):
                      "--out", out, "--precision", "fp16")
     assert result.exit_code == 2 and "--precision fp16: T5 overflows in fp16" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_seq2seq_config_refuses_fp16_at_validation_and_says_so_in_its_help(tmp_path):
+    # YAML and library users meet the check before any run starts; the help of seq2seq's precision says why
+    import dataclasses
+
+    from scilm.training import TrainConfig, load_config
+    from scilm.training.recipes.seq2seq.config import Config
+
+    with pytest.raises(ScilmError, match="T5 overflows in fp16"):
+        TrainConfig(data=str(SAMPLE / "train.jsonl"), precision="fp16").validate()
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(f"data: {SAMPLE / 'train.jsonl'}\nprecision: fp16\n")
+    with pytest.raises(ScilmError, match="T5 overflows in fp16"):
+        load_config(yaml_file, {}).validate()
+    assert TrainConfig(data=str(SAMPLE / "train.jsonl"), precision="bf16").validate().precision == "bf16"
+    assert TrainConfig(data="x.fasta", precision="fp16").validate().precision == "fp16"  # classifiers keep it
+    help_text = next(f for f in dataclasses.fields(Config) if f.name == "precision").metadata["help"]
+    assert "fp16 is refused" in help_text
