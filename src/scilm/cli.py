@@ -362,6 +362,12 @@ def evaluate(
     num_beams: int = Opt(10, help="Seq2seq: beam width."),
     max_length: int = Opt(512, help="Seq2seq: maximum generated tokens."),
     batch_size: Optional[int] = Opt(None, help="Inputs per batch [protein 32, seq2seq 8]."),
+    top_k: str = Opt("1", help="Seq2seq: top-k exact match for these k, e.g. 1,3,5,10 (at most --num-beams)."),
+    forward_model: Optional[str] = Opt(None, help="Seq2seq: forward-prediction model for retrosynthesis round-trip "
+                                       "accuracy (may be --model itself)."),
+    randomize_inputs: int = Opt(0, help="Seq2seq: score N >= 2 random re-spellings of every input SMILES too; "
+                                "report each metric's spread [0: off]."),
+    seed: int = Opt(0, help="Seq2seq: seed of the re-spellings."),
 ) -> None:
     """Score a trained model on labelled data. Protein: the task's metrics, predictions and a confusion-matrix
     or scatter PNG; seq2seq: generate and score per task (molecules by RDKit, text by text metrics)."""
@@ -370,8 +376,10 @@ def evaluate(
     if data_suffix(data) != ".jsonl":
         from scilm.evaluation.protein import EvaluationData, evaluate_proteins
 
-        if predictions is not None or num_beams != 10 or max_length != 512:
-            raise ScilmError("--predictions, --num-beams and --max-length are for seq2seq models (JSONL data)")
+        if (predictions is not None or num_beams != 10 or max_length != 512 or top_k != "1" or forward_model
+                or randomize_inputs or seed):
+            raise ScilmError("--predictions, --num-beams, --max-length, --top-k, --forward-model, --randomize-inputs "
+                             "and --seed are for seq2seq models (JSONL data)")
         if out is None:
             raise ScilmError("--out is required for a protein model: the directory for metrics.json, "
                              "predictions.csv and the PNG")
@@ -383,10 +391,11 @@ def evaluate(
     if label_column or id_column or truncate or overwrite or sequence_column != "Sequence":
         raise ScilmError("--sequence-column, --label-column, --id-column, --truncate and --overwrite are for "
                          "protein models (FASTA/CSV/TSV data)")
-    from scilm.inference.generate import evaluate_command
+    from scilm.inference.generate import evaluate_command, parse_top_k
 
     evaluate_command(model=model, data=data, out=out or Path("metrics.json"), predictions=predictions,
-                     num_beams=num_beams, max_length=max_length, batch_size=batch_size or 8)
+                     num_beams=num_beams, max_length=max_length, batch_size=batch_size or 8, top_k=parse_top_k(top_k),
+                     forward_model=forward_model, randomize_inputs=randomize_inputs, seed=seed)
 
 
 @app.command()
@@ -450,16 +459,19 @@ def bench_efficiency(
 
 @data_app.command("textchem")
 def data_textchem(
-    out: Path = Opt(..., help="Output directory for train/valid/test.jsonl."),
+    out: Path = Opt(..., help="Output directory for train/valid/test.jsonl (--split none: all.jsonl) and skipped.tsv."),
     chebi20: Optional[Path] = Opt(None, help="ChEBI-20 TSV (CID, SMILES, description): caption + text-to-SMILES."),
     uspto_sources: Optional[Path] = Opt(None, help="Space-tokenised USPTO products (retrosynthesis sources)."),
     uspto_targets: Optional[Path] = Opt(None, help="Space-tokenised USPTO reactants, line-aligned."),
     actions_src: Optional[Path] = Opt(None, help="paragraph2actions src-*.txt (sentences)."),
     actions_tgt: Optional[Path] = Opt(None, help="paragraph2actions tgt-*.txt (action sequences)."),
     canonicalize: bool = Opt(False, "--canonicalize", help="RDKit-canonical SMILES (unparsable ones skipped, counted)."),
-    valid_fraction: float = Opt(0.1, help="Share for valid.jsonl."),
-    test_fraction: float = Opt(0.1, help="Share for test.jsonl."),
-    seed: int = Opt(0, help="Split seed."),
+    split: str = Opt("random", help="random: train/valid/test by seed | none: one file, all.jsonl, in input order."),
+    keep_reaction_class: bool = Opt(False, "--keep-reaction-class",
+                                    help="Keep USPTO's <RX_n> class as the optional field reaction_class."),
+    valid_fraction: Optional[float] = Opt(None, help="Share for valid.jsonl [0.1]."),
+    test_fraction: Optional[float] = Opt(None, help="Share for test.jsonl [0.1]."),
+    seed: Optional[int] = Opt(None, help="Split seed [0]."),
 ) -> None:
     """Real sets -> Text+Chem JSONL (`source` = prompt + input, `target`), split by seed."""
     import json
@@ -472,11 +484,16 @@ def data_textchem(
         raise ScilmError("--actions-src and --actions-tgt go together")
     if not (chebi20 or uspto_sources or actions_src):
         raise ScilmError("nothing to convert: give --chebi20, --uspto-sources/--uspto-targets or --actions-src/--actions-tgt")
+    given = {"--valid-fraction": valid_fraction, "--test-fraction": test_fraction, "--seed": seed}
+    if split == "none" and any(v is not None for v in given.values()):
+        raise ScilmError(f"{', '.join(k for k, v in given.items() if v is not None)}: --split none does not split")
     summary = convert_textchem(
         out, chebi20=chebi20,
         uspto=(uspto_sources, uspto_targets) if uspto_sources else None,
         paragraph2actions=(actions_src, actions_tgt) if actions_src else None,
-        canonicalize=canonicalize, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
+        canonicalize=canonicalize, split=split, keep_reaction_class=keep_reaction_class,
+        valid_fraction=0.1 if valid_fraction is None else valid_fraction,
+        test_fraction=0.1 if test_fraction is None else test_fraction, seed=seed or 0,
     )
     typer.echo(json.dumps(summary, indent=2))
 
@@ -512,6 +529,25 @@ def bench_tasks(
     command = " ".join(["scilm bench tasks", f"--out {out}", *(["--quick"] if quick else []),
                         *(f"--row {r}" for r in rows or ())])
     typer.echo(run_tasks_bench(out, quick=quick, only=list(rows) if rows else None, command=command))
+
+
+@bench_app.command("textchem")
+def bench_textchem(
+    out: Path = Opt(Path("bench/textchem"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="300 steps, 6 test examples per task, 5 beams (a smoke run)."),
+    steps: Optional[int] = Opt(None, help="Training steps of t5-tiny [900; --quick 300]."),
+    per_task: Optional[int] = Opt(None, help="Test examples per task [20; --quick 6]."),
+) -> None:
+    """Per-task Text+Chem table on the bundled slices: top-1/3/5/10, round trip, coverage, re-spelling spread."""
+    from scilm.bench.textchem import TextChemBenchSettings, run_textchem_bench
+
+    for name, value in (("steps", steps), ("per-task", per_task)):
+        if value is not None and value < 1:
+            raise ScilmError(f"--{name} must be at least 1 (got {value})")
+    settings = TextChemBenchSettings.for_mode(quick, steps=steps, per_task=per_task)
+    command = " ".join(["scilm bench textchem", f"--out {out}", *(["--quick"] if quick else []),
+                        *([f"--steps {steps}"] if steps else []), *([f"--per-task {per_task}"] if per_task else [])])
+    typer.echo(run_textchem_bench(out, settings, command))
 
 
 @bench_app.command("serve")

@@ -191,7 +191,7 @@ class OptimSettings(Settings):
     grad_checkpointing: bool = setting(False, "Gradient checkpointing: recompute activations in backward (less "
                                               "memory, ~30% slower).")
     precision: str = setting("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp16 on "
-                                     "older GPUs, fp32 on CPU).")
+                                     "older GPUs, fp32 on CPU; seq2seq never fp16: T5 overflows in it).")
 
     @property
     def resolved_lr(self) -> float:
