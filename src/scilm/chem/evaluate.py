@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from scilm.chem.metrics import (action_metrics, action_scores, caption_metrics, caption_scores,
                                 molecule_metrics, molecule_scores)
-from scilm.data.textchem import MOLECULE_TASKS, TextChemExample
+from scilm.chem.tasks import MOLECULE_TASKS, TextChemExample
 from scilm.errors import ScilmError
 
 OTHER = "other"  # examples whose source has no known prompt: scored like actions (BLEU-2, exact)

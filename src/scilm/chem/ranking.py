@@ -40,7 +40,7 @@ EXACT_TASKS_TEXT = ("paragraph-to-actions", "other")  # string match, no canonic
 def match_key(task: str, text: str) -> str | None:
     """What two outputs of ``task`` are compared by: the canonical SMILES (None if it does not parse)
     for molecule tasks, the stripped string otherwise (None if empty)."""
-    from scilm.data.textchem import MOLECULE_TASKS
+    from scilm.chem.tasks import MOLECULE_TASKS
 
     if task in MOLECULE_TASKS:
         return canonical_smiles(text)

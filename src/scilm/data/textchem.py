@@ -13,7 +13,6 @@ converters never drop a line silently: each skip is listed in the returned summa
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections import Counter
@@ -23,47 +22,13 @@ from pathlib import Path
 from scilm.data.textio import open_text
 from scilm.errors import ScilmError
 from scilm.io import write_jsonl_atomic
+# the task definitions live with the chemistry (scilm.chem scores by task); re-exported for readers
+from scilm.chem.tasks import (  # noqa: F401
+    MOLECULE_TASKS, PROMPTS, TASKS, TextChemExample, input_of, make_example, task_of,
+)
 
-PROMPTS = {
-    "forward-prediction": "Predict the product of the following reaction:",
-    "retrosynthesis": "Predict the reaction that produces the following product:",
-    "paragraph-to-actions": "Which actions are described in the following paragraph:",
-    "text-to-smiles": "Write in SMILES the described molecule:",
-    "smiles-to-caption": "Caption the following SMILES:",
-}
-TASKS = tuple(PROMPTS)
-MOLECULE_TASKS = ("forward-prediction", "retrosynthesis", "text-to-smiles")
 _RX_CLASS = re.compile(r"<RX_(\d+)>")
 OPTIONAL_FIELDS = ("reaction_class",)
-
-
-@dataclass(frozen=True)
-class TextChemExample:
-    """One seq2seq pair, the task its prompt names (None only if the reader allowed it) and, for
-    USPTO reactions converted with their class, the reaction class (1-10)."""
-
-    source: str
-    target: str
-    task: str | None
-    reaction_class: int | None = None
-
-
-def make_example(task: str, text: str, target: str, reaction_class: int | None = None) -> TextChemExample:
-    """The example for ``task`` with input ``text``: source = prompt + " " + text."""
-    return TextChemExample(f"{PROMPTS[task]} {text}", target, task, reaction_class)
-
-
-def task_of(source: str) -> str | None:
-    """The task whose prompt (followed by a space) starts ``source``, or None."""
-    for task, prompt in PROMPTS.items():
-        if source.startswith(prompt + " "):
-            return task
-    return None
-
-
-def input_of(example: TextChemExample) -> str:
-    """The source without its prompt."""
-    return example.source[len(PROMPTS[example.task]) + 1:] if example.task else example.source
 
 
 def _parse_line(line: str, where: str, require_task: bool) -> TextChemExample:
