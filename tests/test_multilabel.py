@@ -415,7 +415,7 @@ def test_evaluate_reads_the_label_columns_by_name_in_any_order(trained, tables, 
     assert results[0] == results[1]
 
 
-@pytest.mark.parametrize("case", ["missing column", "label column", "bad value", "fasta"])
+@pytest.mark.parametrize("case", ["missing column", "label column", "bad value", "fasta", "mask column"])
 def test_evaluate_bad_input_is_one_line_and_writes_nothing(trained, tables, run_cli, tmp_path, case):
     rows = synthetic_rows(6, 7)
     extra = []
@@ -429,6 +429,10 @@ def test_evaluate_bad_input_is_one_line_and_writes_nothing(trained, tables, run_
         rows[3][3] = "2"  # line 5, Cytoplasm
         data = write_table(tmp_path / "d.csv", rows)
         expected = f"error: {data}:5 (record P3): column 'Cytoplasm' holds '2'; label columns hold 0 or 1"
+    elif case == "mask column":
+        data, extra = write_table(tmp_path / "d.csv", rows), ["--mask-column", "Partition"]
+        expected = ("error: --mask-column 'Partition': a per-residue mask, but this is a multi_label_classification "
+                    "model")
     else:
         data = tmp_path / "d.fasta"
         data.write_text(">P1 Cytoplasm-S\nMKTAYIAK\n")
