@@ -484,3 +484,56 @@ def test_evaluate_bad_input_is_one_line_and_writes_nothing(trained, run_cli, tmp
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: " + expected.format(data=data)), lines
     assert not out.exists()
+
+
+# -- sifting --------------------------------------------------------------------------------------
+
+def test_sifting_scores_each_protein_by_its_mean_residue_loss_and_trains_on_the_token_sum(tables):
+    """ResidueLoss (the sifting score) is each protein's mean cross-entropy over its scored residues, and the
+    training item loss (token_loss_sums) sums over them: its window mean is Transformers' token-mean loss."""
+    from transformers import DataCollatorForTokenClassification
+
+    from scilm.data.residue import read_residues
+    from scilm.models.protein import load_protein_classifier
+    from scilm.training.losses import token_loss_sums
+    from scilm.training.recipes.residue.recipe import ResidueLoss, encode_residues
+
+    records = read_residues(tables[1], **TABLE_SETTINGS)[:6]
+    model, tokenizer = load_protein_classifier("esm2-tiny", ["C", "E", "H"], seed=1, per_residue=True)
+    model.eval()
+    examples, _ = encode_residues(records, tokenizer, TRUNCATE, ["C", "E", "H"])
+    batch = DataCollatorForTokenClassification(tokenizer)(examples)
+    with torch.no_grad():
+        scores = ResidueLoss().loss(model, batch)
+        output = model(**batch)
+        sums, items = token_loss_sums(output, batch["labels"])
+    log_p = torch.log_softmax(output.logits.double(), dim=-1).numpy()
+    for row, record in enumerate(records):  # the reference: each scored residue i sits at token i + 1
+        scored = [i for i, m in enumerate(record.mask[:TRUNCATE]) if m == "1"]
+        losses = [-log_p[row, i + 1, "CEH".index(record.label[i])] for i in scored]
+        assert int(items[row]) == len(scored)
+        assert float(sums[row]) == pytest.approx(sum(losses), rel=1e-5)
+        assert float(scores[row]) == pytest.approx(np.mean(losses), rel=1e-5)
+    assert float(sums.sum() / items.sum()) == pytest.approx(float(output.loss), rel=1e-5)
+    assert len({round(float(s), 4) for s in scores}) > 1  # proteins get different scores: sifting can choose
+
+
+def test_a_sifted_run_uses_the_residue_losses(tables, tmp_path, monkeypatch):
+    from scilm.training import load_config, sifting, train
+    from scilm.training.losses import token_loss_sums
+    from scilm.training.recipes.residue.recipe import ResidueLoss
+
+    built = {}
+    original = sifting.build_sifting_trainer
+
+    def spy(config, precision, out, trainer_kwargs, sift_loss, args_extra=None):
+        built.update(item_loss=trainer_kwargs["item_loss"], sift_loss=sift_loss)
+        return original(config, precision, out, trainer_kwargs, sift_loss, args_extra)
+
+    monkeypatch.setattr(sifting, "build_sifting_trainer", spy)
+    metrics = train(load_config(None, dict(task="residue", data=str(tables[0]), valid=str(tables[1]),
+                                           **TABLE_SETTINGS, model="esm2-tiny", epochs=2.0, batch_size=4, lr=2e-3,
+                                           truncate=TRUNCATE, sift_beta=1.0, sift_delay=1, progress=False,
+                                           out=str(tmp_path / "sift"))))
+    assert built["item_loss"] is token_loss_sums and isinstance(built["sift_loss"], ResidueLoss)
+    assert metrics["sifting"]["samples_seen"] > metrics["sifting"]["samples_kept"] > 0
