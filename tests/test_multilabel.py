@@ -158,7 +158,12 @@ def test_metrics_json_and_predictions_are_sklearns_on_the_saved_models_outputs(t
     # the written label set is the thresholded probabilities
     assert [r["predicted_labels"] for r in rows] == [";".join(l for l, on in zip(LABELS, row) if on) for row in tuned]
     # metrics.json at 0.5 and at the tuned thresholds = scikit-learn on predict's probabilities
-    from sklearn.metrics import accuracy_score, f1_score, jaccard_score, matthews_corrcoef
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        jaccard_score,
+        matthews_corrcoef,
+    )
 
     for reported, predicted in ((metrics, (probabilities >= 0.5).astype(int)),
                                 (metrics["valid_at_tuned_thresholds"], tuned)):
@@ -190,7 +195,13 @@ def test_metrics_json_and_predictions_are_sklearns_on_the_saved_models_outputs(t
 def test_accumulation_changes_nothing(recorder, tmp_path):  # noqa: F811 (the imported fixture)
     """(4, 1), (2, 2), (1, 4) on 6 proteins of uneven length: same losses, gradients, weights; step 1's loss is
     PyTorch's mean BCE over the window's 4 x C (protein, label) pairs."""
-    from test_invariants_training import SPLITS, assert_same_training, finish, model_at_start, whole_window
+    from test_invariants_training import (
+        SPLITS,
+        assert_same_training,
+        finish,
+        model_at_start,
+        whole_window,
+    )
 
     from scilm.training import train
     from scilm.training.recipes.multilabel.config import Config
@@ -340,6 +351,11 @@ def test_the_bench_row_is_skipped_without_the_shared_data(tmp_path, monkeypatch)
 
 # -- scilm evaluate ------------------------------------------------------------------------------
 
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_evaluate_is_sklearns_on_its_predictions_at_the_saved_thresholds_and_at_half(trained, tables, run_cli,
                                                                                    tmp_path):
     from sklearn.metrics import (
@@ -364,8 +380,7 @@ def test_evaluate_is_sklearns_on_its_predictions_at_the_saved_thresholds_and_at_
     # predictions.csv: the data's set, then exactly what scilm predict writes for the same file
     assert run_cli("predict", "--model", trained / "model", "--data", tables[1], "--id-column", "sid",
                    "--out", tmp_path / "p.csv").exit_code == 0
-    predicted_rows = list(csv.DictReader(open(tmp_path / "p.csv")))
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    predicted_rows, rows = (read_rows(tmp_path / "p.csv"), read_rows(out / "predictions.csv"))
     assert [{k: v for k, v in r.items() if k != "labels"} for r in rows] == predicted_rows
     ids, truth = truth_of(tables[1])
     assert [r["id"] for r in rows] == ids

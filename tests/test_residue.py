@@ -393,7 +393,12 @@ EVAL_COLUMNS = ("--sequence-column", "sequence", "--label-column", "ss3", "--mas
 
 
 def test_evaluate_is_sklearns_on_its_predictions_and_the_runs_own(trained, tables, run_cli, tmp_path):
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        matthews_corrcoef,
+    )
 
     out, run = trained
     result = run_cli("evaluate", "--model", out / "model", "--data", tables[1], *EVAL_COLUMNS, "--out", tmp_path / "e")

@@ -32,7 +32,10 @@ def label_sets(indicator: np.ndarray, labels: list[str]) -> list[str]:
 def _scores(predicted: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """DeepLoc 2.0's metrics of (N, C) 0/1 ``predicted`` against ``truth`` plus, per label, scikit-learn's
     precision/recall/F1 and the confusion counts (tp, fp, fn, tn)."""
-    from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     from scilm.training.recipes.multilabel.metrics import multilabel_metrics
 

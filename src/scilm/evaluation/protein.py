@@ -66,6 +66,8 @@ class ProteinEvaluation:
         return predict_proteins(net, tokenizer, sequences, batch_size, truncate)
 
     def metrics(self, outputs: list[dict[str, float]], targets, config) -> dict[str, Any]:
+        """The task's metrics of ``outputs`` against ``targets`` (one each per record) for a model of
+        ``config``: JSON-ready values, floats for the scores the CLI prints."""
         raise NotImplementedError
 
     def prediction_table(self, records, outputs, targets) -> tuple[list[str], list[list[Any]]]:
@@ -73,6 +75,7 @@ class ProteinEvaluation:
         raise NotImplementedError
 
     def plot(self, metrics: dict[str, Any], outputs, targets, config, path: Path) -> None:
+        """Write the task's PNG (:attr:`plot_file`) to ``path`` (a temporary the run moves into place)."""
         raise NotImplementedError
 
 

@@ -120,21 +120,8 @@ class Residue(ProteinEvaluation):
 
     def plot(self, metrics, outputs, targets, config, path: Path) -> None:
         """The confusion matrix over residue classes (counted residues; rows: data, columns: predictions)."""
-        import matplotlib
+        from scilm.evaluation.classification import draw_confusion
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from sklearn.metrics import ConfusionMatrixDisplay
-
-        labels = metrics["labels"]
-        size = max(4.5, 0.6 * len(labels) + 2.5)
-        fig, ax = plt.subplots(figsize=(size, size))
-        ConfusionMatrixDisplay(np.array(metrics["confusion_matrix"]), display_labels=labels).plot(
-            ax=ax, cmap="Blues", colorbar=False, values_format="d")
-        ax.set_title(f"{metrics['n_scored']} residues of {metrics['n']} proteins: accuracy {metrics['accuracy']:.3f}, "
-                     f"macro F1 {metrics['f1']:.3f}, MCC {metrics['mcc']:.3f}", fontsize=9)
-        ax.set_xlabel("predicted label")
-        ax.set_ylabel("data label")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110, format="png")
-        plt.close(fig)
+        draw_confusion(metrics["confusion_matrix"], metrics["labels"],
+                       f"{metrics['n_scored']} residues of {metrics['n']} proteins: accuracy {metrics['accuracy']:.3f}, "
+                       f"macro F1 {metrics['f1']:.3f}, MCC {metrics['mcc']:.3f}", path)

@@ -37,9 +37,9 @@ from scilm.serving.limits import RequestError, clean_protein, clean_source
 from scilm.serving.schema import (
     ClassifierParameters,
     GenerationParameters,
-    TokenClassificationParameters,
     GenerationPlan,
     Payload,
+    TokenClassificationParameters,
     parameters_schema,
 )
 
