@@ -158,7 +158,12 @@ def test_metrics_json_and_predictions_are_sklearns_on_the_saved_models_outputs(t
     # the written label set is the thresholded probabilities
     assert [r["predicted_labels"] for r in rows] == [";".join(l for l, on in zip(LABELS, row) if on) for row in tuned]
     # metrics.json at 0.5 and at the tuned thresholds = scikit-learn on predict's probabilities
-    from sklearn.metrics import accuracy_score, f1_score, jaccard_score, matthews_corrcoef
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        jaccard_score,
+        matthews_corrcoef,
+    )
 
     for reported, predicted in ((metrics, (probabilities >= 0.5).astype(int)),
                                 (metrics["valid_at_tuned_thresholds"], tuned)):
@@ -190,7 +195,13 @@ def test_metrics_json_and_predictions_are_sklearns_on_the_saved_models_outputs(t
 def test_accumulation_changes_nothing(recorder, tmp_path):  # noqa: F811 (the imported fixture)
     """(4, 1), (2, 2), (1, 4) on 6 proteins of uneven length: same losses, gradients, weights; step 1's loss is
     PyTorch's mean BCE over the window's 4 x C (protein, label) pairs."""
-    from test_invariants_training import SPLITS, assert_same_training, finish, model_at_start, whole_window
+    from test_invariants_training import (
+        SPLITS,
+        assert_same_training,
+        finish,
+        model_at_start,
+        whole_window,
+    )
 
     from scilm.training import train
     from scilm.training.recipes.multilabel.config import Config
@@ -336,3 +347,114 @@ def test_the_bench_row_is_skipped_without_the_shared_data(tmp_path, monkeypatch)
 
     monkeypatch.setattr(tasks, "SHARED", tmp_path / "absent")
     assert "multilabel" in tasks.ROWS and tasks.multilabel(tmp_path, quick=True) is None
+
+
+# -- scilm evaluate ------------------------------------------------------------------------------
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_evaluate_is_sklearns_on_its_predictions_at_the_saved_thresholds_and_at_half(trained, tables, run_cli,
+                                                                                   tmp_path):
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        jaccard_score,
+        matthews_corrcoef,
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", "--model", trained / "model", "--data", tables[1], "--id-column", "sid",
+                     "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_label_f1.png", "predictions.csv"]
+    assert (out / "per_label_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["problem_type"] == "multi_label_classification" and metrics["labels"] == LABELS
+    run = json.loads((trained / "metrics.json").read_text())
+    assert metrics["thresholds"] == run["thresholds"]
+    # predictions.csv: the data's set, then exactly what scilm predict writes for the same file
+    assert run_cli("predict", "--model", trained / "model", "--data", tables[1], "--id-column", "sid",
+                   "--out", tmp_path / "p.csv").exit_code == 0
+    predicted_rows, rows = (read_rows(tmp_path / "p.csv"), read_rows(out / "predictions.csv"))
+    assert [{k: v for k, v in r.items() if k != "labels"} for r in rows] == predicted_rows
+    ids, truth = truth_of(tables[1])
+    assert [r["id"] for r in rows] == ids
+    assert [r["labels"] for r in rows] == [";".join(l for l, on in zip(LABELS, row) if on) for row in truth]
+    tuned = np.array([[int(label in r["predicted_labels"].split(";")) for label in LABELS] for r in rows])
+    probabilities = np.array([[float(r[f"prob_{label}"]) for label in LABELS] for r in rows])
+    half = (probabilities >= 0.5).astype(int)
+    assert (tuned != half).any()  # the saved thresholds matter on this set: the two blocks can differ
+    for reported, predicted in ((metrics, tuned), (metrics["at_0.5"], half)):
+        assert reported["subset_accuracy"] == pytest.approx(accuracy_score(truth, predicted), abs=1e-12)
+        assert reported["jaccard"] == pytest.approx(
+            jaccard_score(truth, predicted, average="samples", zero_division=1.0), abs=1e-12)
+        assert reported["micro_f1"] == pytest.approx(f1_score(truth, predicted, average="micro"), abs=1e-12)
+        assert reported["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro", zero_division=0),
+                                                     abs=1e-12)
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, zero_division=0)
+        confusion = multilabel_confusion_matrix(truth, predicted)
+        for j, label in enumerate(LABELS):
+            mcc = matthews_corrcoef(truth[:, j], predicted[:, j])
+            assert reported[f"mcc_{label}"] == pytest.approx(mcc, abs=1e-12)
+            assert reported["per_label"][label] == pytest.approx(
+                {"precision": precision[j], "recall": recall[j], "f1": f1[j], "mcc": mcc,
+                 "tp": confusion[j, 1, 1], "fp": confusion[j, 0, 1], "fn": confusion[j, 1, 0],
+                 "tn": confusion[j, 0, 0]}, abs=1e-12)
+    assert metrics["counts"] == dict(zip(LABELS, truth.sum(0).tolist())) == run["positive_counts"]["valid"]
+    assert metrics["n_predicted"] == dict(zip(LABELS, tuned.sum(0).tolist()))
+    # the same validation file and weights: at 0.5 these are the run's own eval_* metrics
+    for key in ("subset_accuracy", "jaccard", "micro_f1", "macro_f1", *[f"mcc_{label}" for label in LABELS]):
+        assert metrics["at_0.5"][key] == pytest.approx(run[f"eval_{key}"], abs=1e-6), key
+
+
+def test_evaluate_reads_the_label_columns_by_name_in_any_order(trained, tables, run_cli, tmp_path):
+    with open(tables[1], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    order = ["Peroxisome", "Sequence", "Nucleus", "extra", "Cytoplasm", "sid", "Cell membrane"]
+    shuffled = tmp_path / "shuffled.tsv"
+    with open(shuffled, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(order)
+        writer.writerows([[r.get(column, "x") for column in order] for r in rows])
+    results = []
+    for data, out in ((tables[1], tmp_path / "a"), (shuffled, tmp_path / "b")):
+        assert run_cli("evaluate", "--model", trained / "model", "--data", data, "--id-column", "sid",
+                       "--out", out).exit_code == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        results.append({k: v for k, v in metrics.items() if k != "data"})
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("case", ["missing column", "label column", "bad value", "fasta", "mask column"])
+def test_evaluate_bad_input_is_one_line_and_writes_nothing(trained, tables, run_cli, tmp_path, case):
+    rows = synthetic_rows(6, 7)
+    extra = []
+    if case == "missing column":
+        data = write_table(tmp_path / "d.csv", [r[:6] + r[7:] for r in rows], [c for c in HEADER if c != "Peroxisome"])
+        expected = f"error: {data}: no column 'Peroxisome' (this model's 0/1 label columns, named as in training, are"
+    elif case == "label column":
+        data, extra = write_table(tmp_path / "d.csv", rows), ["--label-column", "Nucleus"]
+        expected = "error: --label-column 'Nucleus': a multi-label model reads its 0/1 label columns by their"
+    elif case == "bad value":
+        rows[3][3] = "2"  # line 5, Cytoplasm
+        data = write_table(tmp_path / "d.csv", rows)
+        expected = f"error: {data}:5 (record P3): column 'Cytoplasm' holds '2'; label columns hold 0 or 1"
+    elif case == "mask column":
+        data, extra = write_table(tmp_path / "d.csv", rows), ["--mask-column", "Partition"]
+        expected = ("error: --mask-column 'Partition': a per-residue mask, but this is a multi_label_classification "
+                    "model")
+    else:
+        data = tmp_path / "d.fasta"
+        data.write_text(">P1 Cytoplasm-S\nMKTAYIAK\n")
+        expected = f"error: {data}: a multi-label model is evaluated on a CSV/TSV table"
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", "--model", trained / "model", "--data", data, "--out", out, *extra)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert not out.exists()

@@ -385,3 +385,160 @@ def test_the_bundled_ss3_slice_reads_as_its_readme_says():
     records = read_residues(path, **{**TABLE_SETTINGS, "split_column": "split"})
     assert Counter(r.split for r in records) == {"train": 600, "val": 150, "test": 150}
     assert {c for r in records for c in r.label} == set("HEC") and all(set(r.mask) <= set("01") for r in records)
+
+
+# -- scilm evaluate ------------------------------------------------------------------------------
+
+EVAL_COLUMNS = ("--sequence-column", "sequence", "--label-column", "ss3", "--mask-column", "mask", "--id-column", "id")
+
+
+def test_evaluate_is_sklearns_on_its_predictions_and_the_runs_own(trained, tables, run_cli, tmp_path):
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        matthews_corrcoef,
+    )
+
+    out, run = trained
+    result = run_cli("evaluate", "--model", out / "model", "--data", tables[1], *EVAL_COLUMNS, "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["confusion_matrix.png", "metrics.json",
+                                                                  "predictions.csv"]
+    assert (tmp_path / "e" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    classes = ["C", "E", "H"]
+    assert metrics["problem_type"] == "token_classification" and metrics["labels"] == classes == run["labels"]
+    # predictions.csv: scilm predict's columns for the same file, then the data's labels and mask
+    assert run_cli("predict", "--model", out / "model", "--data", tables[1], "--sequence-column", "sequence",
+                   "--id-column", "id", "--out", tmp_path / "p.csv").exit_code == 0
+    rows, data = read_csv(tmp_path / "e" / "predictions.csv"), read_table(tables[1])
+    assert [{k: r[k] for k in ("id", "residues", "predicted", "labels")} for r in rows] == read_csv(tmp_path / "p.csv")
+    assert [(r["data_labels"], r["mask"]) for r in rows] == [(d["ss3"], d["mask"]) for d in data]
+    # sklearn on the counted residues: mask 1 and predicted (not '.', i.e. within TRUNCATE)
+    y_true, y_pred, proteins = scored(data, {r["id"]: r["labels"] for r in rows}, classes)
+    assert metrics["n_scored"] == len(y_true) and metrics["n_proteins_scored"] == len(proteins)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-12)
+    assert metrics["f1"] == pytest.approx(f1_score(y_true, y_pred, labels=[0, 1, 2], average="macro",
+                                                   zero_division=0), abs=1e-12)
+    assert metrics["mcc"] == pytest.approx(matthews_corrcoef(y_true, y_pred), abs=1e-12)
+    per_class = f1_score(y_true, y_pred, labels=[0, 1, 2], average=None, zero_division=0)
+    for i, label in enumerate(classes):
+        assert metrics[f"f1_{label}"] == pytest.approx(per_class[i], abs=1e-12)
+        assert metrics["per_class"][label]["n"] == metrics["counts"][label] == int((y_true == i).sum())
+        assert metrics["per_class"][label]["n_predicted"] == int((y_pred == i).sum())
+    assert metrics["protein_accuracy"] == pytest.approx(np.mean(proteins), abs=1e-12)
+    assert metrics["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=[0, 1, 2]).tolist()
+    masked = sum(d["mask"].count("0") for d in data)
+    past_cut = sum(d["mask"][TRUNCATE:].count("1") for d in data)
+    assert past_cut > 0 and metrics["n_masked"] == masked and metrics["n_scored_not_predicted"] == past_cut
+    assert metrics["n_residues"] == metrics["n_scored"] + masked + past_cut
+    # the same validation file and weights: the run's own validation metrics and per-class counts
+    for key in ("accuracy", "f1", "mcc", "protein_accuracy", "f1_C", "f1_E", "f1_H"):
+        assert metrics[key] == pytest.approx(run[f"eval_{key}"], abs=1e-6), key
+    assert metrics["counts"] == run["residue_counts"]["valid"]
+
+
+def test_evaluate_never_counts_masked_residues(trained, tables, run_cli, tmp_path):
+    """Every masked residue's label swapped for another class: the same metrics; without the mask they change."""
+    out, _ = trained
+    data = read_table(tables[1])
+    swap = {"C": "E", "E": "H", "H": "C"}
+    flipped = tmp_path / "flipped.tsv"
+    with open(flipped, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["id", "sequence", "ss3", "mask"])
+        for d in data:
+            labels = "".join(c if m == "1" else swap[c] for c, m in zip(d["ss3"], d["mask"]))
+            writer.writerow([d["id"], d["sequence"], labels, d["mask"]])
+    results = []
+    for path, name, extra in ((tables[1], "a", EVAL_COLUMNS), (flipped, "b", EVAL_COLUMNS),
+                              (flipped, "c", EVAL_COLUMNS[:4] + EVAL_COLUMNS[6:])):
+        assert run_cli("evaluate", "--model", out / "model", "--data", path, *extra,
+                       "--out", tmp_path / name).exit_code == 0
+        results.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    keys = ("accuracy", "f1", "mcc", "protein_accuracy", "counts", "confusion_matrix", "n_scored")
+    assert {k: results[0][k] for k in keys} == {k: results[1][k] for k in keys}
+    assert results[2]["n_scored"] > results[0]["n_scored"] and results[2]["accuracy"] != results[0]["accuracy"]
+
+
+@pytest.mark.parametrize("case", ["unknown label", "mask length", "no mask column", "fasta columns", "bad mask"])
+def test_evaluate_bad_input_is_one_line_and_writes_nothing(trained, run_cli, tmp_path, case):
+    rows, extra = list(GOOD), list(EVAL_COLUMNS)
+    if case == "unknown label":
+        rows[1] = ("B", "MKVLAAGI", "CEEGHHCC", "01111110")
+        expected = "{data}:3 (record B): --label-column 'ss3' holds unknown label character 'G'"
+    elif case == "mask length":
+        rows[1] = ("B", "MKVLAAGI", "CEEHHHCC", "0111111")
+        expected = "{data}:3 (record B): --mask-column 'mask' has 7 character(s) for 8 residues"
+    elif case == "bad mask":
+        rows[1] = ("B", "MKVLAAGI", "CEEHHHCC", "0111111x")
+        expected = "{data}:3 (record B): --mask-column 'mask' holds 'x'"
+    elif case == "no mask column":
+        extra[5] = "resolved"
+        expected = "{data}: no column 'resolved' (--mask-column); columns are: id, sequence, ss3, mask"
+    data = _table(tmp_path / "t.tsv", rows)
+    if case == "fasta columns":
+        data = tmp_path / "s.fasta"
+        data.write_text("".join(f"{h}\n{s}\n{l}\n" for h, s, l in SIGNALP))
+        extra = ["--mask-column", "mask"]
+        expected = "{data}: --mask-column name table columns, but this is a 3-line FASTA file"
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", "--model", trained[0] / "model", "--data", data, *extra, "--out", out)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + expected.format(data=data)), lines
+    assert not out.exists()
+
+
+# -- sifting --------------------------------------------------------------------------------------
+
+def test_sifting_scores_each_protein_by_its_mean_residue_loss_and_trains_on_the_token_sum(tables):
+    """ResidueLoss (the sifting score) is each protein's mean cross-entropy over its scored residues, and the
+    training item loss (token_loss_sums) sums over them: its window mean is Transformers' token-mean loss."""
+    from transformers import DataCollatorForTokenClassification
+
+    from scilm.data.residue import read_residues
+    from scilm.models.protein import load_protein_classifier
+    from scilm.training.losses import token_loss_sums
+    from scilm.training.recipes.residue.recipe import ResidueLoss, encode_residues
+
+    records = read_residues(tables[1], **TABLE_SETTINGS)[:6]
+    model, tokenizer = load_protein_classifier("esm2-tiny", ["C", "E", "H"], seed=1, per_residue=True)
+    model.eval()
+    examples, _ = encode_residues(records, tokenizer, TRUNCATE, ["C", "E", "H"])
+    batch = DataCollatorForTokenClassification(tokenizer)(examples)
+    with torch.no_grad():
+        scores = ResidueLoss().loss(model, batch)
+        output = model(**batch)
+        sums, items = token_loss_sums(output, batch["labels"])
+    log_p = torch.log_softmax(output.logits.double(), dim=-1).numpy()
+    for row, record in enumerate(records):  # the reference: each scored residue i sits at token i + 1
+        scored = [i for i, m in enumerate(record.mask[:TRUNCATE]) if m == "1"]
+        losses = [-log_p[row, i + 1, "CEH".index(record.label[i])] for i in scored]
+        assert int(items[row]) == len(scored)
+        assert float(sums[row]) == pytest.approx(sum(losses), rel=1e-5)
+        assert float(scores[row]) == pytest.approx(np.mean(losses), rel=1e-5)
+    assert float(sums.sum() / items.sum()) == pytest.approx(float(output.loss), rel=1e-5)
+    assert len({round(float(s), 4) for s in scores}) > 1  # proteins get different scores: sifting can choose
+
+
+def test_a_sifted_run_uses_the_residue_losses(tables, tmp_path, monkeypatch):
+    from scilm.training import load_config, sifting, train
+    from scilm.training.losses import token_loss_sums
+    from scilm.training.recipes.residue.recipe import ResidueLoss
+
+    built = {}
+    original = sifting.build_sifting_trainer
+
+    def spy(config, precision, out, trainer_kwargs, sift_loss, args_extra=None):
+        built.update(item_loss=trainer_kwargs["item_loss"], sift_loss=sift_loss)
+        return original(config, precision, out, trainer_kwargs, sift_loss, args_extra)
+
+    monkeypatch.setattr(sifting, "build_sifting_trainer", spy)
+    metrics = train(load_config(None, dict(task="residue", data=str(tables[0]), valid=str(tables[1]),
+                                           **TABLE_SETTINGS, model="esm2-tiny", epochs=2.0, batch_size=4, lr=2e-3,
+                                           truncate=TRUNCATE, sift_beta=1.0, sift_delay=1, progress=False,
+                                           out=str(tmp_path / "sift"))))
+    assert built["item_loss"] is token_loss_sums and isinstance(built["sift_loss"], ResidueLoss)
+    assert metrics["sifting"]["samples_seen"] > metrics["sifting"]["samples_kept"] > 0

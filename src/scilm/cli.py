@@ -354,8 +354,11 @@ def evaluate(
                                          "seq2seq: metrics JSON file [metrics.json]."),
     sequence_column: str = Opt("Sequence", help="Protein table: column with sequences."),
     label_column: Optional[str] = Opt(None, help="Protein table: column with labels [classifier: Membrane, or a "
-                                      "DeepLoc-2 table's location columns; regression: the trained target's name]."),
+                                      "DeepLoc-2 table's location columns; regression: the trained target's name; per-residue: label; "
+                                      "multi-label: none, its 0/1 columns are named as in training]."),
     id_column: Optional[str] = Opt(None, help="Protein table: column with ids."),
+    mask_column: Optional[str] = Opt(None, help="Per-residue model's table: column with one 0/1 per residue, "
+                                     "1 = scored [every residue]."),
     truncate: Optional[int] = Opt(None, help="Protein: residues kept per sequence [the length the model was trained with]."),
     overwrite: bool = Opt(False, "--overwrite", help="Protein: write into a non-empty --out (only evaluate's files are replaced)."),
     predictions: Optional[Path] = Opt(None, help="Seq2seq: per-example predictions (JSONL) [next to --out]."),
@@ -383,14 +386,14 @@ def evaluate(
         if out is None:
             raise ScilmError("--out is required for a protein model: the directory for metrics.json, "
                              "predictions.csv and the PNG")
-        metrics = evaluate_proteins(model, EvaluationData(str(data), sequence_column, label_column, id_column), out,
+        metrics = evaluate_proteins(model, EvaluationData(str(data), sequence_column, label_column, id_column, mask_column), out,
                                     batch_size=batch_size or 32, truncate=truncate, overwrite=overwrite)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         typer.echo(f"{shown} (n={metrics['n']}); wrote {', '.join(str(Path(out) / f) for f in metrics['files'])}")
         return
-    if label_column or id_column or truncate or overwrite or sequence_column != "Sequence":
-        raise ScilmError("--sequence-column, --label-column, --id-column, --truncate and --overwrite are for "
-                         "protein models (FASTA/CSV/TSV data)")
+    if label_column or id_column or mask_column or truncate or overwrite or sequence_column != "Sequence":
+        raise ScilmError("--sequence-column, --label-column, --id-column, --mask-column, --truncate and --overwrite "
+                         "are for protein models (FASTA/CSV/TSV data)")
     from scilm.inference.generate import evaluate_command, parse_top_k
 
     evaluate_command(model=model, data=data, out=out or Path("metrics.json"), predictions=predictions,

@@ -5,8 +5,9 @@ bundled with scilm where it may be bundled, else ``../shared/data`` (a row whose
 skipped, said so in the table). Every run fine-tunes ``esm2-tiny-mlm`` (the tiny ESM-2 pre-trained
 by ``scilm pretrain`` on the bundled DeepLoc sequences) for a few epochs on a CPU; the numbers say
 what the recipe does, not what ESM-2 650M reaches. The baseline is the trivial predictor of each
-task (the majority class, the training mean), reported by the recipe itself, on the same
-validation set: a row beats its baseline or says it does not.
+task, fitted on the TRAINING set only (its majority class, its mean, its most frequent label set,
+its majority label per residue) and scored on the same validation set: a row beats its baseline or
+says it does not.
 
 A row is a function ``(out: Path, quick: bool) -> dict | None`` registered with :func:`row`; it
 returns the table's cells (``task``, ``data``, ``n_train``, ``n_valid``, ``metric``, ``value``,
@@ -51,16 +52,26 @@ def _timed(config: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], float
     return metrics, time.perf_counter() - started
 
 
+def majority_baseline(label_counts: dict[str, dict[str, int]]) -> float:
+    """Validation accuracy of always answering the TRAINING set's majority class (ties: the first in the
+    model's class order, as ``numpy.argmax``), from a run's ``label_counts`` ({"train"|"valid": {label: n}}).
+
+    The validation set's own majority would be a baseline that peeked at the answers (optimistic).
+    """
+    train, valid = label_counts["train"], label_counts["valid"]
+    majority = max(train, key=lambda label: (train[label], -list(train).index(label)))
+    return valid.get(majority, 0) / sum(valid.values())
+
+
 @row("membrane")
 def membrane(out: Path, quick: bool) -> dict[str, Any]:
-    """Membrane vs soluble on the bundled DeepLoc-1 files (accuracy vs always answering the majority class)."""
+    """Membrane vs soluble on the bundled DeepLoc-1 files (accuracy vs always answering the training majority class)."""
     config = {**_common(quick), "task": "membrane", "data": str(BUNDLED / "train.fasta"),
               "valid": str(BUNDLED / "valid.fasta"), "truncate": 256 if quick else 512, "out": str(out / "run")}
     metrics, seconds = _timed(config, out)
-    counts = metrics["label_counts"]["valid"]
     return {"task": "membrane", "data": "DeepLoc-1 (bundled)", "n_train": metrics["n_train"],
             "n_valid": metrics["n_eval"], "metric": "accuracy", "value": metrics["eval_accuracy"],
-            "baseline": max(counts.values()) / sum(counts.values()), "seconds": seconds}
+            "baseline": majority_baseline(metrics["label_counts"]), "seconds": seconds}
 
 
 @row("localization")
@@ -69,10 +80,9 @@ def localization(out: Path, quick: bool) -> dict[str, Any]:
     config = {**_common(quick), "task": "localization", "data": str(BUNDLED / "train.fasta"),
               "valid": str(BUNDLED / "valid.fasta"), "truncate": 256 if quick else 512, "out": str(out / "run")}
     metrics, seconds = _timed(config, out)
-    counts = metrics["label_counts"]["valid"]
     return {"task": "localization", "data": "DeepLoc-1 (bundled)", "n_train": metrics["n_train"],
             "n_valid": metrics["n_eval"], "metric": "accuracy", "value": metrics["eval_accuracy"],
-            "baseline": max(counts.values()) / sum(counts.values()), "seconds": seconds}
+            "baseline": majority_baseline(metrics["label_counts"]), "seconds": seconds}
 
 
 @row("regression")

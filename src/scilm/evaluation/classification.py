@@ -19,7 +19,11 @@ import numpy as np
 from scilm.data import protein as pdata
 from scilm.data.textio import data_suffix
 from scilm.errors import ScilmError
-from scilm.evaluation.protein import EvaluationData, ProteinEvaluation, unknown_label_error
+from scilm.evaluation.protein import (
+    EvaluationData,
+    ProteinEvaluation,
+    unknown_label_error,
+)
 
 
 def model_labels(config) -> list[str]:
@@ -59,7 +63,11 @@ class Classification(ProteinEvaluation):
         return records, np.array([index[r.label] for r in records], dtype=np.int64)
 
     def metrics(self, outputs, targets: np.ndarray, config) -> dict[str, Any]:
-        from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+        from sklearn.metrics import (
+            confusion_matrix,
+            f1_score,
+            precision_recall_fscore_support,
+        )
 
         from scilm.training.metrics import classification_metrics
 
@@ -93,21 +101,28 @@ class Classification(ProteinEvaluation):
 
     def plot(self, metrics, outputs, targets, config, path: Path) -> None:
         """The confusion matrix (counts; rows: data labels, columns: predictions) with scikit-learn's display."""
-        import matplotlib
+        draw_confusion(metrics["confusion_matrix"], metrics["labels"],
+                       f"n={metrics['n']}, accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
+                       f"MCC {metrics['mcc']:.3f}", path)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from sklearn.metrics import ConfusionMatrixDisplay
 
-        labels = metrics["labels"]
-        size = max(4.5, 0.6 * len(labels) + 2.5)
-        fig, ax = plt.subplots(figsize=(size, size))
-        ConfusionMatrixDisplay(np.array(metrics["confusion_matrix"]), display_labels=labels).plot(
-            ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(labels) > 3 else "horizontal")
-        ax.set_title(f"n={metrics['n']}, accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['f1_macro']:.3f}, "
-                     f"MCC {metrics['mcc']:.3f}", fontsize=9)
-        ax.set_xlabel("predicted label")
-        ax.set_ylabel("data label")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110, format="png")
-        plt.close(fig)
+def draw_confusion(matrix: list[list[int]], labels: list[str], title: str, path: Path) -> None:
+    """A (C, C) confusion matrix of counts (rows: data labels, columns: predictions) as a PNG at ``path``,
+    drawn by scikit-learn's ConfusionMatrixDisplay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.5, 0.6 * len(labels) + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=labels).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format="d",
+        xticks_rotation=45 if len(labels) > 3 else "horizontal")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("data label")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

@@ -34,6 +34,7 @@ class EvaluationData:
     sequence_column: str = pdata.DEFAULT_SEQUENCE_COLUMN
     label_column: str | None = None
     id_column: str | None = None
+    mask_column: str | None = None  # per-residue models: 0/1 per residue, 1 = scored
 
 
 class ProteinEvaluation:
@@ -45,6 +46,7 @@ class ProteinEvaluation:
     """
 
     plot_file = "plot.png"
+    reads_mask = False  # whether ``EvaluationData.mask_column`` means anything to this kind of model
 
     def load(self, model: str):
         """(model in eval mode, tokenizer) of a trained model directory."""
@@ -64,6 +66,8 @@ class ProteinEvaluation:
         return predict_proteins(net, tokenizer, sequences, batch_size, truncate)
 
     def metrics(self, outputs: list[dict[str, float]], targets, config) -> dict[str, Any]:
+        """The task's metrics of ``outputs`` against ``targets`` (one each per record) for a model of
+        ``config``: JSON-ready values, floats for the scores the CLI prints."""
         raise NotImplementedError
 
     def prediction_table(self, records, outputs, targets) -> tuple[list[str], list[list[Any]]]:
@@ -71,6 +75,7 @@ class ProteinEvaluation:
         raise NotImplementedError
 
     def plot(self, metrics: dict[str, Any], outputs, targets, config, path: Path) -> None:
+        """Write the task's PNG (:attr:`plot_file`) to ``path`` (a temporary the run moves into place)."""
         raise NotImplementedError
 
 
@@ -109,6 +114,9 @@ def evaluate_proteins(model: str, data: EvaluationData, out: str | Path, batch_s
     if getattr(config, "is_encoder_decoder", False):
         raise ScilmError(f"{name('model')} {model}: a seq2seq model; evaluate it on Text+Chem JSONL")
     task = evaluation_for(config, model)
+    if data.mask_column is not None and not task.reads_mask:
+        raise ScilmError(f"{name('mask_column')} {data.mask_column!r}: a per-residue mask, but this is a "
+                         f"{problem_type_of(config)} model (one answer per protein)")
     counts: Counter = Counter()
     records, targets = task.read(data, config, counts)  # every input check before the model loads
     net, tokenizer = task.load(model)

@@ -15,6 +15,8 @@ from scilm.errors import ScilmError, name
 EVALUATIONS: dict[str, str] = {
     "single_label_classification": "scilm.evaluation.classification:Classification",
     "regression": "scilm.evaluation.regression:Regression",
+    "multi_label_classification": "scilm.evaluation.multilabel:MultiLabel",
+    "token_classification": "scilm.evaluation.residue:Residue",
 }
 
 

@@ -1,7 +1,9 @@
 """The served model, of either kind, behind one interface the server and the batcher use.
 
 The kind comes from the saved ``config.json``: ``*ForSequenceClassification`` is a classifier
-(proteins in, ``[{"label", "score"}]`` out); ``model_type: t5`` or ``*ForConditionalGeneration``
+(proteins in, ``[{"label", "score"}]`` out); ``*ForTokenClassification`` a per-residue classifier
+(``--task residue``: proteins in, one ``{"entity", "score", "index", "word", "start", "end"}`` per
+residue out, the bounds of a classifier); ``model_type: t5`` or ``*ForConditionalGeneration``
 is a seq2seq model (Text+Chem prompts in, ``[{"generated_text"}]`` out). Weights load from
 safetensors only: a directory with nothing but a pickled ``pytorch_model.bin`` is refused.
 
@@ -38,6 +40,7 @@ from scilm.serving.schema import (
     GenerationParameters,
     GenerationPlan,
     Payload,
+    TokenClassificationParameters,
     parameters_schema,
 )
 
@@ -45,10 +48,10 @@ _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e
 
 
 def model_kind(path: str | Path) -> str:
-    """``"classifier"`` or ``"seq2seq"``, from ``path/config.json``.
+    """``"classifier"``, ``"residue"`` (a per-residue classifier) or ``"seq2seq"``, from ``path/config.json``.
 
     Raises ScilmError naming ``--model`` if config.json is missing or not JSON, or its architecture is
-    neither a ``*ForSequenceClassification`` nor a T5 seq2seq model.
+    none of ``*ForSequenceClassification``, ``*ForTokenClassification`` or a T5 seq2seq model.
     """
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
@@ -62,9 +65,11 @@ def model_kind(path: str | Path) -> str:
         return "seq2seq"
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return "classifier"
+    if any(a.endswith("ForTokenClassification") for a in architectures):
+        return "residue"
     raise ScilmError(
         f"--model {path}: cannot serve architectures {architectures or 'none'} "
-        "(a *ForSequenceClassification classifier or a T5 seq2seq model)"
+        "(a *ForSequenceClassification or *ForTokenClassification classifier, or a T5 seq2seq model)"
     )
 
 
@@ -73,7 +78,7 @@ def _require_safetensors(path: Path) -> None:
         raise ScilmError(f"--model {path}: no *.safetensors weights (scilm serves safetensors only, never pickles)")
 
 
-def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
+def load_served_model(path: str | Path) -> ServedClassifier | ServedResidueClassifier | ServedSeq2Seq:
     """The model saved in directory ``path`` (by ``scilm train``), ready to serve, of the kind :func:`model_kind` reads.
 
     Weights load from ``*.safetensors`` only. Raises ScilmError naming ``--model`` when the directory
@@ -85,11 +90,11 @@ def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
         raise ScilmError(f"--model {path}: no such model directory")
     kind = model_kind(path)
     _require_safetensors(path)
-    if kind == "classifier":
+    if kind in ("classifier", "residue"):
         from scilm.models.protein import load_trained_classifier
 
-        model, tokenizer = load_trained_classifier(str(path))
-        return ServedClassifier(model, tokenizer, path)
+        model, tokenizer = load_trained_classifier(str(path))  # a token classifier when config.json says so
+        return (ServedClassifier if kind == "classifier" else ServedResidueClassifier)(model, tokenizer, path)
     from scilm.inference.generate import load_seq2seq
 
     model, tokenizer = load_seq2seq(str(path))
@@ -208,6 +213,66 @@ class ServedClassifier:
             else:
                 answers.append([{"label": label, "score": score} for label, score in ranked])
         return answers
+
+
+@dataclass
+class ServedResidueClassifier(ServedClassifier):
+    """A per-residue (token-classification) protein model being served (``--task residue``).
+
+    Each input's answer is Hugging Face's token-classification shape with ``aggregation_strategy``
+    none: one item per residue fed, in order, ``{"entity": label, "score": p, "index": i, "word":
+    residue, "start": i, "end": i + 1}``, where ``entity`` is the argmax of the residue's logits (the
+    label ``scilm predict`` writes for it), ``score`` its softmax probability, ``i`` the residue's
+    0-based position in the (cleaned) input, so ``start``/``end`` index the sequence. Unlike Hugging
+    Face's ``index`` (a token position, 1 + i for ESM-2), ``index`` counts residues; no label is
+    dropped (HF drops ``O`` by default: here every residue has an answer). One input string is
+    answered by its list alone, a list of inputs by one list per input (the pipeline's shapes).
+
+    Sequences over the limit are refused, or with ``parameters.truncation`` cut: the answer then
+    covers the residues fed only (``scilm predict`` writes ``.`` for the rest). A request costs its
+    tokens as a classifier's (residues + 2, :meth:`ServedClassifier.cost`), so the per-request budget
+    bounds the answer too: at most ``max_request_cost`` items, about 90 bytes of JSON each.
+    """
+
+    parameters = TokenClassificationParameters  # the schema of this kind's request parameters
+
+    def info(self) -> dict:
+        """What ``GET /info`` says of the model: kind, task ``per-residue``, labels, length limit, parameters."""
+        return {"kind": self.kind, "task": "per-residue", "labels": self.labels, "max_residues": self.max_residues,
+                "parameters": parameters_schema(self.parameters)}
+
+    def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
+        """Cleaned sequences; a 422 RequestError for a bad residue or, without ``truncation``, one over the limit."""
+        limit = _HUGE if payload.parameters.truncation else self.max_residues
+        return None, [clean_protein(raw, "input" if payload.single else f"inputs[{i}]", limit)[: self.max_residues]
+                      for i, raw in enumerate(payload.inputs)]
+
+    @torch.inference_mode()
+    def run_batch(self, group: Hashable, sequences: list[str],
+                  control: Control | None = None) -> list[tuple[str, list[int], list[float]]]:
+        """Per sequence (its residues, class id per residue, its softmax probability): residue i is token i + 1 (after
+        ``<cls>``), the argmax of the logits as :func:`scilm.inference.residue.predict_residues` takes it.
+        ``control`` is checked between forwards (see :meth:`ServedClassifier.run_batch`)."""
+        results: list[tuple[str, list[int], list[float]]] = [("", [], []) for _ in sequences]
+        for batch in tight_batches([len(s) for s in sequences]):
+            if control is not None:
+                control.check()
+            encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])
+            logits = self.model(**encoded).logits  # (B, T, C)
+            ids = logits.argmax(dim=-1)
+            scores = logits.float().softmax(dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            for row, i in enumerate(batch):
+                n = len(sequences[i])
+                results[i] = (sequences[i], ids[row, 1:n + 1].tolist(), scores[row, 1:n + 1].tolist())
+        return results
+
+    def respond(self, payload: Payload, results: list[tuple[str, list[int], list[float]]]) -> list:
+        """One list of per-residue items per input (see the class docstring); one input string: that list."""
+        answers = []
+        for residues, ids, scores in results:
+            answers.append([{"entity": self.labels[c], "score": p, "index": i, "word": residues[i], "start": i,
+                             "end": i + 1} for i, (c, p) in enumerate(zip(ids, scores))])
+        return answers[0] if payload.single else answers
 
 
 # Tokens per forward. On the 2-core CPU, esm2-8m shape, sequences/s peak at ~1-2k tokens per batch and

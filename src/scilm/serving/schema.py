@@ -72,6 +72,18 @@ class ClassifierParameters(_Parameters):
         None, description="true: cut sequences longer than the model's limit instead of refusing them.")
 
 
+class TokenClassificationParameters(_Parameters):
+    """Parameters of the Hugging Face token-classification task for a per-residue model (plus ``truncation``)."""
+
+    kind: ClassVar[str] = "per-residue classifier"
+    aggregation_strategy: Literal["none"] | None = Field(
+        None, description="Hugging Face's token-classification option; only none: one answer per residue (an "
+                          "ESM-2 token is one residue, there are no word pieces to merge).")
+    truncation: bool | None = Field(
+        None, description="true: cut sequences longer than the model's limit instead of refusing them; the "
+                          "answer then covers the residues fed (scilm predict marks the rest '.').")
+
+
 # -- seq2seq ----------------------------------------------------------------------------------
 
 # Sampling filters: each one asks for sampling (as in Text Generation Inference), and is refused
