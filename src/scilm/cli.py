@@ -142,6 +142,10 @@ def predict(
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(32, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    precision: str = Opt("fp32", help="fp32 | bf16 | bf16-weights | auto (auto: the fastest mode on a short probe "
+                         "of this model that keeps embeddings within cosine 0.999 of fp32; cached per machine)."),
+    quantize: str = Opt("none", help="none | int8 (CPU, torchao; kept only if faster than the precision mode "
+                        "and within the same guard)."),
 ) -> None:
     """Class probabilities per protein, one row per input record in input order: id, predicted_label, prob_<label>..."""
     from scilm.inference import predict_proteins, write_predictions
@@ -153,6 +157,7 @@ def predict(
     records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_trained_classifier(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
+    net = _fast_path(net, tokenizer, records, limit, precision, quantize)
     probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
     from scilm.inference.predict import is_regression
 
@@ -182,6 +187,24 @@ def _truncation(records, net, tokenizer, truncate: Optional[int]) -> tuple[int, 
     return limit, f" ({n_cut} of {len(records)} sequences cut to {limit} residues)" if n_cut else ""
 
 
+def _fast_path(net, tokenizer, records, limit: int, precision: str, quantize: str):
+    """The model in the --precision / --quantize mode (issue 16); the choice and any fallback on stderr."""
+    from scilm.inference.precision import PRECISIONS, QUANTIZE, prepare_for_inference
+
+    if precision not in PRECISIONS:
+        raise ScilmError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if quantize not in QUANTIZE:
+        raise ScilmError(f"--quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
+    if not records:
+        return net
+    net, plan = prepare_for_inference(net, tokenizer, [r.sequence[:limit] for r in records], precision, quantize)
+    if precision != "fp32" or quantize != "none":
+        for note in plan.notes:
+            typer.echo(f"note: {note}", err=True)
+        typer.echo(plan.summary(), err=True)
+    return net
+
+
 @app.command()
 def embed(
     model: str = Opt(..., help="Model directory, preset or hub id."),
@@ -191,6 +214,10 @@ def embed(
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(16, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    precision: str = Opt("fp32", help="fp32 | bf16 | bf16-weights | auto (auto: the fastest mode on a short probe "
+                         "of this model that keeps embeddings within cosine 0.999 of fp32; cached per machine)."),
+    quantize: str = Opt("none", help="none | int8 (CPU, torchao; kept only if faster than the precision mode "
+                        "and within the same guard)."),
 ) -> None:
     """Mean-pooled per-protein embeddings with ids, one row per input record in input order."""
     from scilm.inference import embed_proteins, write_embeddings
@@ -207,6 +234,7 @@ def embed(
     records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
     net, tokenizer = load_protein_encoder(model)
     limit, cut = _truncation(records, net, tokenizer, truncate)
+    net = _fast_path(net, tokenizer, records, limit, precision, quantize)
     embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
     written = write_embeddings([r.id for r in records], embeddings, out, inputs=(data,))
     typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
