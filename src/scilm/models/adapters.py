@@ -82,7 +82,9 @@ def save_adapter_run(model: PeftModel, model_dir: Path, adapter_dir: Path, **sav
     """Save the adapter (with the trained head) to ``adapter_dir`` and the merged, plain model to ``model_dir``."""
     model.save_pretrained(str(adapter_dir))
     merged = model.merge_and_unload()
-    merged.save_pretrained(str(model_dir), **save_kwargs)
+    from scilm.models.saving import save_model
+
+    save_model(merged, model_dir, **save_kwargs)  # hub tensor names
     return merged
 
 
