@@ -27,6 +27,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     # huggingface_hub is listed for the tests' InferenceClient, but transformers (core) depends on it
     "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client", "httpx", "rdkit"),
     "lightning": ("pytorch_lightning", "lightning_fabric", "lightning_utilities", "torchmetrics"),
+    "fast": ("torchao",),
 }
 
 

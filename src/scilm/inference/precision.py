@@ -167,10 +167,10 @@ def int8_variant(model):
 
     Raises ScilmError when torchao is not installed (``pip install 'scilm[fast]'``) or cannot quantise.
     """
-    try:
+    from scilm._extras import optional_extra
+
+    with optional_extra("fast"):
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    except ImportError:
-        raise ScilmError("quantize int8 needs torchao: pip install 'scilm[fast]'") from None
     quantized = copy.deepcopy(model)
     try:
         quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
@@ -302,10 +302,9 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     else:
         candidates = ["fp32"] + ([precision] if precision != "fp32" else [])
     if quantize == "int8":
-        try:
-            import torchao  # noqa: F401
-        except ImportError:
-            raise ScilmError("quantize int8 needs torchao: pip install 'scilm[fast]'") from None
+        from scilm._extras import require
+
+        require("fast", "torchao")  # before any probing
         candidates.append("int8")
     probe = probe_sequences(list(sequences))
     encoded = tokenizer(probe, padding=True, return_tensors="pt").to(device)
