@@ -401,6 +401,19 @@ def bench_tasks(
     typer.echo(run_tasks_bench(out, quick=quick, only=list(rows) if rows else None, command=command))
 
 
+@bench_app.command("inference")
+def bench_inference(
+    model: str = Opt("esm2-35m", help="Model shape: esm2-8m | esm2-35m | esm2-150m (random weights)."),
+    out: Path = Opt(Path("bench/inference"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="16 proteins cut to 200 residues, 90 s per row at most."),
+) -> None:
+    """ESM-2 embedding residues/s and peak memory: plain transformers, scilm in each precision, esm.cpp."""
+    from scilm.bench.inference import run_inference_bench
+
+    command = " ".join(["scilm bench inference", f"--model {model}", f"--out {out}", *(["--quick"] if quick else [])])
+    typer.echo(run_inference_bench(out, model=model, quick=quick, command=command))
+
+
 @bench_app.command("serve")
 def bench_serve(
     out: Path = Opt(Path("bench/serve"), help="Output directory."),
