@@ -137,25 +137,49 @@ def _untokenize(line: str) -> str:
     return "".join(re.sub(r"<RX_\d+>", " ", line).split())
 
 
-def fixture_smiles() -> list[str]:
-    """Every SMILES in tests/data/textchem (ChEBI-20, USPTO, the Text+Chem sample files).
+def _chebi20_smiles(path: Path) -> list[str]:
+    """Column 2 of a ChEBI-20 file, its doubled backslashes undone as ``scilm data textchem`` reads them."""
+    return [line.split("\t")[1].replace("\\\\", "\\")
+            for line in path.read_text(encoding="utf-8").splitlines()[1:]]
 
-    Outside ``bundled/textchem``, ``src/scilm/data/bundled`` holds protein data only (no SMILES):
-    the check below fails when a new bundled file appears that this fixture does not know about.
+
+def _uspto_smiles(*paths: Path) -> list[str]:
+    return [_untokenize(line) for path in paths for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# The bundled Text+Chem slices (``scilm bench textchem``): SMILES files and text-only ones. A new file
+# there fails test_canonical_is_idempotent_over_the_fixture_smiles until it is sorted into one of these.
+BUNDLED_TEXTCHEM_CHEBI20 = ("chebi20-validation-400.txt",)
+BUNDLED_TEXTCHEM_USPTO = ("uspto50k-valid_sources-600.txt", "uspto50k-valid_targets-600.txt")
+BUNDLED_TEXTCHEM_TEXT = ("README.md", *(f"p2a-{kind}-{split}.txt" for kind in ("src", "tgt")
+                                        for split in ("train", "valid", "test")))
+
+
+def fixture_smiles() -> list[str]:
+    """Every SMILES in tests/data/textchem (ChEBI-20, USPTO, the Text+Chem sample files) and in the
+    bundled Text+Chem slices (``src/scilm/data/bundled/textchem``: ChEBI-20 and USPTO-50K prefixes).
+
+    Outside ``bundled/textchem``, ``src/scilm/data/bundled`` holds protein data only (no SMILES);
+    inside it every file is either read here or known to hold text only (paragraph2actions, README).
+    Either check fails when a new bundled file appears that this fixture does not know about.
     """
     protein = {".fasta", ".md", ".gz", ".txt", ".csv"}
     assert not [p for p in BUNDLED.rglob("*") if p.is_file() and "textchem" not in p.parts
                 and (p.suffix not in protein or p.suffix == ".txt" and not p.name.startswith("LICENSE"))]
-    smiles = [line.split("\t")[1].replace("\\\\", "\\")
-              for line in (DATA / "chebi20-validation.txt").read_text(encoding="utf-8").splitlines()[1:]]
-    for name in ("uspto-valid_sources", "uspto-valid_targets"):
-        smiles += [_untokenize(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines()]
+    textchem = BUNDLED / "textchem"
+    known = {*BUNDLED_TEXTCHEM_CHEBI20, *BUNDLED_TEXTCHEM_USPTO, *BUNDLED_TEXTCHEM_TEXT}
+    assert sorted(p.name for p in textchem.rglob("*") if p.is_file()) == sorted(known)
+    smiles = _chebi20_smiles(DATA / "chebi20-validation.txt")
+    smiles += _uspto_smiles(DATA / "uspto-valid_sources", DATA / "uspto-valid_targets")
     for path in sorted((DATA / "textchem-sample").glob("*.jsonl")):
         for example in read_jsonl(path):
             if example.task in MOLECULE_TASKS:
                 smiles.append(example.target)
             if example.task in ("forward-prediction", "retrosynthesis", "smiles-to-caption"):
                 smiles.append(input_of(example))
+    for name in BUNDLED_TEXTCHEM_CHEBI20:
+        smiles += _chebi20_smiles(textchem / name)
+    smiles += _uspto_smiles(*(textchem / name for name in BUNDLED_TEXTCHEM_USPTO))
     return smiles
 
 
@@ -171,7 +195,7 @@ def assert_idempotent(smiles_list: list[str]) -> None:
 
 def test_canonical_is_idempotent_over_the_fixture_smiles():
     smiles = fixture_smiles()
-    assert len(smiles) >= 40
+    assert len(smiles) >= 40 + 400 + 2 * 600  # the bundled slices are in
     assert_idempotent(smiles)
 
 

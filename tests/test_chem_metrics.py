@@ -403,3 +403,43 @@ def test_action_metrics_equal_nltk_on_whitespace_tokens():
     ours = action_metrics(targets, predictions)
     assert ours["bleu2"] == pytest.approx(reference, rel=1e-12)
     assert ours["exact_match"] == sum(t.strip() == p.strip() for t, p in zip(targets, predictions)) / len(targets)
+
+
+# --- top-k exact match against the Molecular Transformer's scoring (issue 15) -----------------------
+# Schwaller et al. 2019, score_predictions.py: canonicalize_smiles = MolToSmiles(MolFromSmiles(s),
+# isomericSmiles=True) or '' ; rank = the first of the n best whose canonical form equals the target;
+# top-k = share of ranks in 1..k. Its targets are canonical already; here they go through the same function.
+
+USPTO_TARGETS = Path(__file__).parent / "data" / "textchem" / "uspto-valid_targets"
+
+
+def molecular_transformer_top_k(targets: list[str], candidates: list[list[str]], ks) -> dict[str, float]:
+    from rdkit import Chem, rdBase
+
+    def canonicalize_smiles(smiles):
+        with rdBase.BlockLogs():
+            mol = Chem.MolFromSmiles(smiles)
+        return Chem.MolToSmiles(mol, isomericSmiles=True) if mol is not None else ""
+
+    ranks = []
+    for target, row in zip(targets, candidates):
+        target = canonicalize_smiles(target)
+        ranks.append(next((i for i, c in enumerate(row, start=1) if canonicalize_smiles(c) == target), 0))
+    return {f"top_{k}": sum(1 <= r <= k for r in ranks) / len(ranks) for k in ks}
+
+
+def test_top_k_equals_the_molecular_transformers_scoring_on_uspto():
+    from scilm.chem.ranking import random_spellings, rank_of_target, top_k_accuracy
+
+    targets = ["".join(line.split()) for line in USPTO_TARGETS.read_text().splitlines()]
+    candidates = []
+    for i, target in enumerate(targets):
+        other = targets[(i + 1) % len(targets)]
+        respelled = random_spellings(target, 1, seed=i)[0]
+        rows = [[respelled, other, "C1CC("], [other, "C1CC(", respelled], ["C1CC(", respelled, other],
+                [other, target[:-1], "CCO"]]
+        candidates.append(rows[i % 4])
+    ks = (1, 2, 3)
+    reference = molecular_transformer_top_k(targets, candidates, ks)
+    ours = top_k_accuracy([rank_of_target("retrosynthesis", t, c) for t, c in zip(targets, candidates)], ks)
+    assert ours == reference == {"top_1": 0.25, "top_2": 0.5, "top_3": 0.75}

@@ -12,7 +12,8 @@ from conftest import write_fasta
 
 @pytest.fixture
 def good_fasta(tmp_path):
-    return write_fasta(tmp_path / "good.fasta", [("P1", "Cytoplasm-S", "MKTAYIAKQR"), ("P2", "Cell.membrane-M", "MLLVVAALLA")])
+    return write_fasta(tmp_path / "good.fasta", [("P1", "Cytoplasm-S", "MKTAYIAKQR"), ("P2", "Cell.membrane-M", "MLLVVAALLA"),
+                                                 ("P3", "Cytoplasm-S", "MKTAYIAKQE"), ("P4", "Cell.membrane-M", "MLLVVAALLE")])
 
 
 def bad_inputs(tmp_path, good_fasta):

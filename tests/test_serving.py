@@ -13,14 +13,18 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from scilm.errors import ScilmError
-from scilm.serving.bench import save_random_classifier
+from scilm.bench.serve import save_random_classifier
 from scilm.serving.local import server_process, server_thread
+from scilm.serving.limits import RequestError
 from scilm.serving.models import load_served_model, model_kind
+from scilm.serving.schema import parse_payload
 from scilm.serving.server import create_app, serve
 
 JSON = {"content-type": "application/json"}  # POST bodies must say so (a 415 otherwise)
@@ -389,7 +393,7 @@ def test_cli_serve_finishes_in_flight_requests_on_sigterm(classifier_dir, tmp_pa
 
 
 def test_bench_load_loop_counts_requests_and_batches(url):
-    from scilm.serving.bench import _batch_stats, _load, _memory_summary, bench_sequences
+    from scilm.bench.serve import _batch_stats, _load, _memory_summary, bench_sequences
 
     sequences = [s[:60] for s in bench_sequences(8)]
     before = _batch_stats(httpx.get(f"{url}/metrics").text)
@@ -634,3 +638,39 @@ def test_inference_client_text_generation(t5_url, t5_served, monkeypatch):
     assert client.text_generation(PROMPT, max_new_tokens=4) == greedy[0]
     with pytest.raises(ValidationError, match=r"parameters\.top_p: input should be less than or equal to 1"):
         client.text_generation(PROMPT, top_p=1.5)
+
+
+def _save_with(classifier_dir: Path, out: Path, **config_fields) -> Path:
+    """A copy of the served classifier with ``config_fields`` set in its config.json (same weights)."""
+    import shutil
+
+    shutil.copytree(classifier_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config.update(config_fields)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_served_answers_are_predicts_for_regression_and_multilabel_models(classifier_dir, tmp_path):
+    """The server answers what ``scilm predict`` writes: a regression model's values in target units
+    (never a sigmoid of the standardised output), a multi-label model's labels over their thresholds."""
+    from scilm.inference.predict import output_function
+
+    served = load_served_model(classifier_dir)
+    logits = served.run_batch(None, [PROTEIN])[0]
+    regression = load_served_model(_save_with(classifier_dir, tmp_path / "regression", problem_type="regression",
+                                              scilm_target_mean=5.0, scilm_target_std=2.0))
+    answer = regression.respond(parse_payload({"inputs": PROTEIN}, 8, regression.parameters), [logits])[0]
+    assert [a["score"] for a in answer] == pytest.approx([x * 2.0 + 5.0 for x in logits], abs=1e-5)
+    assert [a["label"] for a in answer] == regression.labels  # values in label order, not ranked
+    with pytest.raises(RequestError, match="regression model"):
+        regression.prepare(parse_payload({"inputs": PROTEIN, "parameters": {"function_to_apply": "sigmoid"}}, 8,
+                                         regression.parameters))
+    thresholds = {"soluble": 0.0, "membrane": 1.0}  # every score is >= 0 and below 1
+    multi = load_served_model(_save_with(classifier_dir, tmp_path / "multi", problem_type="multi_label_classification",
+                                         scilm_thresholds=thresholds))
+    answer = multi.respond(parse_payload({"inputs": PROTEIN}, 8, multi.parameters), [logits])[0]
+    probabilities = output_function(multi.model.config)(torch.tensor([logits]))[0].tolist()
+    assert {a["label"]: a["score"] for a in answer} == pytest.approx(dict(zip(multi.labels, probabilities)))
+    assert {a["label"]: a["predicted"] for a in answer} == {"soluble": True, "membrane": False}
+    assert multi.info()["thresholds"] == thresholds and multi.info()["task"] == "multi-label"

@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from scilm.serving.abuse import _wait_for_depth, cage_smiles
+from scilm.bench.serve_abuse import _wait_for_depth, cage_smiles
 from scilm.serving.batching import Control, MicroBatcher, QueueFull, ShuttingDown, TimeLimit
 from scilm.serving.bounds import ServerLimits
 from scilm.serving.local import server_process, server_thread
@@ -61,18 +61,23 @@ class HealthProbe:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self._stop.is_set():
-            start = time.perf_counter()
-            try:
-                status = httpx.get(f"{self.base}/health", timeout=10).status_code
-                if status != 200:
-                    self.failures.append(status)
-                else:
-                    self.answers.append((start, time.perf_counter()))
-            except httpx.HTTPError as exc:
-                self.failures.append(repr(exc))
-            self.latencies.append(time.perf_counter() - start)
-            self._stop.wait(self.every)
+        # one client (building one per probe costs more CPU than the probe), no kept-alive connections
+        with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            while not self._stop.is_set():
+                self._probe(client)
+                self._stop.wait(self.every)
+
+    def _probe(self, client: httpx.Client) -> None:
+        start = time.perf_counter()
+        try:
+            status = client.get(f"{self.base}/health").status_code
+            if status != 200:
+                self.failures.append(status)
+            else:
+                self.answers.append((start, time.perf_counter()))
+        except httpx.HTTPError as exc:
+            self.failures.append(repr(exc))
+        self.latencies.append(time.perf_counter() - start)
 
     def answered_between(self, start: float, end: float) -> int:
         """Probes sent and answered within ``[start, end]``: none if the event loop was blocked meanwhile."""
@@ -142,7 +147,7 @@ def test_max_time_stops_generation_and_answers_503(t5):
     (call_start, call_end), = served.calls
     assert call_end - call_start >= 2.0  # it ran to its time limit ...
     # ... and meanwhile the event loop kept answering: a blocked loop answers no probe during the call
-    assert not probe.failures and probe.answered_between(call_start, call_end) >= 3, probe.answers
+    assert not probe.failures and probe.answered_between(call_start, call_end) >= 2, probe.answers
 
 
 def _payload(inputs, parameters):
@@ -156,7 +161,8 @@ def test_abandoned_requests_are_dropped_and_stop_generation(t5):
     limits = ServerLimits(max_request_cost=10**6, max_batch_seconds=120)
     served = Hooked(t5)
     with server_thread(create_app(served, limits=limits, max_wait_ms=0)) as base:
-        depth = lambda: metric(base, "scilm_queue_depth")  # noqa: E731
+        def depth():
+            return metric(base, "scilm_queue_depth")
 
         async def scenario():
             async with httpx.AsyncClient(base_url=base, timeout=120) as client:
@@ -234,7 +240,9 @@ def test_a_thousand_half_sent_requests_do_not_lock_out_health(classifier):
             with HealthProbe(base, every=0.02) as probe:
                 time.sleep(1.0)
                 assert httpx.post(f"{base}/predict", json={"inputs": PROTEIN}, timeout=30).status_code == 200
-            assert len(probe.answers) >= 5 and not probe.failures, probe.failures[:3]
+            # a probe still running after the 15 s join shows as a live thread, not as a failure
+            assert len(probe.answers) >= 5 and not probe.failures, (
+                probe.failures[:3], len(probe.latencies), probe._thread.is_alive())
             assert probe.worst < 10 * idle + 1.0, (idle, probe.latencies)
             assert httpx.head(f"{base}/health").status_code == 200
         finally:
@@ -263,7 +271,9 @@ def test_slow_headers_and_slow_bodies_are_cut(classifier):
             sock.sendall(b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 100\r\n\r\n{\"inputs\"")
             started = time.perf_counter()
-            head = sock.recv(4096)
+            head = b""
+            while chunk := sock.recv(4096):  # headers and body may come in separate segments; then close
+                head += chunk
             assert head.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in head
             assert time.perf_counter() - started < 1.0 + 5  # the body timeout, not the 10 s socket timeout
 
@@ -299,25 +309,35 @@ def test_per_client_cap_evicts_idle_connections_first(classifier):
 # -- 9. CPU work off the event loop --------------------------------------------------------------
 
 def test_slow_drawing_and_large_bodies_do_not_stall_health(classifier):
-    cage = cage_smiles()
-    limits = ServerLimits(draw_max_chars=10_000, draw_max_atoms=1000, draw_max_rings=1000, draw_seconds=1.0)
+    cage = cage_smiles(8, 8, 6)  # 384 atoms: over 3 s to draw here, quiet (6 s under load)
+    limits = ServerLimits(draw_max_chars=10_000, draw_max_atoms=1000, draw_max_rings=10_000, draw_seconds=1.5)
     served = Hooked(classifier)
     app = create_app(served, limits=limits)
+    drawer, drawings = app.state.drawer, []
+    real_call = drawer._call
+
+    def timed_call(smiles):  # the drawing's own interval, as the thread talking to the worker sees it
+        start = time.perf_counter()
+        try:
+            return real_call(smiles)
+        finally:
+            drawings.append((start, time.perf_counter()))
+
+    drawer._call = timed_call
     with server_thread(app) as base:
         assert httpx.post(f"{base}/draw", json={"smiles": "CCO"}, timeout=60).status_code == 200  # worker up
-        worker = app.state.drawer.pid
+        worker = drawer.pid
         with HealthProbe(base) as probe:
-            started = time.perf_counter()
             slow = httpx.post(f"{base}/draw", json={"smiles": cage}, timeout=60)
-            ended = time.perf_counter()
-            assert slow.status_code == 422 and "over the limit of 1 s" in slow.json()["error"]
-        # RDKit holds the GIL while it draws (2.8 s for this cage): drawn in this process, no probe
-        # could be answered meanwhile; in the worker, the loop answers them all along
-        assert ended - started >= 1.0 and not probe.failures
-        assert probe.answered_between(started, ended) >= 3, probe.answers
-        assert app.state.drawer.pid is None and worker not in _draw_workers()  # the worker was killed ...
+            assert slow.status_code == 422 and "over the limit of 1.5 s" in slow.json()["error"]
+        # RDKit holds the GIL while it draws: drawn in this process, no
+        # probe could be answered meanwhile; in the worker, the loop answers them all along
+        start, end = drawings[-1]
+        assert end - start >= 1.5 and not probe.failures
+        assert probe.answered_between(start, end) >= 2, (start, end, probe.answers)
+        assert drawer.pid is None and worker not in _draw_workers()  # the worker was killed ...
         assert httpx.post(f"{base}/draw", json={"smiles": "c1ccccc1"}, timeout=60).status_code == 200
-        assert app.state.drawer.pid not in (None, worker)  # ... and a new one draws
+        assert drawer.pid not in (None, worker)  # ... and a new one draws
 
         # each input is checked character by character before its bad last one: ~1M characters per body
         body = ('{"inputs": [' + ",".join(['"' + "MKTAYI" * 2700 + 'J"'] * 64) + "]}").encode()

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from scilm.serving.bench import save_random_classifier
+from scilm.bench.serve import save_random_classifier
 from scilm.serving.local import server_thread
 from scilm.serving.models import load_served_model
 from scilm.serving.server import create_app

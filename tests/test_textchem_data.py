@@ -229,3 +229,76 @@ def test_convert_textchem_writes_readable_splits(tmp_path):
 def test_convert_textchem_needs_an_input(tmp_path):
     with pytest.raises(ScilmError, match="nothing to convert"):
         convert_textchem(tmp_path)
+
+
+# --- issue 15: unsplit test sets, reaction classes, every skip reported ---------------------------
+
+def test_split_none_writes_one_file_in_input_order(tmp_path):
+    summary = convert_textchem(tmp_path, chebi20=CHEBI, uspto=USPTO, split="none")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl", "skipped.tsv"]
+    expected = convert_chebi20(CHEBI)[0] + convert_uspto(*USPTO)[0]
+    assert read_jsonl(tmp_path / "all.jsonl") == expected
+    assert summary["splits"] == {"all": len(expected)} and summary["split"] == "none" and summary["seed"] is None
+
+
+def test_split_none_refuses_split_settings(run_cli, tmp_path):
+    result = run_cli("data", "textchem", "--out", tmp_path / "o", "--chebi20", CHEBI, "--split", "none", "--seed", "3")
+    assert result.exit_code == 2 and "--seed: --split none does not split" in result.stderr
+    assert not (tmp_path / "o").exists()
+    result = run_cli("data", "textchem", "--out", tmp_path / "o", "--chebi20", CHEBI, "--split", "halves")
+    assert result.exit_code == 2 and "--split 'halves'" in result.stderr
+
+
+def test_reaction_class_is_kept_from_the_rx_token(tmp_path):
+    classes = [int(line.split()[0][4:-1]) for line in USPTO[0].read_text().splitlines()]
+    examples, _ = convert_uspto(*USPTO, keep_reaction_class=True)
+    assert [e.reaction_class for e in examples] == [c for c in classes for _ in range(2)]
+    assert all(e.reaction_class is None for e in convert_uspto(*USPTO)[0])  # off by default
+    summary = convert_textchem(tmp_path, uspto=USPTO, split="none", keep_reaction_class=True)
+    lines = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert [line["reaction_class"] for line in lines] == [c for c in classes for _ in range(2)]
+    assert read_jsonl(tmp_path / "all.jsonl") == examples
+    assert summary["reaction_classes"] == dict(sorted(Counter(classes).items()))
+
+
+def test_reaction_class_needs_uspto(tmp_path):
+    with pytest.raises(ScilmError, match="only USPTO files"):
+        convert_textchem(tmp_path, chebi20=CHEBI, keep_reaction_class=True)
+
+
+@pytest.mark.parametrize("value, ok", [(3, True), (None, True), ("3", False), (0, False), (2.0, False), (True, False)])
+def test_reader_takes_an_optional_reaction_class(tmp_path, value, ok):
+    record = {"source": "Predict the reaction that produces the following product: CCO", "target": "CC=O"}
+    if value is not None:
+        record["reaction_class"] = value
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    if ok:
+        assert read_jsonl(path)[0].reaction_class == value
+    else:
+        with pytest.raises(ScilmError, match=f"{path}:1: 'reaction_class' must be a whole number"):
+            read_jsonl(path)
+
+
+def test_every_skipped_line_is_reported_with_its_reason(tmp_path):
+    sources = USPTO[0].read_text().splitlines()
+    targets = USPTO[1].read_text().splitlines()
+    sources[1] = "C C <RX_2> O"  # class token not first
+    sources[3] = "<RX_1> <RX_2> C C O"
+    targets[4] = "<RX_3> C C O"
+    sources[5], targets[5] = "<RX_1> C 1 C C", "C C"  # unparsable (with --canonicalize)
+    sources[6] = ""
+    (tmp_path / "s").write_text("\n".join(sources) + "\n")
+    (tmp_path / "t").write_text("\n".join(targets) + "\n")
+    out = tmp_path / "out"
+    summary = convert_textchem(out, uspto=(tmp_path / "s", tmp_path / "t"), canonicalize=True, split="none")
+    s = tmp_path / "s"
+    expected = [(2, "reaction class token not at the start"), (4, "several reaction class tokens"),
+                (5, "reaction class token in the target"), (6, "SMILES not parsable by RDKit"),
+                (7, "empty product or reactants")]
+    assert summary["inputs"][0]["skipped_lines"] == [f"{s}:{n}: {reason}" for n, reason in expected]
+    assert summary["skipped"] == 5 and summary["examples"] == 2 * 3
+    assert (out / "skipped.tsv").read_text() == "file\tline\treason\n" + "".join(
+        f"{s}\t{n}\t{reason}\n" for n, reason in expected)
+    convert_textchem(out, uspto=USPTO, split="none")  # a later clean run leaves no stale skips behind
+    assert (out / "skipped.tsv").read_text() == "file\tline\treason\n"

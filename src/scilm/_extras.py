@@ -23,10 +23,12 @@ from scilm.errors import ScilmError
 # extra -> top-level modules of its packages (pyproject.toml [project.optional-dependencies], and
 # the packages those pull in that scilm imports directly)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "chem": ("rdkit", "nltk", "rouge_score", "Levenshtein", "wn"),
+    # sentencepiece + protobuf (top-level "google"): reading the released checkpoints' spiece.model
+    "chem": ("rdkit", "nltk", "rouge_score", "Levenshtein", "wn", "sentencepiece", "google"),
     # huggingface_hub is listed for the tests' InferenceClient, but transformers (core) depends on it
     "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client", "httpx", "rdkit"),
     "lightning": ("pytorch_lightning", "lightning_fabric", "lightning_utilities", "torchmetrics"),
+    "hdf5": ("h5py",),  # embed --out x.h5
     "fast": ("torchao",),
 }
 

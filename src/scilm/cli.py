@@ -95,7 +95,8 @@ def _run_training(options: dict, task: str | None = None) -> dict:
     """Load the settings, start torchrun for ``nproc`` > 1, run the recipe; the metrics (rank 0) or {}."""
     from scilm.training import load_config
     from scilm.training import train as run_training
-    from scilm.training.distributed import is_main_process, launch_torchrun, launched_by_torchrun, strip_option
+    from scilm.distributed import is_main_process
+    from scilm.training.distributed import launch_torchrun, launched_by_torchrun, strip_option
 
     config = options.pop("config")
     run_config = load_config(config, options, task=task)
@@ -142,65 +143,100 @@ def predict(
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(32, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    long_policy: Optional[str] = Opt(None, help="Longer sequences: head (the first N) | ends (both termini) | window "
+                                     "(overlapping windows averaged) [the model's training policy, else head]."),
+    progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar with proteins/s on stderr (a terminal only)."),
     precision: str = Opt("fp32", help="fp32 | bf16 | bf16-weights | auto (auto: the fastest mode on a short probe "
                          "of this model that keeps embeddings within cosine 0.999 of fp32; cached per machine)."),
     quantize: str = Opt("none", help="none | int8 (CPU, torchao; kept only if faster than the precision mode "
                         "and within the same guard)."),
 ) -> None:
     """Class probabilities per protein, one row per input record in input order: id, predicted_label, prob_<label>..."""
-    from scilm.inference import predict_proteins, write_predictions
-    from scilm.models.protein import load_trained_classifier
-
+    from scilm.inference.embed_stream import scan_input
+    from scilm.inference.policy import cut_report_path, write_cut_report
+    from scilm.inference.predict import predict_file
     from scilm.io import check_output
+    from scilm.models.protein import is_per_residue, load_trained_classifier
 
     check_output(out, [data])  # before any work: not a directory, not the input itself
-    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
+    check_output(cut_report_path(out), [data])
+    _check_sizes(batch_size, truncate, long_policy)
+    scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
     net, tokenizer = load_trained_classifier(model)
-    limit, cut = _truncation(records, net, tokenizer, truncate)
-    net = _fast_path(net, tokenizer, records, limit, precision, quantize)
-    probabilities = predict_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    from scilm.inference.predict import is_regression
+    policy = _policy(net, tokenizer, truncate, long_policy)
+    net = _fast_path(net, tokenizer, data, sequence_column, id_column, policy, precision, quantize)
+    if is_per_residue(net.config):  # --task residue: a label per residue, aligned to the input residues
+        n, cut = _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column)
+        report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
+        typer.echo(f"wrote {n} per-residue predictions to {out}{_cut_note(len(cut), n, policy, report)} "
+                   "('.' marks residues not predicted)")
+        return
+    n, cut = predict_file(net, tokenizer, data, out, policy=policy, batch_size=batch_size,
+                          sequence_column=sequence_column, id_column=id_column, progress=progress,
+                          n_records=scan.n_records)
+    report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
+    typer.echo(f"wrote {n} predictions to {out}{_cut_note(len(cut), n, policy, report)}")
 
-    write_predictions(records, probabilities, out, inputs=(data,), regression=is_regression(net.config))
-    typer.echo(f"wrote {len(records)} predictions to {out}{cut}")
 
-
-def _read_unlabelled(data: str, sequence_column: str, id_column: Optional[str], batch_size: int,
-                     truncate: Optional[int]):
-    """predict/embed input: every record kept, in input order (a repeated id is one row per record)."""
+def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column):
+    """Per-residue labels of every record (held in memory), one CSV row per record in input order;
+    returns (records, [(row, id) of each record the policy cut])."""
     from scilm.data.protein import read_proteins
+    from scilm.inference.residue import predict_residues, write_residue_predictions
 
+    records = read_proteins(data, task=None, sequence_column=sequence_column, label_column=None,
+                            id_column=id_column, unique_ids=False)
+    predicted = predict_residues(net, tokenizer, [r.sequence for r in records], batch_size, policy=policy)
+    write_residue_predictions(records, predicted, out, inputs=(data,))
+    return len(records), [(k, r.id) for k, r in enumerate(records) if policy.cuts(r.sequence)]
+
+
+def _check_sizes(batch_size: int, truncate: Optional[int], long_policy: Optional[str] = None) -> None:
     if batch_size < 1:
         raise ScilmError(f"--batch-size must be at least 1 (got {batch_size})")
     if truncate is not None and truncate < 1:
         raise ScilmError(f"--truncate must be at least 1 (got {truncate})")
-    return read_proteins(data, task=None, sequence_column=sequence_column, label_column=None,
-                         id_column=id_column, unique_ids=False)
+    if long_policy is not None:
+        from scilm.inference.policy import check_long_policy
+
+        check_long_policy(long_policy)
 
 
-def _truncation(records, net, tokenizer, truncate: Optional[int]) -> tuple[int, str]:
-    """The residues kept (--truncate, else the model's trained length) and a note of how many were cut."""
-    from scilm.models.protein import max_residues
+def _policy(net, tokenizer, truncate: Optional[int], long_policy: Optional[str] = None):
+    """The long-protein policy: --long-policy else the model's, at --truncate else the model's trained length."""
+    from scilm.inference.policy import model_policy
 
-    limit = truncate if truncate is not None else max_residues(net.config, tokenizer)
-    n_cut = sum(len(r.sequence) > limit for r in records)
-    return limit, f" ({n_cut} of {len(records)} sequences cut to {limit} residues)" if n_cut else ""
+    return model_policy(net.config, tokenizer, long_policy, truncate)
 
 
-def _fast_path(net, tokenizer, records, limit: int, precision: str, quantize: str):
-    """The model in the --precision / --quantize mode (issue 16); the choice and any fallback on stderr."""
-    from scilm.inference.precision import PRECISIONS, QUANTIZE, prepare_for_inference
+def _cut_note(n_cut: int, n: int, policy, report=None) -> str:
+    if not n_cut:
+        return ""
+    return f" ({n_cut} of {n} sequences {policy.describe()})" + (f"; their ids: {report}" if report else "")
+
+
+def _fast_path(net, tokenizer, data: str, sequence_column: str, id_column: Optional[str], policy,
+               precision: str, quantize: str):
+    """The model in the --precision / --quantize mode (issue 16), probed on the first proteins of ``data``
+    (cut to the policy's N residues); the choice and any fallback on stderr."""
+    import itertools
+
+    from scilm.data.protein import iter_proteins
+    from scilm.inference.precision import PRECISIONS, PROBE_POOL, QUANTIZE, prepare_for_inference
 
     if precision not in PRECISIONS:
         raise ScilmError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     if quantize not in QUANTIZE:
         raise ScilmError(f"--quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
-    if not records:
+    if precision == "fp32" and quantize == "none":
         return net
-    net, plan = prepare_for_inference(net, tokenizer, [r.sequence[:limit] for r in records], precision, quantize)
-    if precision != "fp32" or quantize != "none":
-        for note in plan.notes:
-            typer.echo(f"note: {note}", err=True)
+    first = itertools.islice(iter_proteins(data, sequence_column, id_column), PROBE_POOL)
+    sample = [r.sequence[: policy.max_residues] for r in first]
+    if not sample:
+        return net
+    net, plan = prepare_for_inference(net, tokenizer, sample, precision, quantize)
+    for note in plan.notes:
+        typer.echo(f"note: {note}", err=True)
         typer.echo(plan.summary(), err=True)
     return net
 
@@ -209,36 +245,123 @@ def _fast_path(net, tokenizer, records, limit: int, precision: str, quantize: st
 def embed(
     model: str = Opt(..., help="Model directory, preset or hub id."),
     data: str = Opt(..., help="FASTA or CSV/TSV of sequences."),
-    out: Path = Opt(Path("embeddings.npy"), help="Output: .npy (+ .ids.txt), .npz or .parquet."),
+    out: Path = Opt(Path("embeddings.npy"), help="Output: .npy (+ .ids.txt), .npz, .parquet, .h5/.hdf5."),
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
     batch_size: int = Opt(16, help="Sequences per batch."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
+    long_policy: Optional[str] = Opt(None, help="Longer sequences: head (the first N) | ends (both termini) | window "
+                                     "(overlapping windows averaged) [the model's training policy, else head]."),
+    layer: Optional[list[int]] = Opt(None, "--layer", help="Layer to embed from (repeat for several): 0 = the "
+                                     "embedding layer, negative counts from the end [-1, the last]."),
+    pooling: str = Opt("mean", help="mean | cls | per-residue (one vector per residue: .npz, .parquet, .h5)."),
+    chunk_size: Optional[int] = Opt(None, help="Proteins per chunk written (memory, resume unit) [up to 1024]."),
+    nproc: int = Opt(1, help="Processes (torchrun); outputs merged in input order."),
+    progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar with proteins/s on stderr (a terminal only)."),
     precision: str = Opt("fp32", help="fp32 | bf16 | bf16-weights | auto (auto: the fastest mode on a short probe "
                          "of this model that keeps embeddings within cosine 0.999 of fp32; cached per machine)."),
     quantize: str = Opt("none", help="none | int8 (CPU, torchao; kept only if faster than the precision mode "
                         "and within the same guard)."),
 ) -> None:
-    """Mean-pooled per-protein embeddings with ids, one row per input record in input order."""
-    from scilm.inference import embed_proteins, write_embeddings
-    from scilm.inference.embed import EMBEDDING_SUFFIXES
-    from scilm.models.protein import load_protein_encoder
+    """Per-protein (mean, cls) or per-residue embeddings with ids, one row per input record in input order.
 
+    Streams inputs of any size in chunks; a killed run continues when the same command is run again.
+    """
+    from scilm.inference.embed import check_pooling
+    from scilm.inference.embed_stream import embed_file, launch_embed_workers, scan_input
+    from scilm.inference.embedding_files import check_embedding_output
+    from scilm.inference.policy import cut_report_path, write_cut_report
     from scilm.io import check_output
+    from scilm.models.protein import load_protein_encoder
+    from scilm.training.distributed import launched_by_torchrun, strip_option
 
-    if out.suffix.lower() not in EMBEDDING_SUFFIXES:
-        raise ScilmError(f"--out {out}: use one of {', '.join(EMBEDDING_SUFFIXES)}")
+    check_pooling(pooling)
+    check_embedding_output(out, pooling)
     check_output(out, [data])
     if out.suffix.lower() == ".npy":
         check_output(out.with_suffix(".ids.txt"), [data])
-    records = _read_unlabelled(data, sequence_column, id_column, batch_size, truncate)
+    check_output(cut_report_path(out), [data])
+    _check_sizes(batch_size, truncate, long_policy)
+    if chunk_size is not None and chunk_size < 1:
+        raise ScilmError(f"--chunk-size must be at least 1 (got {chunk_size})")
+    scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
+    if nproc > 1 and not launched_by_torchrun():
+        argv = sys.argv[sys.argv.index("embed") + 1:]
+        raise typer.Exit(launch_embed_workers(nproc, strip_option(argv, "--nproc")))
+    if nproc < 1:
+        raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
     net, tokenizer = load_protein_encoder(model)
-    limit, cut = _truncation(records, net, tokenizer, truncate)
-    net = _fast_path(net, tokenizer, records, limit, precision, quantize)
-    embeddings = embed_proteins(net, tokenizer, [r.sequence for r in records], batch_size, limit)
-    written = write_embeddings([r.id for r in records], embeddings, out, inputs=(data,))
-    typer.echo(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
-               f"{', '.join(map(str, written))}{cut}")
+    policy = _policy(net, tokenizer, truncate, long_policy)
+    net = _fast_path(net, tokenizer, data, sequence_column, id_column, policy, precision, quantize)
+    result = embed_file(net, tokenizer, data, out, policy=policy, layers=layer or [-1], pooling=pooling,
+                        batch_size=batch_size, chunk_size=chunk_size, sequence_column=sequence_column,
+                        id_column=id_column, progress=progress, scan=scan)
+    if result is None:  # a worker other than process 0: it wrote its chunks, process 0 merged them
+        return
+    shape = " x ".join(map(str, [result.n_records, *([len(result.layers)] if len(result.layers) > 1 else []),
+                                 result.hidden]))
+    layers = f" (layers {', '.join(map(str, result.layers))})" if len(result.layers) > 1 else ""
+    what = (f"per-residue embeddings of {result.n_records} proteins ({result.n_residues} residues x "
+            f"{' x '.join(map(str, [*([len(result.layers)] if len(result.layers) > 1 else []), result.hidden]))})"
+            if pooling == "per-residue" else f"{shape} embeddings")
+    report = write_cut_report(out, policy, result.n_records, result.cut_rows, result.cut_ids, [data])
+    resumed = (f"; {result.n_reused} of {result.n_chunks} chunks were already written by an interrupted run"
+               if result.n_reused else "")
+    typer.echo(f"wrote {what}{layers} to {', '.join(map(str, result.written))}"
+               f"{_cut_note(result.n_cut, result.n_records, policy, report)}{resumed}")
+
+
+@app.command("score-variants")
+def score_variants(
+    model: str = Opt(..., help="ESM-2 masked LM: hub id (facebook/esm2_t33_650M_UR50D), local directory or esm2-tiny-mlm."),
+    wild_type: Path = Opt(..., help="FASTA holding the one wild-type sequence the mutations are numbered on."),
+    data: Optional[str] = Opt(None, help="CSV/TSV with a mutant column (ProteinGym layout; DMS_score optional)."),
+    mutant: Optional[list[str]] = Opt(None, "--mutant", help="A mutation instead of --data (repeat): A42G, or A42G:C55T."),
+    out: Path = Opt(Path("scored.csv"), help="Output CSV: the input with a score column (+ .spearman.json, .scatter.png)."),
+    scoring: str = Opt("masked-marginal", help="masked-marginal | wt-marginal (ESM-1v's masked / wild-type marginals)."),
+    offset: int = Opt(1, help="Number of the wild type's first residue in the mutations (esm's --offset-idx)."),
+    mutant_column: str = Opt("mutant", help="Column with the mutations."),
+    dms_column: Optional[str] = Opt(None, help="Measured fitness column for Spearman [DMS_score, when present]."),
+    score_column: Optional[str] = Opt(None, help="Name of the added column [masked_marginal | wt_marginal]."),
+    window: Optional[int] = Opt(None, help="Residues per forward; longer proteins are scored on a window around each "
+                                "position [the length the model was trained with, 1022 for ESM-2]."),
+    batch_size: int = Opt(32, help="Forwards per batch."),
+    progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar on stderr (a terminal only)."),
+) -> None:
+    """Zero-shot variant-effect scores (ESM-1v masked / wild-type marginals), Spearman against DMS_score."""
+    from scilm.inference import variants
+    from scilm.io import check_output
+    from scilm.models.protein import max_residues
+
+    if scoring not in variants.SCORINGS:
+        raise ScilmError(f"--scoring must be one of {', '.join(variants.SCORINGS)} (got {scoring!r})")
+    if (data is None) == (not mutant):
+        raise ScilmError("give the mutations either as --data TABLE or as --mutant A42G (repeat), one of the two")
+    for name, value in (("--batch-size", batch_size), ("--window", window)):
+        if value is not None and value < 1:
+            raise ScilmError(f"{name} must be at least 1 (got {value})")
+    inputs = [data, wild_type]
+    check_output(out, inputs)
+    sequence = variants.read_wild_type(wild_type)
+    table = variants.read_mutant_table(data, mutant_column) if data else variants.mutant_list(mutant)
+    variants.parse_table_mutants(table, sequence, offset)  # every mutation checked before the model loads
+    target = dms_column or "DMS_score"
+    variants.check_score_outputs(out, inputs, with_report=target in table.header)
+    net, tokenizer = variants.load_masked_lm(model)
+    limit = window if window is not None else max_residues(net.config, tokenizer)
+    result = variants.score_variants_file(
+        net, tokenizer, sequence, table, out, scoring=scoring, window=limit, batch_size=batch_size,
+        score_column=score_column, dms_column=target, dms_required=dms_column is not None, progress=progress,
+        inputs=inputs, model_name=model)
+    windows = f", windows of {limit} residues" if len(sequence) > limit else ""
+    forwards = f"{result.n_forwards} forward{'s' if result.n_forwards != 1 else ''}"
+    typer.echo(f"scored {result.n_mutants} mutants ({scoring}, {forwards}{windows}); "
+               f"wrote {', '.join(map(str, result.written))}")
+    if result.report is not None:
+        rho = result.report["spearman"]
+        missing = f", {result.report['n_missing']} without a value left out" if result.report["n_missing"] else ""
+        typer.echo(f"Spearman {'undefined' if rho is None else f'{rho:.4f}'} against "
+                   f"{result.report['dms_column']} ({result.report['n']} mutants{missing})")
 
 
 @app.command()
@@ -261,19 +384,54 @@ def generate(
 
 @app.command()
 def evaluate(
-    model: str = Opt(..., help="Seq2seq model directory (OUT/model) or hub id."),
-    data: Path = Opt(..., help="Text+Chem JSONL (source, target)."),
-    out: Path = Opt(Path("metrics.json"), help="Per-task metrics (JSON)."),
-    predictions: Optional[Path] = Opt(None, help="Per-example predictions (JSONL) [next to --out]."),
-    num_beams: int = Opt(10, help="Beam width."),
-    max_length: int = Opt(512, help="Maximum generated tokens."),
-    batch_size: int = Opt(8, help="Inputs per batch."),
+    model: str = Opt(..., help="Trained model directory (OUT/model): a protein model, or seq2seq (or its hub id)."),
+    data: Path = Opt(..., help="Labelled FASTA/CSV/TSV for a protein model; Text+Chem JSONL (source, target) for seq2seq."),
+    out: Optional[Path] = Opt(None, help="Protein: output directory (metrics.json, predictions.csv, a PNG); "
+                                         "seq2seq: metrics JSON file [metrics.json]."),
+    sequence_column: str = Opt("Sequence", help="Protein table: column with sequences."),
+    label_column: Optional[str] = Opt(None, help="Protein table: column with labels [classifier: Membrane, or a "
+                                      "DeepLoc-2 table's location columns; regression: the trained target's name]."),
+    id_column: Optional[str] = Opt(None, help="Protein table: column with ids."),
+    truncate: Optional[int] = Opt(None, help="Protein: residues kept per sequence [the length the model was trained with]."),
+    overwrite: bool = Opt(False, "--overwrite", help="Protein: write into a non-empty --out (only evaluate's files are replaced)."),
+    predictions: Optional[Path] = Opt(None, help="Seq2seq: per-example predictions (JSONL) [next to --out]."),
+    num_beams: int = Opt(10, help="Seq2seq: beam width."),
+    max_length: int = Opt(512, help="Seq2seq: maximum generated tokens."),
+    batch_size: Optional[int] = Opt(None, help="Inputs per batch [protein 32, seq2seq 8]."),
+    top_k: str = Opt("1", help="Seq2seq: top-k exact match for these k, e.g. 1,3,5,10 (at most --num-beams)."),
+    forward_model: Optional[str] = Opt(None, help="Seq2seq: forward-prediction model for retrosynthesis round-trip "
+                                       "accuracy (may be --model itself)."),
+    randomize_inputs: int = Opt(0, help="Seq2seq: score N >= 2 random re-spellings of every input SMILES too; "
+                                "report each metric's spread [0: off]."),
+    seed: int = Opt(0, help="Seq2seq: seed of the re-spellings."),
 ) -> None:
-    """Generate for every example and score per task: molecules by RDKit, captions and actions by text metrics."""
-    from scilm.inference.generate import evaluate_command
+    """Score a trained model on labelled data. Protein: the task's metrics, predictions and a confusion-matrix
+    or scatter PNG; seq2seq: generate and score per task (molecules by RDKit, text by text metrics)."""
+    from scilm.data.textio import data_suffix
 
-    evaluate_command(model=model, data=data, out=out, predictions=predictions, num_beams=num_beams,
-                     max_length=max_length, batch_size=batch_size)
+    if data_suffix(data) != ".jsonl":
+        from scilm.evaluation.protein import EvaluationData, evaluate_proteins
+
+        if (predictions is not None or num_beams != 10 or max_length != 512 or top_k != "1" or forward_model
+                or randomize_inputs or seed):
+            raise ScilmError("--predictions, --num-beams, --max-length, --top-k, --forward-model, --randomize-inputs "
+                             "and --seed are for seq2seq models (JSONL data)")
+        if out is None:
+            raise ScilmError("--out is required for a protein model: the directory for metrics.json, "
+                             "predictions.csv and the PNG")
+        metrics = evaluate_proteins(model, EvaluationData(str(data), sequence_column, label_column, id_column), out,
+                                    batch_size=batch_size or 32, truncate=truncate, overwrite=overwrite)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        typer.echo(f"{shown} (n={metrics['n']}); wrote {', '.join(str(Path(out) / f) for f in metrics['files'])}")
+        return
+    if label_column or id_column or truncate or overwrite or sequence_column != "Sequence":
+        raise ScilmError("--sequence-column, --label-column, --id-column, --truncate and --overwrite are for "
+                         "protein models (FASTA/CSV/TSV data)")
+    from scilm.inference.generate import evaluate_command, parse_top_k
+
+    evaluate_command(model=model, data=data, out=out or Path("metrics.json"), predictions=predictions,
+                     num_beams=num_beams, max_length=max_length, batch_size=batch_size or 8, top_k=parse_top_k(top_k),
+                     forward_model=forward_model, randomize_inputs=randomize_inputs, seed=seed)
 
 
 @app.command()
@@ -337,16 +495,19 @@ def bench_efficiency(
 
 @data_app.command("textchem")
 def data_textchem(
-    out: Path = Opt(..., help="Output directory for train/valid/test.jsonl."),
+    out: Path = Opt(..., help="Output directory for train/valid/test.jsonl (--split none: all.jsonl) and skipped.tsv."),
     chebi20: Optional[Path] = Opt(None, help="ChEBI-20 TSV (CID, SMILES, description): caption + text-to-SMILES."),
     uspto_sources: Optional[Path] = Opt(None, help="Space-tokenised USPTO products (retrosynthesis sources)."),
     uspto_targets: Optional[Path] = Opt(None, help="Space-tokenised USPTO reactants, line-aligned."),
     actions_src: Optional[Path] = Opt(None, help="paragraph2actions src-*.txt (sentences)."),
     actions_tgt: Optional[Path] = Opt(None, help="paragraph2actions tgt-*.txt (action sequences)."),
     canonicalize: bool = Opt(False, "--canonicalize", help="RDKit-canonical SMILES (unparsable ones skipped, counted)."),
-    valid_fraction: float = Opt(0.1, help="Share for valid.jsonl."),
-    test_fraction: float = Opt(0.1, help="Share for test.jsonl."),
-    seed: int = Opt(0, help="Split seed."),
+    split: str = Opt("random", help="random: train/valid/test by seed | none: one file, all.jsonl, in input order."),
+    keep_reaction_class: bool = Opt(False, "--keep-reaction-class",
+                                    help="Keep USPTO's <RX_n> class as the optional field reaction_class."),
+    valid_fraction: Optional[float] = Opt(None, help="Share for valid.jsonl [0.1]."),
+    test_fraction: Optional[float] = Opt(None, help="Share for test.jsonl [0.1]."),
+    seed: Optional[int] = Opt(None, help="Split seed [0]."),
 ) -> None:
     """Real sets -> Text+Chem JSONL (`source` = prompt + input, `target`), split by seed."""
     import json
@@ -359,11 +520,16 @@ def data_textchem(
         raise ScilmError("--actions-src and --actions-tgt go together")
     if not (chebi20 or uspto_sources or actions_src):
         raise ScilmError("nothing to convert: give --chebi20, --uspto-sources/--uspto-targets or --actions-src/--actions-tgt")
+    given = {"--valid-fraction": valid_fraction, "--test-fraction": test_fraction, "--seed": seed}
+    if split == "none" and any(v is not None for v in given.values()):
+        raise ScilmError(f"{', '.join(k for k, v in given.items() if v is not None)}: --split none does not split")
     summary = convert_textchem(
         out, chebi20=chebi20,
         uspto=(uspto_sources, uspto_targets) if uspto_sources else None,
         paragraph2actions=(actions_src, actions_tgt) if actions_src else None,
-        canonicalize=canonicalize, valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed,
+        canonicalize=canonicalize, split=split, keep_reaction_class=keep_reaction_class,
+        valid_fraction=0.1 if valid_fraction is None else valid_fraction,
+        test_fraction=0.1 if test_fraction is None else test_fraction, seed=seed or 0,
     )
     typer.echo(json.dumps(summary, indent=2))
 
@@ -412,6 +578,23 @@ def bench_inference(
 
     command = " ".join(["scilm bench inference", f"--model {model}", f"--out {out}", *(["--quick"] if quick else [])])
     typer.echo(run_inference_bench(out, model=model, quick=quick, command=command))
+@bench_app.command("textchem")
+def bench_textchem(
+    out: Path = Opt(Path("bench/textchem"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="300 steps, 6 test examples per task, 5 beams (a smoke run)."),
+    steps: Optional[int] = Opt(None, help="Training steps of t5-tiny [900; --quick 300]."),
+    per_task: Optional[int] = Opt(None, help="Test examples per task [20; --quick 6]."),
+) -> None:
+    """Per-task Text+Chem table on the bundled slices: top-1/3/5/10, round trip, coverage, re-spelling spread."""
+    from scilm.bench.textchem import TextChemBenchSettings, run_textchem_bench
+
+    for name, value in (("steps", steps), ("per-task", per_task)):
+        if value is not None and value < 1:
+            raise ScilmError(f"--{name} must be at least 1 (got {value})")
+    settings = TextChemBenchSettings.for_mode(quick, steps=steps, per_task=per_task)
+    command = " ".join(["scilm bench textchem", f"--out {out}", *(["--quick"] if quick else []),
+                        *([f"--steps {steps}"] if steps else []), *([f"--per-task {per_task}"] if per_task else [])])
+    typer.echo(run_textchem_bench(out, settings, command))
 
 
 @bench_app.command("serve")
@@ -424,13 +607,19 @@ def bench_serve(
 ) -> None:
     """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
     if abuse:
-        from scilm.serving.abuse import run_abuse_bench
+        from scilm.bench.serve_abuse import run_abuse_bench
 
         typer.echo(run_abuse_bench(out / "abuse", model=model))
         return
-    from scilm.serving.bench import run_serve_bench
+    from scilm.bench.serve import run_serve_bench
 
     typer.echo(run_serve_bench(out, model=model, quick=quick))
+
+
+# Warnings some libraries log merely on import, which a user cannot act on: torchao (a dependency of
+# the int8 path, imported by transformers when installed) about kernels built for other GPUs, and
+# torch's pytree about Enum registrations torchao makes.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree")
 
 
 def main() -> None:
@@ -439,6 +628,8 @@ def main() -> None:
     # "Using default tokenizer." at INFO). Model load reports are summarised by scilm.models.loading.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("scilm").setLevel(os.environ.get("SCILM_LOG_LEVEL", "INFO"))
+    for noisy in IMPORT_NOISE:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         app()
     except OSError as exc:  # disk full, read-only or forbidden paths: the user can act on these
@@ -451,7 +642,7 @@ def main() -> None:
     except ScilmError as exc:
         code = getattr(exc, "exit_code", 2)
         if code != 2:  # a signal stop: rank 0 says it once for all ranks
-            from scilm.training.distributed import is_main_process
+            from scilm.distributed import is_main_process
 
             if not is_main_process():
                 sys.exit(code)

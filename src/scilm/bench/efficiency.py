@@ -55,6 +55,7 @@ class EfficiencySettings:
 
     @classmethod
     def for_mode(cls, quick: bool) -> "EfficiencySettings":
+        """The settings of a ``quick`` (a few minutes) or full run."""
         if quick:
             return cls(cost_samples=48, cost_truncate=256, epochs=2, truncate=256)
         return cls(cost_samples=256, cost_truncate=512, epochs=4, truncate=512)

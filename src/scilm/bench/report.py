@@ -12,16 +12,30 @@ import psutil
 import torch
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` shows it (``model name`` of /proc/cpuinfo on Linux), e.g.
+    'AMD EPYC'; the architecture (``platform.machine()``) where the OS does not say."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return f"{value.strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_name() -> str:
-    """e.g. 'x86_64 Linux, 2 CPU cores, 23 GiB RAM, no GPU, torch 2.13.0+cpu'."""
+    """e.g. 'AMD EPYC (x86_64) Linux, 2 CPU cores, 23 GiB RAM, no GPU, torch 2.13.0+cpu'."""
     cores = os.cpu_count() or 0
     ram = psutil.virtual_memory().total / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     return f"{cpu} {platform.system()}, {cores} CPU cores, {ram:.0f} GiB RAM, {gpu}, torch {torch.__version__}"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table: ``header`` then ``rows`` (cells rendered with ``str``)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)

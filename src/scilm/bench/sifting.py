@@ -28,6 +28,7 @@ TIME_BAR = 0.65  # the issue's bar: baseline-1pt within this share of the baseli
 
 @dataclass(frozen=True)
 class SiftingSettings:
+    """What the sifting benchmark runs: data, model, epochs, the betas tried and the control runs."""
     warm_epochs: float  # task epochs before the compared runs start
     epochs: float  # epochs of every compared run
     truncate: int
@@ -42,6 +43,7 @@ class SiftingSettings:
 
     @classmethod
     def for_mode(cls, quick: bool, epochs: float | None = None, seeds: tuple[int, ...] = ()) -> "SiftingSettings":
+        """The settings of a ``quick`` (a few minutes) or full run."""
         settings = cls(warm_epochs=1, epochs=3, truncate=256) if quick else cls(warm_epochs=1, epochs=6, truncate=512)
         if epochs is not None:
             settings = replace(settings, epochs=epochs)
@@ -255,6 +257,7 @@ def describe_hardest(analysis: dict[str, dict[str, Any]], truncate: int) -> str:
 
 
 def plot_curves(path: Path, rows: list[dict[str, Any]], target: float) -> None:
+    """A PNG of validation accuracy against training seconds and against samples read, one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -25,6 +25,7 @@ from scilm.io import write_json_atomic, write_text_atomic
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # beside a checkout: ../shared/data
 GB1 = BUNDLED.parent / "flip_gb1" / "gb1_all_splits.csv.gz"
+SS3 = BUNDLED.parent / "flip_ss3" / "ss3_slice.tsv.gz"
 WARM_MODEL = "esm2-tiny-mlm"
 
 Row = Callable[[Path, bool], "dict[str, Any] | None"]
@@ -90,6 +91,39 @@ def regression(out: Path, quick: bool) -> dict[str, Any]:
             "n_valid": metrics["n_eval"], "metric": "Spearman (MSE vs mean predictor)",
             "value": metrics["eval_spearman"], "baseline": 0.0, "seconds": seconds,
             "extra": f"MSE {metrics['eval_mse']:.3f} vs {metrics['eval_baseline_mse']:.3f}"}
+
+
+@row("multilabel")
+def multilabel(out: Path, quick: bool) -> dict[str, Any] | None:
+    """DeepLoc-2.0's HPA set (../shared/data, not bundleable; absent: None), its 8 location columns, a seeded
+    80/20 split. The metric is micro F1 at threshold 0.5 (not tuned on the set it measures); the baseline
+    predicts the training set's most frequent location set for every protein."""
+    data = SHARED / "deeploc2_subsets" / "hpa_testset.csv"
+    if not data.is_file():
+        return None
+    config = {**_common(quick), "task": "multilabel", "data": str(data), "sequence_column": "fasta",
+              "id_column": "sid", "truncate": 256 if quick else 512, "out": str(out / "run")}
+    metrics, seconds = _timed(config, out)
+    return {"task": "multilabel", "data": "DeepLoc-2.0 HPA set (../shared/data)", "n_train": metrics["n_train"],
+            "n_valid": metrics["n_eval"], "metric": "micro F1 at 0.5 (exact-set accuracy vs baseline)",
+            "value": metrics["eval_micro_f1"], "baseline": metrics["eval_baseline_micro_f1"], "seconds": seconds,
+            "extra": f"exact set {metrics['eval_subset_accuracy']:.3f} vs "
+                     f"{metrics['eval_baseline_subset_accuracy']:.3f}"}
+
+@row("residue")
+def residue(out: Path, quick: bool) -> dict[str, Any]:
+    """3-state secondary structure on the bundled FLIP SS3 slice: train on its train rows, validate on its val
+    rows (test rows left out), unresolved residues masked. Baseline: the training majority class on every
+    residue; the majority label of each amino acid is in ``extra``."""
+    config = {**_common(quick), "task": "residue", "data": str(SS3), "sequence_column": "sequence",
+              "label_column": "ss3", "mask_column": "mask", "id_column": "id", "split_column": "split",
+              "train_split": "train", "valid_split": "val", "truncate": 256, "lr": 1e-3, "out": str(out / "run")}
+    metrics, seconds = _timed(config, out)
+    return {"task": "residue", "data": "FLIP SS3 slice (bundled)", "n_train": metrics["n_train"],
+            "n_valid": metrics["n_eval"], "metric": "per-residue accuracy (macro F1, MCC; amino-acid baseline)",
+            "value": metrics["eval_accuracy"], "baseline": metrics["eval_baseline_accuracy"], "seconds": seconds,
+            "extra": f"F1 {metrics['eval_f1']:.3f}, MCC {metrics['eval_mcc']:.3f}; per-amino-acid majority "
+                     f"{metrics['eval_baseline_residue_type_accuracy']:.3f}"}
 
 
 def run_tasks_bench(out: str | Path, quick: bool = False, only: list[str] | None = None,

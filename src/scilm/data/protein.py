@@ -30,16 +30,16 @@ import csv
 import itertools
 import logging
 import re
-import random
 import string
 import unicodedata
-from collections import Counter, defaultdict
-from collections.abc import MutableMapping
+from collections import Counter
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scilm.data.textio import data_suffix, open_text
 from scilm.errors import ScilmError
+from scilm.errors import name as setting_name
 
 log = logging.getLogger(__name__)
 
@@ -169,26 +169,32 @@ def _fasta_label(header_rest: str, task: str, where: str, counts: MutableMapping
 
 def read_fasta(path: Path, task: str | None, counts: MutableMapping[str, int] | None = None) -> list[ProteinRecord]:
     """Read FASTA; with ``task`` the DeepLoc header label is parsed (skipped records counted)."""
+    return list(iter_fasta(path, task, counts))
+
+
+def iter_fasta(path: Path, task: str | None, counts: MutableMapping[str, int] | None = None) -> Iterator[ProteinRecord]:
+    """:func:`read_fasta` one record at a time (memory does not grow with the file)."""
     counts = Counter() if counts is None else counts
-    records: list[ProteinRecord] = []
     header: tuple[int, str, str] | None = None  # (line number, id, rest of header)
     chunks: list[str] = []
 
-    def flush() -> None:
+    def flush() -> ProteinRecord | None:
         if header is None:
-            return
+            return None
         line_no, rec_id, rest = header
         where = f"{path}:{line_no} (record {rec_id})"
         seq = normalize_sequence("".join(chunks), where)
         label = _fasta_label(rest, task, where, counts) if task else None
         if task is None or label is not None:
-            records.append(ProteinRecord(rec_id, seq, label, line=line_no))
+            return ProteinRecord(rec_id, seq, label, line=line_no)
+        return None
 
     with open_text(path) as handle:
         for line_no, line in enumerate(handle, start=1):
             line = line.strip(string.whitespace)  # ASCII only: a stray U+00A0 must reach the residue check
             if line.startswith(">"):
-                flush()
+                if (record := flush()) is not None:
+                    yield record
                 fields = line[1:].split(maxsplit=1)
                 if not fields:
                     raise ScilmError(f"{path}:{line_no}: FASTA header without an id")
@@ -198,8 +204,8 @@ def read_fasta(path: Path, task: str | None, counts: MutableMapping[str, int] | 
                 if header is None:
                     raise ScilmError(f"{path}:{line_no}: sequence before the first '>' header")
                 chunks.append(line)
-    flush()
-    return records
+    if (record := flush()) is not None:
+        yield record
 
 
 def _readable_labels(values: set[str], column: str) -> dict[str, str]:
@@ -221,6 +227,20 @@ def _table_delimiter(path: Path, header: str) -> str:
         raise ScilmError(f"{path}:1: the header has both tabs and commas, so the delimiter of this .txt "
                          "table is ambiguous; rename it .tsv (tab-separated) or .csv (comma-separated)")
     return "\t" if tabs else ","
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV/TSV/TXT table's header line (``.gz`` too). Raises ScilmError for an
+    empty file or a header the csv module cannot parse."""
+    path = Path(path)
+    with open_text(path, newline="") as handle:
+        header = handle.readline()
+    if not header.strip():
+        raise ScilmError(f"{path}: empty file (no header line)")
+    try:
+        return next(csv.reader([header], delimiter=_table_delimiter(path, header)))
+    except csv.Error as exc:
+        raise ScilmError(f"{path}:1: malformed header ({exc})") from None
 
 
 def _location_columns(path: Path, columns: list[str]) -> list[str]:
@@ -252,6 +272,20 @@ def _onehot_location(row: dict, columns: list[str], where: str) -> tuple[str | N
     return (marked[0] if len(marked) == 1 else None), len(marked)
 
 
+def _multi_hot(row: dict, columns: Sequence[str], where: str) -> tuple[str | None, str]:
+    """(the row's 0/1 values of ``columns`` joined by commas, e.g. ``"0,1,1"``, or None when one is a
+    missing marker; what is missing). A value other than 0/1 is a ScilmError naming the column."""
+    values = []
+    for column in columns:
+        value = normalize_label(row[column])
+        if value is None:
+            return None, f"missing label {row[column]!r} in column {column!r}"
+        if value not in ("0", "1"):
+            raise ScilmError(f"{where}: column {column!r} holds {row[column]!r}; label columns hold 0 or 1")
+        values.append(value)
+    return ",".join(values), ""
+
+
 def read_table(
     path: Path,
     sequence_column: str,
@@ -261,17 +295,31 @@ def read_table(
     task: str | None = None,
     drop_missing_labels: bool = False,
     counts: MutableMapping[str, int] | None = None,
+    label_columns: Sequence[str] | None = None,
 ) -> list[ProteinRecord]:
     """Read a CSV/TSV/TXT table in the DeepLoc-2 layout (or any table with a sequence column).
 
     Labels come from ``label_column``, or with ``task="localization"`` from the one-hot location
-    columns (single-location rows; multi-location rows skipped and counted). A missing label is an
-    error naming the line unless ``drop_missing_labels`` (then excluded and counted).
+    columns (single-location rows; multi-location rows skipped and counted), or from several 0/1
+    ``label_columns`` (multi-label: the label is their values joined by commas, ``"0,1,1"``). A
+    missing label is an error naming the line unless ``drop_missing_labels`` (then excluded and
+    counted).
     """
-    counts = Counter() if counts is None else counts
+    pending = list(_iter_table_rows(path, sequence_column, label_column, id_column, split_column, task,
+                                    drop_missing_labels, Counter() if counts is None else counts, label_columns))
+    names = (_readable_labels({p[3] for p in pending}, label_column)
+             if label_column is not None and task != "localization" and not label_columns else {})
+    return [ProteinRecord(rec_id, seq, names.get(label, label), split, line=line_no)
+            for line_no, rec_id, seq, label, split in pending]
+
+
+def _iter_table_rows(path: Path, sequence_column: str, label_column: str | None, id_column: str | None,
+                     split_column: str | None, task: str | None, drop_missing_labels: bool,
+                     counts: MutableMapping[str, int], label_columns: Sequence[str] | None = None,
+                     ) -> Iterator[tuple[int, str, str, str | None, str | None]]:
+    """The rows of :func:`read_table` one at a time: (line, id, sequence, raw label, split)."""
     localization = task == "localization"
     kind = "table"
-    pending: list[tuple[int, str, str, str | None, str | None]] = []  # line, id, sequence, label, split
     with open_text(path, newline="") as handle:
         header = handle.readline()
         if not header.strip():
@@ -292,6 +340,10 @@ def read_table(
                     raise ScilmError(
                         f"{path}: no column {name!r} ({flag}); columns are: {', '.join(columns)}"
                     )
+            for name in label_columns or ():
+                if name not in columns:
+                    raise ScilmError(f"{path}: no label column {name!r} ({setting_name('label_columns')}); "
+                                     f"columns are: {', '.join(columns)}")
             location_columns = _location_columns(path, columns) if localization else []
             for row in reader:
                 line_no = reader.line_num
@@ -309,24 +361,21 @@ def read_table(
                         counts[SKIPPED_MULTILOCATION] += 1
                         continue
                     missing = f"no location marked in columns {', '.join(location_columns)}"
+                elif label_columns:
+                    label, missing = _multi_hot(row, label_columns, where)
                 elif label_column is not None:
                     label = normalize_label(row[label_column])
                     missing = f"missing label {row[label_column]!r} in column {label_column!r}"
-                if (localization or label_column is not None) and label is None:
+                if (localization or label_column is not None or label_columns) and label is None:
                     if not drop_missing_labels:
                         raise ScilmError(f"{where}: {missing} (--drop-missing-labels excludes such rows, "
                                          "counted)")
                     counts[DROPPED_MISSING_LABEL] += 1
                     continue
                 split = row[split_column].strip() if split_column else None
-                pending.append((line_no, rec_id, seq, label, split))
+                yield line_no, rec_id, seq, label, split
         except csv.Error as exc:
             raise ScilmError(f"{path}:{reader.line_num}: malformed {kind} ({exc})") from None
-
-    names = (_readable_labels({p[3] for p in pending}, label_column)
-             if label_column is not None and not localization else {})
-    return [ProteinRecord(rec_id, seq, names.get(label, label), split, line=line_no)
-            for line_no, rec_id, seq, label, split in pending]
 
 
 def _check_fasta_settings(path: Path, sequence_column, label_column, id_column, split_column) -> None:
@@ -357,6 +406,7 @@ def read_proteins(
     unique_ids: bool = True,
     drop_missing_labels: bool = False,
     counts: MutableMapping[str, int] | None = None,
+    label_columns: Sequence[str] | None = None,
 ) -> list[ProteinRecord]:
     """Read FASTA or a CSV/TSV/TXT table (each optionally ``.gz``), by extension.
 
@@ -365,7 +415,9 @@ def read_proteins(
     ``label_column=None`` for tables). ``unique_ids``: the duplicate policy of the module docstring
     (True for training, False for predict/embed/pretrain: one record per input, in input order).
     ``counts`` (optional) receives the number of records left out by reason (:data:`COUNT_KEYS`);
-    each non-zero number is also logged. Raises :class:`ScilmError` for any bad input.
+    each non-zero number is also logged. ``label_columns`` (tables, with ``task=None`` and
+    ``label_column=None``): several 0/1 columns, the multi-label target (see :func:`read_table`).
+    Raises :class:`ScilmError` for any bad input.
     """
     path = Path(path)
     if task is not None and task not in TASKS:
@@ -375,6 +427,9 @@ def read_proteins(
     counts = Counter() if counts is None else counts
     before = Counter(counts)
     suffix = data_suffix(path)
+    if suffix in FASTA_SUFFIXES and label_columns:
+        raise ScilmError(f"{path}: {setting_name('label_columns')} name 0/1 columns of a CSV/TSV table, but this "
+                         "is a FASTA file")
     if suffix in FASTA_SUFFIXES:
         _check_fasta_settings(path, sequence_column, label_column, id_column, split_column)
         records = read_fasta(path, task, counts)
@@ -384,7 +439,7 @@ def read_proteins(
                              f"columns) or --label-column {label_column!r}, not both")
         records = read_table(path, sequence_column or DEFAULT_SEQUENCE_COLUMN,
                              None if task == "localization" else label_column,
-                             id_column, split_column, task, drop_missing_labels, counts)
+                             id_column, split_column, task, drop_missing_labels, counts, label_columns)
     else:
         raise ScilmError(
             f"{path}: unknown file type {suffix!r} (use FASTA {', '.join(FASTA_SUFFIXES)} "
@@ -399,6 +454,37 @@ def read_proteins(
         why = "; ".join(f"{number} {_COUNT_WORDS[key]}" for key, number in left_out.items())
         raise ScilmError(f"{path}: no usable records ({why or 'empty file'})")
     return records
+
+
+def iter_proteins(path: str | Path, sequence_column: str | None = DEFAULT_SEQUENCE_COLUMN,
+                  id_column: str | None = None) -> Iterator[ProteinRecord]:
+    """Unlabelled records one at a time, in file order: what ``read_proteins(path, task=None,
+    label_column=None, unique_ids=False)`` returns, without holding the file in memory (``embed``,
+    ``predict`` on inputs of any size). Same checks and messages; raises :class:`ScilmError` at the
+    bad record (records before it have been yielded) and for a file without records (at its end).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ScilmError(f"{path}: no such file")
+    suffix = data_suffix(path)
+    if suffix in FASTA_SUFFIXES:
+        _check_fasta_settings(path, sequence_column, None, id_column, None)
+        records = iter_fasta(path, None)
+    elif suffix in TABLE_SUFFIXES:
+        records = (ProteinRecord(rec_id, seq, None, None, line=line_no) for line_no, rec_id, seq, _, _ in
+                   _iter_table_rows(path, sequence_column or DEFAULT_SEQUENCE_COLUMN, None, id_column, None, None,
+                                    False, Counter()))
+    else:
+        raise ScilmError(
+            f"{path}: unknown file type {suffix!r} (use FASTA {', '.join(FASTA_SUFFIXES)} "
+            f"or a table {', '.join(TABLE_SUFFIXES)}, each optionally .gz)"
+        )
+    empty = True
+    for record in records:
+        empty = False
+        yield record
+    if empty:
+        raise ScilmError(f"{path}: no usable records (empty file)")
 
 
 def _dedupe(records: list[ProteinRecord], path: Path, counts: MutableMapping[str, int]) -> list[ProteinRecord]:
@@ -464,22 +550,27 @@ def check_labels(records: list[ProteinRecord], path: str | Path) -> None:
 def stratified_split(
     records: list[ProteinRecord], valid_fraction: float, seed: int
 ) -> tuple[list[ProteinRecord], list[ProteinRecord]]:
-    """Random split that keeps each class's share (at least one example of each class per side)."""
+    """A seeded split keeping each class's share (scikit-learn's ``train_test_split(stratify=...)``).
+
+    A class with a single record cannot be on both sides: it trains. Each side keeps input order.
+
+    Raises:
+        ScilmError: ``valid_fraction`` not in (0, 1), or too few records to validate on.
+    """
+    from sklearn.model_selection import train_test_split
+
     if not 0.0 < valid_fraction < 1.0:
-        raise ScilmError(f"--valid-fraction must be between 0 and 1 (got {valid_fraction})")
-    by_label: dict[str | None, list[ProteinRecord]] = defaultdict(list)
-    for record in records:
-        by_label[record.label].append(record)
-    rng = random.Random(seed)
-    train, valid = [], []
-    for label in sorted(by_label, key=str):
-        group = by_label[label][:]
-        rng.shuffle(group)
-        n_valid = min(max(1, round(len(group) * valid_fraction)), len(group) - 1)
-        valid.extend(group[:n_valid])
-        train.extend(group[n_valid:])
-    rng.shuffle(train)
-    return train, valid
+        raise ScilmError(f"{setting_name('valid_fraction')} must be between 0 and 1 (got {valid_fraction})")
+    sizes = Counter(record.label for record in records)
+    splittable = [i for i, record in enumerate(records) if sizes[record.label] > 1]
+    labels = [str(records[i].label) for i in splittable]
+    n_valid = max(round(len(splittable) * valid_fraction), len(set(labels)))  # one of each class at least
+    if not splittable or len(splittable) - n_valid < len(set(labels)):
+        raise ScilmError(f"{len(records)} records are too few to keep every class on both sides of a "
+                         f"{setting_name('valid_fraction')} {valid_fraction} split; give {setting_name('valid')} instead")
+    _, valid_index = train_test_split(splittable, test_size=n_valid, stratify=labels, random_state=seed)
+    chosen = set(valid_index)
+    return ([r for i, r in enumerate(records) if i not in chosen], [r for i, r in enumerate(records) if i in chosen])
 
 
 def split_by_column(
@@ -507,8 +598,8 @@ def check_known_labels(records: list[ProteinRecord], names: list[str], path: str
 
 
 __all__ = [
-    "ProteinRecord", "read_proteins", "read_fasta", "read_table", "normalize_sequence",
+    "ProteinRecord", "read_proteins", "iter_proteins", "read_fasta", "read_table", "normalize_sequence",
     "filter_by_length", "label_names", "check_labels", "stratified_split", "split_by_column",
     "check_known_labels", "MEMBRANE_LABELS", "LOCALIZATION_LABELS", "TASKS", "normalize_label",
-    "describe_char", "MISSING_LABELS", "COUNT_KEYS",
+    "describe_char", "MISSING_LABELS", "COUNT_KEYS", "table_columns",
 ]

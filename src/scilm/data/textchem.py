@@ -2,6 +2,10 @@
 
 An example is ``{"source": prompt + " " + input, "target": ...}``, one JSON object per line,
 exactly as in GT4SD's multitask_text_and_chemistry_t5; the task is read back from the prompt.
+One optional field may follow: ``reaction_class``, the USPTO-50K reaction class (1-10, Schneider
+et al. 2016) of a forward or retrosynthesis example, kept by ``scilm data textchem
+--keep-reaction-class`` from the ``<RX_n>`` token of the Liu et al. 2017 files; evaluation then
+reports top-k per class. Training ignores it.
 Every problem with an input file is a :class:`~scilm.errors.ScilmError` naming file and line;
 converters never drop a line silently: each skip is listed in the returned summary.
 """
@@ -29,21 +33,24 @@ PROMPTS = {
 }
 TASKS = tuple(PROMPTS)
 MOLECULE_TASKS = ("forward-prediction", "retrosynthesis", "text-to-smiles")
-_RX_CLASS = re.compile(r"<RX_\d+>")
+_RX_CLASS = re.compile(r"<RX_(\d+)>")
+OPTIONAL_FIELDS = ("reaction_class",)
 
 
 @dataclass(frozen=True)
 class TextChemExample:
-    """One seq2seq pair and the task its prompt names (None only if the reader allowed it)."""
+    """One seq2seq pair, the task its prompt names (None only if the reader allowed it) and, for
+    USPTO reactions converted with their class, the reaction class (1-10)."""
 
     source: str
     target: str
     task: str | None
+    reaction_class: int | None = None
 
 
-def make_example(task: str, text: str, target: str) -> TextChemExample:
+def make_example(task: str, text: str, target: str, reaction_class: int | None = None) -> TextChemExample:
     """The example for ``task`` with input ``text``: source = prompt + " " + text."""
-    return TextChemExample(f"{PROMPTS[task]} {text}", target, task)
+    return TextChemExample(f"{PROMPTS[task]} {text}", target, task, reaction_class)
 
 
 def task_of(source: str) -> str | None:
@@ -68,15 +75,19 @@ def _parse_line(line: str, where: str, require_task: bool) -> TextChemExample:
         raise ScilmError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(obj, dict):
         raise ScilmError(f"{where}: expected a JSON object with 'source' and 'target'")
-    if set(obj) != {"source", "target"}:
-        raise ScilmError(f"{where}: expected exactly the fields 'source' and 'target', got {sorted(obj)}")
+    if not {"source", "target"} <= set(obj) <= {"source", "target", *OPTIONAL_FIELDS}:
+        raise ScilmError(f"{where}: expected exactly the fields 'source' and 'target' (and optionally "
+                         f"{', '.join(repr(f) for f in OPTIONAL_FIELDS)}), got {sorted(obj)}")
     for name in ("source", "target"):
         if not isinstance(obj[name], str) or not obj[name].strip():
             raise ScilmError(f"{where}: '{name}' must be a non-empty string")
     task = task_of(obj["source"])
     if task is None and require_task:
         raise ScilmError(f"{where}: 'source' does not start with one of the five Text+Chem prompts")
-    return TextChemExample(obj["source"], obj["target"], task)
+    reaction_class = obj.get("reaction_class")
+    if reaction_class is not None and (type(reaction_class) is not int or reaction_class < 1):
+        raise ScilmError(f"{where}: 'reaction_class' must be a whole number of at least 1 (got {reaction_class!r})")
+    return TextChemExample(obj["source"], obj["target"], task, reaction_class)
 
 
 def read_jsonl(path: str | Path, require_task: bool = True) -> list[TextChemExample]:
@@ -91,25 +102,42 @@ def read_jsonl(path: str | Path, require_task: bool = True) -> list[TextChemExam
     return examples
 
 
+def _record(example: TextChemExample) -> dict:
+    record = {"source": example.source, "target": example.target}
+    if example.reaction_class is not None:
+        record["reaction_class"] = example.reaction_class
+    return record
+
+
 def write_jsonl(path: str | Path, examples: list[TextChemExample], inputs: tuple = ()) -> Path:
-    """Write ``source``/``target`` lines whole or not at all (:func:`scilm.io.write_jsonl_atomic`)."""
-    return write_jsonl_atomic(path, ({"source": e.source, "target": e.target} for e in examples), inputs)
+    """Write ``source``/``target`` (and ``reaction_class`` when known) lines whole or not at all
+    (:func:`scilm.io.write_jsonl_atomic`)."""
+    return write_jsonl_atomic(path, (_record(e) for e in examples), inputs)
 
 
 @dataclass
 class ConversionSummary:
-    """What a converter read, wrote and skipped (each skip as ``file:line: reason``)."""
+    """What a converter read, wrote and skipped: every skipped line with its file, number and reason."""
 
     source: str
     lines: int = 0
     examples: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skips: list[tuple[str, int, str]] = field(default_factory=list)
 
-    def to_dict(self, max_listed: int = 10) -> dict:
-        reasons = Counter(s.rsplit(": ", 1)[1] for s in self.skipped)
+    def skip(self, path: str | Path, line: int, reason: str) -> None:
+        """Record that line ``line`` (1-based) of ``path`` was left out, and why."""
+        self.skips.append((str(path), line, reason))
+
+    @property
+    def skipped(self) -> list[str]:
+        """Each skip as ``file:line: reason``, in reading order."""
+        return [f"{path}:{line}: {reason}" for path, line, reason in self.skips]
+
+    def to_dict(self) -> dict:
+        """JSON-ready: counts, skips counted by reason, and every skipped line."""
         return {"source": self.source, "lines": self.lines, "examples": self.examples,
-                "skipped": len(self.skipped), "skip_reasons": dict(reasons),
-                "first_skips": self.skipped[:max_listed]}
+                "skipped": len(self.skips), "skip_reasons": dict(Counter(r for _, _, r in self.skips)),
+                "skipped_lines": self.skipped}
 
 
 Converted = tuple[list[TextChemExample], ConversionSummary]
@@ -155,11 +183,11 @@ def convert_chebi20(path: str | Path, canonicalize: bool = False) -> Converted:
             raise ScilmError(f"{path}:{number}: expected 3 tab-separated fields, got {len(fields)}")
         smiles, description = fields[1].strip().replace("\\\\", "\\"), fields[2].strip()
         if not smiles or not description:
-            summary.skipped.append(f"{path}:{number}: empty SMILES or description")
+            summary.skip(path, number, "empty SMILES or description")
             continue
         smiles = _canonical_or_skip(smiles, canonicalize)
         if smiles is None:
-            summary.skipped.append(f"{path}:{number}: SMILES not parsable by RDKit")
+            summary.skip(path, number, "SMILES not parsable by RDKit")
             continue
         examples += [make_example("smiles-to-caption", smiles, description),
                      make_example("text-to-smiles", description, smiles)]
@@ -172,24 +200,46 @@ def _untokenize(line: str) -> str:
     return "".join(_RX_CLASS.sub(" ", line).split())
 
 
+def _reaction_class(source: str, target: str) -> tuple[int | None, str | None]:
+    """The class of a Liu et al. line (``<RX_n>`` first on the source line) and a reason to skip, if any."""
+    classes = _RX_CLASS.findall(source)
+    if _RX_CLASS.search(target):
+        return None, "reaction class token in the target"
+    if len(classes) > 1:
+        return None, "several reaction class tokens"
+    if classes and not source.strip().startswith(f"<RX_{classes[0]}>"):
+        return None, "reaction class token not at the start"
+    return (int(classes[0]) if classes else None), None
+
+
 def convert_uspto(sources: str | Path, targets: str | Path, canonicalize: bool = False,
-                  ) -> Converted:
-    """Space-tokenised USPTO pairs (product -> reactants) -> retrosynthesis and forward prediction."""
+                  keep_reaction_class: bool = False) -> Converted:
+    """Space-tokenised USPTO pairs (product -> reactants) -> retrosynthesis and forward prediction.
+
+    The files of Liu et al. 2017 start each source line with the reaction class token ``<RX_n>``
+    (1-10); it is removed from the SMILES and, with ``keep_reaction_class``, kept as the examples'
+    ``reaction_class``. A line with a class token elsewhere, or several, is skipped with its reason.
+    """
     sources, targets = Path(sources), Path(targets)
     pairs = _paired_lines(sources, targets)
     summary, examples = ConversionSummary(f"{sources} + {targets}", lines=len(pairs)), []
     for number, (source, target) in enumerate(pairs, start=1):
         product, reactants = _untokenize(source), _untokenize(target)
         if not product or not reactants:
-            summary.skipped.append(f"{sources}:{number}: empty product or reactants")
+            summary.skip(sources, number, "empty product or reactants")
+            continue
+        reaction_class, problem = _reaction_class(source, target)
+        if problem:
+            summary.skip(sources, number, problem)
             continue
         product = _canonical_or_skip(product, canonicalize)
         reactants = _canonical_or_skip(reactants, canonicalize)
         if product is None or reactants is None:
-            summary.skipped.append(f"{sources}:{number}: SMILES not parsable by RDKit")
+            summary.skip(sources, number, "SMILES not parsable by RDKit")
             continue
-        examples += [make_example("retrosynthesis", product, reactants),
-                     make_example("forward-prediction", reactants, product)]
+        kept = reaction_class if keep_reaction_class else None
+        examples += [make_example("retrosynthesis", product, reactants, kept),
+                     make_example("forward-prediction", reactants, product, kept)]
     summary.examples = len(examples)
     return examples, summary
 
@@ -201,7 +251,7 @@ def convert_paragraph2actions(src: str | Path, tgt: str | Path) -> Converted:
     summary, examples = ConversionSummary(f"{src} + {tgt}", lines=len(pairs)), []
     for number, (paragraph, actions) in enumerate(pairs, start=1):
         if not paragraph.strip() or not actions.strip():
-            summary.skipped.append(f"{src}:{number}: empty paragraph or actions")
+            summary.skip(src, number, "empty paragraph or actions")
             continue
         examples.append(make_example("paragraph-to-actions", paragraph.strip(), actions.strip()))
     summary.examples = len(examples)
@@ -228,34 +278,67 @@ def split_examples(examples: list[TextChemExample], valid_fraction: float = 0.1,
     return {name: [e for key in part for e in groups[key]] for name, part in parts.items()}
 
 
+SPLITS = ("random", "none")
+SKIPPED_FILE = "skipped.tsv"
+UNSPLIT_FILE = "all.jsonl"
+
+
+def _skipped_tsv(summaries: list[ConversionSummary]) -> str:
+    rows = ["file\tline\treason"] + [f"{path}\t{line}\t{reason}" for summary in summaries
+                                      for path, line, reason in summary.skips]
+    return "\n".join(rows) + "\n"
+
+
 def convert_textchem(out_dir: str | Path, *, chebi20: str | Path | None = None,
                      uspto: tuple[str | Path, str | Path] | None = None,
                      paragraph2actions: tuple[str | Path, str | Path] | None = None,
                      canonicalize: bool = False, valid_fraction: float = 0.1,
-                     test_fraction: float = 0.1, seed: int = 0) -> dict:
-    """Convert the given sets, split them, write ``train/valid/test.jsonl``; returns a summary."""
+                     test_fraction: float = 0.1, seed: int = 0, split: str = "random",
+                     keep_reaction_class: bool = False) -> dict:
+    """Convert the given sets and write them to ``out_dir``; returns a summary (JSON-ready).
+
+    ``split="random"``: ``train/valid/test.jsonl`` by ``seed`` (both directions of a pair on one
+    side); ``split="none"``: every example in one file, ``all.jsonl``, in input order (a test set
+    converted as it is). ``skipped.tsv`` (``file``, ``line``, ``reason``; header only when nothing
+    was skipped) lists every line left out, as does the summary. Raises ScilmError on a bad setting
+    or input file, before anything is written.
+    """
     if chebi20 is None and uspto is None and paragraph2actions is None:
         raise ScilmError("nothing to convert: give a ChEBI-20 TSV, USPTO source/target files "
                          "or paragraph2actions src/tgt files")
+    if split not in SPLITS:
+        raise ScilmError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+    if keep_reaction_class and uspto is None:
+        raise ScilmError("--keep-reaction-class: only USPTO files (--uspto-sources) have reaction classes")
     results = []
     if chebi20 is not None:
         results.append(convert_chebi20(chebi20, canonicalize))
     if uspto is not None:
-        results.append(convert_uspto(*uspto, canonicalize=canonicalize))
+        results.append(convert_uspto(*uspto, canonicalize=canonicalize, keep_reaction_class=keep_reaction_class))
     if paragraph2actions is not None:
         results.append(convert_paragraph2actions(*paragraph2actions))
     examples = [e for found, _ in results for e in found]
-    splits = split_examples(examples, valid_fraction, test_fraction, seed)
+    if split == "none":
+        splits = {UNSPLIT_FILE.removesuffix(".jsonl"): examples}
+    else:
+        splits = split_examples(examples, valid_fraction, test_fraction, seed)
     out_dir = Path(out_dir)
     sources = (chebi20, *(uspto or ()), *(paragraph2actions or ()))
+    from scilm.io import write_text_atomic
+
     files = {name: str(write_jsonl(out_dir / f"{name}.jsonl", part, sources)) for name, part in splits.items()}
+    skipped_file = write_text_atomic(out_dir / SKIPPED_FILE, _skipped_tsv([s for _, s in results]), sources)
     return {
         "inputs": [summary.to_dict() for _, summary in results],
         "examples": len(examples),
-        "skipped": sum(len(summary.skipped) for _, summary in results),
+        "skipped": sum(len(summary.skips) for _, summary in results),
+        "skipped_file": str(skipped_file),
+        "split": split,
         "splits": {name: len(part) for name, part in splits.items()},
         "tasks": dict(Counter(e.task for e in examples)),
         "files": files,
         "canonicalized": canonicalize,
-        "seed": seed,
+        "reaction_classes": dict(sorted(Counter(e.reaction_class for e in examples
+                                                if e.reaction_class is not None and e.task == "retrosynthesis").items())),
+        "seed": seed if split == "random" else None,
     }

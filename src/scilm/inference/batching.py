@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -21,3 +25,11 @@ def encode_proteins(tokenizer, sequences: list[str]):
     ``attention_mask`` of shape (B, T), T = longest + 2 (<cls> ... <eos>). The one encoding used by
     ``predict``, ``embed`` and the server, so the same protein gets the same tokens everywhere."""
     return tokenizer(list(sequences), padding=True, return_tensors="pt")
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), reading ``items`` lazily: the
+    unit in which ``embed`` and ``predict`` stream a file of any size."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -40,6 +40,7 @@ MODES = ("fp32", "bf16", "bf16-weights")
 PRECISIONS = ("auto", *MODES)
 QUANTIZE = ("none", "int8")
 GUARD_COSINE = 0.999  # issue 16: embeddings within cosine 0.999 of fp32
+PROBE_POOL = 256  # the first proteins of an input the probe batch is picked from (median length)
 PROBE_BATCH = 4
 PROBE_RESIDUES = 128  # long enough for attention to count, short enough to probe in seconds on 2 cores
 PROBE_REPEATS = 2
@@ -198,19 +199,22 @@ def apply_mode(model, mode: str):
 
     ``bf16`` wraps the instance's ``forward`` in ``torch.autocast`` (weights stay fp32), so callers such
     as :func:`scilm.inference.embed_proteins` need no change; ``bf16-weights`` casts the weights;
-    ``int8`` returns a quantised copy.
+    ``int8`` returns a quantised copy. The result carries ``scilm_inference_mode`` (embed's resume
+    fingerprint tells the modes apart: chunks of another mode are never reused).
     """
     if mode == "fp32":
         return model
     if mode == "bf16":
         device = next(model.parameters()).device
         model.forward = _autocast(device)(model.forward)
-        return model
-    if mode == "bf16-weights":
-        return model.to(torch.bfloat16)
-    if mode == "int8":
-        return int8_variant(model)
-    raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
+    elif mode == "bf16-weights":
+        model = model.to(torch.bfloat16)
+    elif mode == "int8":
+        model = int8_variant(model)
+    else:
+        raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
+    model.scilm_inference_mode = mode
+    return model
 
 
 # ----------------------------------------------------------------------------------------------- probe

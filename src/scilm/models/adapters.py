@@ -78,9 +78,25 @@ def freeze_backbone(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+def unwrap_trained_modules(model: PeftModel) -> None:
+    """Put each fully trained module (PEFT's ``modules_to_save`` copy: the task head) in place of its wrapper.
+
+    PEFT 0.21's IA3 unload fails on a wrapped head without a ``weight`` (ESM's classification head:
+    ``AttributeError``), so the trained copy is put in place here, as LoRA's unload does, before merging.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    root = model.get_base_model()
+    for key, module in list(root.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = key.rpartition(".")
+            setattr(root.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
+
+
 def save_adapter_run(model: PeftModel, model_dir: Path, adapter_dir: Path, **save_kwargs) -> PreTrainedModel:
     """Save the adapter (with the trained head) to ``adapter_dir`` and the merged, plain model to ``model_dir``."""
     model.save_pretrained(str(adapter_dir))
+    unwrap_trained_modules(model)
     merged = model.merge_and_unload()
     from scilm.models.saving import save_model
 

@@ -16,10 +16,12 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     PretrainedConfig,
     EsmConfig,
     EsmForSequenceClassification,
+    EsmForTokenClassification,
     EsmModel,
     EsmTokenizer,
     PreTrainedModel,
@@ -78,6 +80,7 @@ def esm2_config(preset: str, **overrides) -> EsmConfig:
 
 
 def is_preset(name: str) -> bool:
+    """Whether ``name`` is one of scilm's offline ESM-2 presets (``esm2-tiny``, ``esm2-8m`` ...), not a hub id."""
     return name in PROTEIN_PRESETS
 
 
@@ -154,13 +157,17 @@ def _load_config(source: str) -> PretrainedConfig:
 # -- the length policy: the residues a model was trained with, recorded in its config.json -----
 
 MAX_RESIDUES_KEY = "scilm_max_residues"  # residues per sequence at training (specials excluded)
+LONG_POLICY_KEY = "scilm_long_policy"  # how longer sequences were cut at training (scilm.inference.policy)
 _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e30
 
 
-def record_max_residues(model, max_residues: int) -> None:
-    """Write the training truncation into ``model.config`` (saved in ``config.json``), so that
-    ``predict``, ``embed`` and ``serve`` default to it. Works through a PEFT wrapper (same config)."""
+def record_max_residues(model, max_residues: int, long_policy: str | None = None) -> None:
+    """Write the training truncation (and the long-protein policy, ``head`` | ``ends``, when given) into
+    ``model.config`` (saved in ``config.json``), so that ``predict``, ``embed`` and ``serve`` default to
+    them. Works through a PEFT wrapper (same config)."""
     setattr(model.config, MAX_RESIDUES_KEY, int(max_residues))
+    if long_policy is not None:
+        setattr(model.config, LONG_POLICY_KEY, str(long_policy))
 
 
 def positional_max_residues(config: PretrainedConfig) -> int | None:
@@ -201,9 +208,10 @@ def truncate_sequences(sequences: list[str], max_residues: int) -> tuple[list[st
 
 
 def load_protein_classifier(
-    name_or_path: str, labels: list[str], seed: int = 0, problem_type: str | None = None
+    name_or_path: str, labels: list[str], seed: int = 0, problem_type: str | None = None, per_residue: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A sequence classifier for ``labels`` (a new head when the labels differ) and its tokenizer.
+    """A sequence classifier for ``labels`` (a new head when the labels differ) and its tokenizer;
+    with ``per_residue`` a token classifier (logits (B, T, len(labels)), one per token).
 
     ``problem_type`` (``regression``: one output per label; ``multi_label_classification``) is
     recorded in the model's config, which predict and serve read back.
@@ -211,12 +219,14 @@ def load_protein_classifier(
     extra = {"problem_type": problem_type} if problem_type else {}
     if is_preset(name_or_path):
         torch.manual_seed(seed)  # the random init is part of the run's seed
-        model = EsmForSequenceClassification(esm2_config(name_or_path, **_label_maps(labels), **extra))
+        esm_class = EsmForTokenClassification if per_residue else EsmForSequenceClassification
+        model = esm_class(esm2_config(name_or_path, **_label_maps(labels), **extra))
         return model, esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path)  # first: a missing tokenizer fails before the weights load
+    auto_class = AutoModelForTokenClassification if per_residue else AutoModelForSequenceClassification
     try:
-        model = load_pretrained(AutoModelForSequenceClassification, name_or_path, new_head=("classifier.",),
+        model = load_pretrained(auto_class, name_or_path, new_head=("classifier.",),
                                 unused=("lm_head.",), use_safetensors=True, ignore_mismatched_sizes=True,
                                 **_label_maps(labels), **extra)
     except OSError as exc:
@@ -225,14 +235,22 @@ def load_protein_classifier(
 
 
 def load_trained_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A classifier saved by ``scilm train`` (or any local/hub classifier), in eval mode."""
+    """A classifier saved by ``scilm train`` (or any local/hub classifier), in eval mode: a token
+    classifier when its config says so (:func:`is_per_residue`), else a sequence classifier."""
     path = resolve_source(path)
     tokenizer = load_tokenizer(path)
+    config = _load_config(path)
+    auto_class = AutoModelForTokenClassification if is_per_residue(config) else AutoModelForSequenceClassification
     try:
-        model = load_pretrained(AutoModelForSequenceClassification, path, use_safetensors=True)
+        model = load_pretrained(auto_class, path, use_safetensors=True)
     except OSError as exc:
         raise ScilmError(f"--model {path}: cannot load ({_first_line(exc)})") from None
     return model.eval(), tokenizer
+
+
+def is_per_residue(config: PretrainedConfig) -> bool:
+    """A per-residue (token-classification) model, e.g. one trained by ``--task residue``."""
+    return any(a.endswith("ForTokenClassification") for a in getattr(config, "architectures", None) or ())
 
 
 def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

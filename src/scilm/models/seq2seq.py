@@ -11,11 +11,19 @@ first. Short words made only of SMILES letters (``on``, ``or``) still fall apart
 text round-trips exactly either way. Spaces are kept as ``▁`` on the following piece, as in
 sentencepiece, so ``decode(encode(x)) == x`` for any text of printable ASCII characters (all of
 them are in the alphabet, backslash included; other characters unseen in training become <unk>).
+
+Released checkpoints (GT4SD ``multitask-text-and-chemistry-t5-*``) keep T5's stock sentencepiece
+tokenizer (``spiece.model``), which was trained on English web text: it has no piece for some
+SMILES characters (``\\`` and ``~`` among them), so they are read and written as ``<unk>``.
+:func:`unrepresentable_smiles_characters` finds which, once per tokenizer, when the model loads;
+:func:`scilm.inference.generate.repair_unknowns` puts them back into generated SMILES.
 """
 
 from __future__ import annotations
 
+import logging
 import string
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,6 +43,8 @@ from scilm.errors import ScilmError
 from scilm.models.loading import load_pretrained
 from scilm.models.protein import _first_line, load_tokenizer, resolve_source
 
+log = logging.getLogger(__name__)
+
 # name -> T5Config shape. Dropout 0: a tiny model on tiny data underfits, it does not overfit.
 SEQ2SEQ_PRESETS: dict[str, dict] = {
     "t5-tiny": dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
@@ -49,7 +59,39 @@ PRETOKEN_REGEX = f"{SPACE}?(?:{WORD}|{SMILES_REGEX[1:-1]})"
 ALPHABET = sorted(set(string.printable) - set(string.whitespace) | {SPACE})
 
 
+# Characters SMILES and Text+Chem's reaction format write besides letters (atoms): bonds, branches,
+# brackets, charges, ring closures, ``.`` sets, ``~`` salts, ``>`` reactions, ``*`` / ``$`` / ``?``.
+SMILES_SYMBOLS = "\\~/()[]=#-+:@%.>*$?0123456789"
+_UNREPRESENTABLE: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+
+
+def unrepresentable_smiles_characters(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The characters of :data:`SMILES_SYMBOLS` that ``tokenizer`` cannot write, in that order.
+
+    A character counts as representable when ``C<c>C`` encodes and decodes back to itself (what
+    generation needs: the model can only emit what the vocabulary can spell). T5's stock
+    sentencepiece vocabulary gives ``"\\~"``; scilm's own ``t5-tiny`` tokenizer gives ``""``.
+    Computed once per tokenizer object (cached).
+    """
+    try:
+        return _UNREPRESENTABLE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    missing = ""
+    for char in SMILES_SYMBOLS:
+        ids = tokenizer(f"C{char}C", add_special_tokens=False)["input_ids"]
+        text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if text.strip() != f"C{char}C":
+            missing += char
+    try:
+        _UNREPRESENTABLE[tokenizer] = missing
+    except TypeError:  # not weak-referenceable: computed again next time, same answer
+        pass
+    return missing
+
+
 def is_seq2seq_preset(name: str) -> bool:
+    """Whether ``name`` is one of scilm's offline T5 presets (e.g. ``t5-tiny``), not a hub id or path."""
     return name in SEQ2SEQ_PRESETS
 
 
@@ -120,8 +162,19 @@ def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type != "t5":
             raise ScilmError(f"--model {name_or_path}: a {config.model_type} model, not a T5 seq2seq model")
+        if (Path(name_or_path) / "spiece.model").is_file() and not (Path(name_or_path) / "tokenizer.json").is_file():
+            from scilm._extras import optional_extra
+
+            with optional_extra("chem"):  # transformers converts spiece.model with these two
+                import google.protobuf  # noqa: F401
+                import sentencepiece  # noqa: F401
         tokenizer = load_tokenizer(name_or_path, config)  # before the weights: fail fast, in one line
         model = load_pretrained(T5ForConditionalGeneration, name_or_path, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load as a T5 seq2seq model ({_first_line(exc)})") from None
+    missing = unrepresentable_smiles_characters(tokenizer)
+    if missing:  # the released checkpoints' stock T5 vocabulary (module docstring)
+        log.warning("--model %s: its tokenizer cannot write %s (read and written as <unk>); generated SMILES "
+                    "get them back, inputs and training targets holding them reach the model as <unk>",
+                    name_or_path, " ".join(missing))
     return model, tokenizer

@@ -67,15 +67,18 @@ class Control:
         self.stop_reason: str | None = None  # "time" or "cancelled", set by whoever stopped the call
 
     def abandon(self, index: int) -> None:
+        """Mark input ``index`` of the call as abandoned (its client went away)."""
         with self._lock:
             self._abandoned.add(index)
 
     def is_abandoned(self, index: int) -> bool:
+        """Whether input ``index`` was abandoned (a call running inputs one by one skips it)."""
         with self._lock:
             return index in self._abandoned
 
     @property
     def all_abandoned(self) -> bool:
+        """Whether every input of the call was abandoned (the call may stop)."""
         with self._lock:
             return len(self._abandoned) >= self.n
 
@@ -97,6 +100,7 @@ class Control:
             raise self.error()
 
     def error(self) -> Exception:
+        """The exception for ``stop_reason``: :class:`Cancelled` if every input went, else :class:`TimeLimit`."""
         if self.stop_reason == "cancelled":
             return Cancelled("every request of this model call went away")
         return TimeLimit(f"the model call ran past the time limit of {self.seconds:g} s and was stopped")
@@ -175,6 +179,7 @@ class MicroBatcher:
         return max(1, math.ceil(seconds))
 
     def start(self) -> None:
+        """Start the worker task on the running event loop (call once, from a coroutine)."""
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="scilm-batcher")
 
     def close(self) -> int:

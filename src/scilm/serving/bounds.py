@@ -53,9 +53,14 @@ class ServerLimits:
     draw_max_rings: int = 40  # SSSR rings
 
     def request_cost(self, kind: str) -> int:
+        """Token-steps one request of a ``kind`` (``"classifier"``, ``"seq2seq"``) model may cost."""
         return self.max_request_cost if self.max_request_cost is not None else REQUEST_COST[kind]
 
     def pending_cost(self, kind: str) -> int:
+        """Token-steps queued and running at once, server-wide.
+
+        Default: :data:`PENDING_REQUESTS` x :meth:`request_cost`.
+        """
         if self.max_pending_cost is not None:
             return self.max_pending_cost
         return PENDING_REQUESTS * self.request_cost(kind)

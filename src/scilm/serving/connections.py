@@ -49,96 +49,115 @@ class ConnectionLimits:
 
     @property
     def open_connections(self) -> int:
+        """Connections open now, of every client."""
         return len(self._all)
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
-    """An ``H11Protocol`` subclass enforcing ``limits`` (give it to ``uvicorn.Config(http=...)``)."""
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with :class:`ConnectionLimits` enforced (one instance per connection).
 
-    class GuardedH11Protocol(H11Protocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._seen_cycle = None
-            self._header_timer = None
-            self._address = self.client[0] if self.client else "?"
-            mine = limits._by_client.setdefault(self._address, OrderedDict())
-            mine[self] = None
-            limits._all[self] = None
-            if len(limits._all) > limits.max_connections and not self._make_room(limits._all):
-                return
-            if len(mine) > limits.per_client:
-                # a moment's grace: a new connection that sends its request at once (a /health probe) is
-                # then no longer evictable, and the stalled ones go first, even in a flood of connects
-                self.loop.call_later(limits.grace, self._enforce_client_cap, mine)
-            self._arm_header_timer()
+    Not used as is: :func:`guarded_protocol` makes a subclass bound to one server's limits.
+    """
 
-        def _enforce_client_cap(self, mine: OrderedDict) -> None:
-            while len(mine) > limits.per_client:
-                oldest = next((c for c in mine if c.evictable), None)
-                if oldest is None:
-                    return  # all are waiting for answers: those are bounded by the request limits
-                oldest._close("evicted: too many connections from this address")
+    connection_limits: ConnectionLimits  # set on the subclass by guarded_protocol
+
+    def connection_made(self, transport) -> None:
+        """Register the connection, make room past a cap (or refuse it), and start its header deadline."""
+        super().connection_made(transport)
+        limits = self.connection_limits
+        self._seen_cycle = None
+        self._header_timer = None
+        self._address = self.client[0] if self.client else "?"
+        mine = limits._by_client.setdefault(self._address, OrderedDict())
+        mine[self] = None
+        limits._all[self] = None
+        if len(limits._all) > limits.max_connections and not self._make_room(limits._all):
+            return
+        if len(mine) > limits.per_client:
+            # a moment's grace: a new connection that sends its request at once (a /health probe) is
+            # then no longer evictable, and the stalled ones go first, even in a flood of connects
+            self.loop.call_later(limits.grace, self._enforce_client_cap, mine)
+        self._arm_header_timer()
+
+    def _enforce_client_cap(self, mine: OrderedDict) -> None:
+        limits = self.connection_limits
+        while len(mine) > limits.per_client:
+            oldest = next((c for c in mine if c.evictable), None)
+            if oldest is None:
+                return  # all are waiting for answers: those are bounded by the request limits
+            oldest._close("evicted: too many connections from this address")
+            limits.evicted += 1
+
+    def _make_room(self, pool: OrderedDict) -> bool:
+        """Close the oldest evictable connection in ``pool`` other than this one; else refuse this one."""
+        limits = self.connection_limits
+        for other in pool:
+            if other is not self and other.evictable:
+                other._close("evicted: too many connections")
                 limits.evicted += 1
+                return True
+        limits.refused += 1
+        self._close("refused: too many connections")
+        return False
 
-        def _make_room(self, pool: OrderedDict) -> bool:
-            """Close the oldest evictable connection in ``pool`` other than this one; else refuse this one."""
-            for other in pool:
-                if other is not self and other.evictable:
-                    other._close("evicted: too many connections")
-                    limits.evicted += 1
-                    return True
-            limits.refused += 1
-            self._close("refused: too many connections")
-            return False
+    @property
+    def evictable(self) -> bool:
+        """Not waiting for an answer: idle, or still receiving its request (headers or body)."""
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete or (cycle.more_body and not cycle.response_started)
 
-        @property
-        def evictable(self) -> bool:
-            """Not waiting for an answer: idle, or still receiving its request (headers or body)."""
-            cycle = self.cycle
-            return cycle is None or cycle.response_complete or (cycle.more_body and not cycle.response_started)
+    def _close(self, why: str) -> None:
+        log.debug("closing connection from %s: %s", self._address, why)
+        self._forget()
+        if not self.transport.is_closing():
+            self.transport.close()
 
-        def _close(self, why: str) -> None:
-            log.debug("closing connection from %s: %s", self._address, why)
-            self._forget()
-            if not self.transport.is_closing():
-                self.transport.close()
+    def _forget(self) -> None:
+        limits = self.connection_limits
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        limits._all.pop(self, None)
+        mine = limits._by_client.get(self._address)
+        if mine is not None:
+            mine.pop(self, None)
+            if not mine:
+                del limits._by_client[self._address]
 
-        def _forget(self) -> None:
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.connection_limits.header_timeout, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None  # handle_events cancels it when headers arrive: these did not
+        self._close("request headers not complete in time")
+
+    def handle_events(self) -> None:
+        """uvicorn's parsing; once a request's headers are complete, its header deadline is off."""
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._seen_cycle and not cycle.response_complete:
+            self._seen_cycle = cycle  # its headers are in: the deadline is the body's now (Guard)
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
-            limits._all.pop(self, None)
-            mine = limits._by_client.get(self._address)
-            if mine is not None:
-                mine.pop(self, None)
-                if not mine:
-                    del limits._by_client[self._address]
 
-        def _arm_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self._header_timer = self.loop.call_later(limits.header_timeout, self._headers_too_slow)
+    def on_response_complete(self) -> None:
+        """After an answer, the next request on this connection gets the same header deadline."""
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()
 
-        def _headers_too_slow(self) -> None:
-            self._header_timer = None  # handle_events cancels it when headers arrive: these did not
-            self._close("request headers not complete in time")
+    def connection_lost(self, exc) -> None:
+        """Unregister the connection (its timer too), then uvicorn's clean-up."""
+        self._forget()
+        super().connection_lost(exc)
 
-        def handle_events(self) -> None:
-            super().handle_events()
-            cycle = self.cycle
-            if cycle is not None and cycle is not self._seen_cycle and not cycle.response_complete:
-                self._seen_cycle = cycle  # its headers are in: the deadline is the body's now (Guard)
-                if self._header_timer is not None:
-                    self._header_timer.cancel()
-                    self._header_timer = None
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_header_timer()  # the next request's headers have the same deadline
+def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
+    """A :class:`GuardedH11Protocol` subclass enforcing ``limits`` (give it to ``uvicorn.Config(http=...)``).
 
-        def connection_lost(self, exc) -> None:
-            self._forget()
-            super().connection_lost(exc)
-
-    return GuardedH11Protocol
+    All connections of one server share ``limits`` (its counts and open connections).
+    """
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"connection_limits": limits})

@@ -42,7 +42,11 @@ class DrawError(Exception):
 
 
 def check_smiles(smiles: str, max_chars: int = MAX_SMILES_CHARS) -> str:
-    """The stripped SMILES if its length and characters are acceptable (cheap: runs in the server)."""
+    """The stripped SMILES if its length and characters are acceptable (cheap: runs in the server).
+
+    Raises a 422 RequestError naming ``smiles`` if it is empty, over ``max_chars`` characters or
+    holds a character no SMILES has.
+    """
     smiles = smiles.strip()
     if not smiles:
         raise RequestError(422, "smiles: empty")
@@ -114,8 +118,8 @@ class DrawWorker:
 
     The process is ``python -m scilm.serving.draw`` (a plain subprocess: nothing of the server is
     copied or re-imported into it), spoken to in JSON lines, started by the first drawing (its start,
-    bounded by ``start_seconds``, does not count against the drawing's ``seconds``). ``draw`` is a coroutine; the blocking
-    pipe talk runs in a thread, so the event loop only awaits. Raises RequestError: 422 (the
+    bounded by ``start_seconds``, does not count against the drawing's ``seconds``). ``draw`` is a
+    coroutine; the blocking pipe talk runs in a thread, so the event loop only awaits. Raises RequestError: 422 (the
     SMILES; its time limit included), 503 (too many waiting, or closing).
     """
 
@@ -185,7 +189,12 @@ class DrawWorker:
             return ("ok", answer["ok"]) if "ok" in answer else ("invalid", answer["invalid"])
 
     async def draw(self, smiles: str) -> dict[str, str]:
-        """``{"smiles", "canonical", "svg"}`` for a SMILES already through :func:`check_smiles`."""
+        """``{"smiles", "canonical", "svg"}`` for a SMILES already through :func:`check_smiles`.
+
+        Raises RequestError: 422 if RDKit cannot parse or draw it (past ``max_atoms`` / ``max_rings``)
+        or drawing it takes over ``seconds`` (the worker is then killed); 503 with Retry-After if
+        the server is shutting down, ``max_waiting`` drawings already wait, or the worker cannot run.
+        """
         if self.closing:
             raise RequestError(503, "server is shutting down", {"Retry-After": "5"})
         if self._waiting >= self.max_waiting:

@@ -72,14 +72,16 @@ def clean_protein(raw: str, where: str, max_residues: int) -> str:
 
 
 def check_smiles_chars(text: str, where: str) -> None:
-    """Only SMILES characters (no spaces): the position of the first other one is reported."""
+    """Only SMILES characters (no spaces); else a 422 RequestError naming ``where`` and the first other
+    character's position (1-based)."""
     for position, char in enumerate(text, start=1):
         if char not in SMILES_CHARS:
             raise RequestError(422, f"{where}: invalid SMILES character {describe_char(char)} at position {position}")
 
 
 def check_text(text: str, where: str) -> None:
-    """Free text (descriptions, paragraphs, prompts): printable characters, bounded length."""
+    """Free text (descriptions, paragraphs, prompts): printable characters (and newline, tab), at most
+    ``MAX_TEXT_CHARS``; else a 422 RequestError naming ``where`` (and the position of a bad character)."""
     if len(text) > MAX_TEXT_CHARS:
         raise RequestError(422, f"{where}: {len(text)} characters is over the limit of {MAX_TEXT_CHARS}")
     for position, char in enumerate(text, start=1):
@@ -88,7 +90,11 @@ def check_text(text: str, where: str) -> None:
 
 
 def clean_source(raw: str, where: str, task: str | None) -> str:
-    """The seq2seq source: ``PROMPTS[task] + " " + input`` when a task is named, else the raw prompt."""
+    """The seq2seq source: ``PROMPTS[task] + " " + input`` when a task is named, else the raw prompt.
+
+    Raises a 422 RequestError naming ``where`` if it is empty, not :func:`check_text`, or (for a task
+    taking SMILES) not :func:`check_smiles_chars`.
+    """
     text = raw.strip()
     if not text:
         raise RequestError(422, f"{where}: empty input")

@@ -16,13 +16,17 @@ import httpx
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's pick; another process could take it before use)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
-    """Poll ``url/ready`` until it answers 200 (or the process dies, or time runs out)."""
+    """Poll ``url/ready`` every 0.1 s until it answers 200.
+
+    Raises RuntimeError if ``process`` exits first, TimeoutError after ``timeout`` seconds.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

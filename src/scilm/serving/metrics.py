@@ -16,6 +16,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServerMetrics:
+    """The Prometheus metrics of one server, in its own registry; ``queue_depth`` is read at each scrape."""
+
     def __init__(self, queue_depth: Callable[[], int]):
         self.registry = CollectorRegistry()
         r = self.registry
@@ -34,17 +36,20 @@ class ServerMetrics:
         self.queue_depth.set_function(queue_depth)
 
     def observe_batch(self, size: int, seconds: float) -> None:
+        """One model call of ``size`` inputs that took ``seconds`` (the batcher's ``on_batch`` hook)."""
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
         self.inputs.inc(size)
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
+        """One HTTP request: its path (or ``"other"``), status and latency in seconds; 4xx/5xx count as errors."""
         self.requests.labels(path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
         if status >= 400:
             self.errors.labels(_error_kind(status)).inc()
 
     def render(self) -> bytes:
+        """The metrics in Prometheus's text exposition format (:data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
 
 

@@ -29,6 +29,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.inference.policy import WindowPolicy, split
+from scilm.inference.predict import is_regression, multilabel_thresholds, output_function
 from scilm.serving.batching import Control
 from scilm.serving.limits import RequestError, clean_protein, clean_source
 from scilm.serving.schema import (
@@ -43,7 +45,11 @@ _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e
 
 
 def model_kind(path: str | Path) -> str:
-    """``"classifier"`` or ``"seq2seq"``, from ``path/config.json``."""
+    """``"classifier"`` or ``"seq2seq"``, from ``path/config.json``.
+
+    Raises ScilmError naming ``--model`` if config.json is missing or not JSON, or its architecture is
+    neither a ``*ForSequenceClassification`` nor a T5 seq2seq model.
+    """
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise ScilmError(f"--model {path}: no config.json (expected a directory saved by scilm train)")
@@ -68,6 +74,12 @@ def _require_safetensors(path: Path) -> None:
 
 
 def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
+    """The model saved in directory ``path`` (by ``scilm train``), ready to serve, of the kind :func:`model_kind` reads.
+
+    Weights load from ``*.safetensors`` only. Raises ScilmError naming ``--model`` when the directory
+    is missing, its ``config.json`` is missing, invalid or of an architecture not served, or it has
+    no safetensors weights.
+    """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ScilmError(f"--model {path}: no such model directory")
@@ -88,39 +100,71 @@ def load_served_model(path: str | Path) -> ServedClassifier | ServedSeq2Seq:
 
 @dataclass
 class ServedClassifier:
+    """A protein sequence classifier being served: ``(N,)`` sequences in, ``(N, num_labels)`` scores out.
+
+    ``model`` is a ``*ForSequenceClassification`` in eval mode, ``tokenizer`` its ESM tokenizer;
+    sequences longer than ``max_residues`` are refused (422) or, with ``parameters.truncation``,
+    fed by the model's long-protein policy as ``scilm predict`` feeds them (the one it was trained
+    with, :func:`scilm.inference.policy.model_policy`: head, ends, or windows whose logits are averaged). Scores are ``parameters.function_to_apply`` of the logits
+    (``softmax``, ``sigmoid`` or ``none``); by default sigmoid for a multi-label or one-label model,
+    else softmax. The answers are ``scilm predict``'s: a multi-label model's items also say whether
+    the label is ``predicted`` (score at or above the threshold tuned in training; sigmoid scores
+    only), and a regression model (``problem_type: regression``) answers each target's value in the
+    targets' own units (the training standardisation undone, as predict does), never a squashed logit.
+    """
+
     model: Any
     tokenizer: Any
     path: Path
     kind: str = "classifier"
 
     def __post_init__(self):
+        from scilm.inference.policy import model_policy
         from scilm.models.protein import max_residues
 
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         # the one length policy of predict/embed/serve: the trained length (config.json), else positions
         self.max_residues = max_residues(config, self.tokenizer)
+        self.policy = model_policy(config, self.tokenizer, truncate=self.max_residues)
         multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
         self.default_function = "sigmoid" if multi_label or config.num_labels == 1 else "softmax"
+        self.regression = is_regression(config)
+        self.to_value = output_function(config) if self.regression else None
+        self.thresholds = multilabel_thresholds(config)
 
     parameters = ClassifierParameters  # the schema of this kind's request parameters
 
     def info(self) -> dict:
-        return {"kind": self.kind, "labels": self.labels, "max_residues": self.max_residues,
+        """What ``GET /info`` says of the model: its kind, labels, length limit and parameters schema."""
+        task = "regression" if self.regression else "multi-label" if self.thresholds else "single-label"
+        return {"kind": self.kind, "task": task, "labels": self.labels, "max_residues": self.max_residues,
+                "long_policy": self.policy.name,
+                **({"thresholds": self.thresholds} if self.thresholds else {}),
                 "parameters": parameters_schema(self.parameters)}
 
     def prepare(self, payload: Payload) -> tuple[Hashable, list[str]]:
-        """Cleaned sequences (parameters were validated by the schema); a bad residue is a 422."""
+        """Cleaned sequences (parameters were validated by the schema).
+
+        Raises:
+            RequestError: 422 for a bad residue, a sequence over the limit without ``truncation``, or a
+                ``function_to_apply`` other than none for a regression model (its answers are values).
+        """
+        function = payload.parameters.function_to_apply
+        if self.regression and function not in (None, "none"):
+            raise RequestError(422, f"parameters.function_to_apply: this is a regression model; its scores are "
+                                    f"predicted values, not {function} of logits (omit it)")
         limit = _HUGE if payload.parameters.truncation else self.max_residues
         sequences = []
         for i, raw in enumerate(payload.inputs):
             where = "input" if payload.single else f"inputs[{i}]"
-            sequences.append(clean_protein(raw, where, limit)[: self.max_residues])
+            cleaned = clean_protein(raw, where, limit)
+            sequences.append(cleaned if isinstance(self.policy, WindowPolicy) else self.policy(cleaned))
         return None, sequences
 
     def cost(self, group: Hashable, sequence: str) -> int:
-        """Token-steps of one input: its tokens (residues + <cls> + <eos>), one forward each."""
-        return len(sequence) + 2
+        """Token-steps of one input: the tokens of each piece fed (residues + <cls> + <eos>)."""
+        return sum(len(piece) + 2 for piece in split(self.policy, sequence)[0])
 
     @torch.inference_mode()
     def run_batch(self, group: Hashable, sequences: list[str], control: Control | None = None) -> list[list[float]]:
@@ -129,15 +173,22 @@ class ServedClassifier:
         Between forwards ``control`` is checked: past its deadline TimeLimit, all inputs abandoned
         Cancelled (a forward itself is bounded by FORWARD_TOKENS).
         """
-        logits: list[list[float]] = [[] for _ in sequences]
-        for batch in tight_batches([len(s) for s in sequences]):
+        owners, fed = [], []
+        for i, sequence in enumerate(sequences):  # one piece each, or a window policy's windows
+            pieces = split(self.policy, sequence)[0]
+            owners.extend([i] * len(pieces))
+            fed.extend(pieces)
+        total = torch.zeros(len(sequences), len(self.labels), dtype=torch.float64)
+        count = torch.zeros(len(sequences), dtype=torch.float64)
+        for batch in tight_batches([len(s) for s in fed]):
             if control is not None:
                 control.check()
-            encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])  # as predict/embed do
+            encoded = encode_proteins(self.tokenizer, [fed[i] for i in batch])  # as predict/embed do
             out = self.model(**encoded).logits.float()  # (B, num_labels)
-            for row, i in enumerate(batch):
-                logits[i] = out[row].tolist()
-        return logits
+            index = torch.tensor([owners[i] for i in batch])
+            total.index_add_(0, index, out.double())
+            count.index_add_(0, index, torch.ones(len(batch), dtype=torch.float64))
+        return (total / count.clamp(min=1)[:, None]).float().tolist()  # predict's mean of the windows' logits
 
     def respond(self, payload: Payload, logits: list[list[float]]) -> list:
         """One list of ``{"label", "score"}`` per input, best first (the HF Inference API shape)."""
@@ -145,9 +196,17 @@ class ServedClassifier:
         top_k = payload.parameters.top_k or len(self.labels)  # a cap, as in the HF Inference API
         answers = []
         for row in logits:
+            if self.regression:  # a value per target, in input order (ranking values means nothing)
+                values = self.to_value(torch.tensor([row], dtype=torch.float32))[0].tolist()
+                answers.append([{"label": label, "score": value} for label, value in zip(self.labels, values)][:top_k])
+                continue
             scores = _apply(function, row)
             ranked = sorted(zip(self.labels, scores), key=lambda pair: -pair[1])[:top_k]
-            answers.append([{"label": label, "score": score} for label, score in ranked])
+            if self.thresholds and function == "sigmoid":
+                answers.append([{"label": label, "score": score, "predicted": score >= self.thresholds[label]}
+                                for label, score in ranked])
+            else:
+                answers.append([{"label": label, "score": score} for label, score in ranked])
         return answers
 
 
@@ -241,6 +300,13 @@ class Source:
 
 @dataclass
 class ServedSeq2Seq:
+    """A Text+Chem T5 (seq2seq) being served: prompts in, ``num_return_sequences`` texts per prompt out.
+
+    Sources are refused (422) past ``max_source_tokens`` (the tokenizer's ``model_max_length``, else
+    512) unless ``parameters.truncation`` cuts them; outputs of molecule tasks are decoded as SMILES.
+    Sampled inputs draw from their own seed (:func:`input_seed`).
+    """
+
     model: Any
     tokenizer: Any
     path: Path
@@ -258,11 +324,16 @@ class ServedSeq2Seq:
         self._counter_lock = threading.Lock()
 
     def info(self) -> dict:
+        """What ``GET /info`` says of the model: its kind, tasks, source limit and parameters schema."""
         return {"kind": self.kind, "tasks": list(PROMPTS), "molecule_tasks": list(MOLECULE_TASKS),
                 "max_source_tokens": self.max_source_tokens, "parameters": parameters_schema(self.parameters)}
 
     def prepare(self, payload: Payload) -> tuple[Hashable, list[Source]]:
-        """Validated sources; the group key is the generate call, so only like requests share one."""
+        """Validated sources; the group key is the generate call, so only like requests share one.
+
+        Raises a 422 RequestError naming the input (:func:`clean_source`), or one over
+        ``max_source_tokens`` tokens without ``parameters.truncation``.
+        """
         params: GenerationParameters = payload.parameters
         plan = params.plan()
         seed = params.seed

@@ -177,7 +177,7 @@ class GenerationParameters(_Generation):
     clean_up_tokenization_spaces: Any = None
 
     def merged(self) -> dict[str, Any]:
-        """Every generation field given, top-level and nested (refused when they disagree)."""
+        """Every generation field given, top-level and nested; a 422 RequestError if the two disagree."""
         given = {name: getattr(self, name) for name in _Generation.model_fields if getattr(self, name) is not None}
         nested = self.generate_parameters
         if nested is not None:
@@ -192,6 +192,13 @@ class GenerationParameters(_Generation):
         return given
 
     def check(self) -> None:
+        """Cross-field rules pydantic's per-field bounds cannot say; raises a 422 RequestError naming the parameter.
+
+        A known ``task``; unsupported TGI options only at their neutral value; not both
+        ``max_new_tokens`` and ``max_length`` (nor both minimums); a minimum not over the maximum; no
+        sampling parameter beside ``do_sample: false``; ``num_return_sequences`` at most ``num_beams``
+        (when sampling, only if ``num_beams`` > 1).
+        """
         if self.task is not None and self.task not in PROMPTS:
             raise RequestError(422, f"parameters.task: unknown task {self.task!r}; tasks are: {', '.join(PROMPTS)}")
         given = self.merged()
@@ -259,18 +266,22 @@ class GenerationPlan:
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """The ``model.generate`` keyword arguments."""
         return dict(self.generate)
 
     @property
     def beams(self) -> int:
+        """``num_beams``."""
         return self.kwargs["num_beams"]
 
     @property
     def maximum(self) -> int:
+        """New tokens at most (``max_new_tokens``, T5's start token not counted)."""
         return self.kwargs["max_new_tokens"]
 
     @property
     def minimum(self) -> int:
+        """New tokens at least (0: none forced)."""
         return self.kwargs.get("min_new_tokens", 0)
 
 

@@ -197,6 +197,11 @@ class Guard:
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
+        """ASGI entry: answer a rejected request here (4xx, 503), else pass it on with its body read.
+
+        Probes (``/health``, ``/ready``) skip the Host, key and content-type checks and the
+        in-flight cap; every HTTP request is counted in the metrics with its status and seconds.
+        """
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), [500]
@@ -318,65 +323,167 @@ async def _until_disconnect(receive) -> None:
         pass
 
 
-def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
-               batching: bool = True, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               limits: ServerLimits | None = None, hosts: frozenset[str] | None = LOOPBACK_HOSTS,
-               origins: frozenset[tuple[str, str, int]] = frozenset()) -> FastAPI:
-    """The app around an already loaded model (:func:`scilm.serving.models.load_served_model`).
+class _Service:
+    """What one app's handlers share: the model, its micro-batcher (from startup until shutdown
+    begins), the drawing worker, the prepare pool, the budgets and the metrics.
 
-    ``hosts``: the Host names it answers to (:func:`allowed_hosts`; None: any); ``origins``: web
-    origins admitted besides its own (:func:`allowed_origins`); ``limits``: its bounds.
+    The route handlers are its methods (:func:`_add_routes`); :meth:`lifespan` starts and stops it.
     """
-    from scilm.serving.draw import DrawWorker, check_smiles
 
-    limits = limits or ServerLimits()
-    limits.check()
-    if not batching:  # one input per forward, no waiting: the baseline the benchmark compares to
-        max_batch_size, max_wait_ms = 1, 0.0
-    max_inputs = min(MAX_INPUTS, max_queue)
-    request_cost, pending_cost = limits.request_cost(served.kind), limits.pending_cost(served.kind)
-    holder: dict = {}
-    metrics = ServerMetrics(queue_depth=lambda: holder["batcher"].depth if "batcher" in holder else 0)
-    prepare_pool = ThreadPoolExecutor(max_workers=limits.prepare_threads, thread_name_prefix="scilm-prepare")
-    drawer = DrawWorker(limits.draw_seconds, limits.draw_waiting, max_atoms=limits.draw_max_atoms,
-                        max_rings=limits.draw_max_rings)
+    def __init__(self, served, max_batch_size: int, max_wait_ms: float, max_queue: int, batching: bool,
+                 max_body_bytes: int, limits: ServerLimits):
+        from scilm.serving.draw import DrawWorker
 
-    def retry_after() -> int:
-        batcher = holder.get("batcher") or holder.get("closed")
+        if not batching:  # one input per forward, no waiting: the baseline the benchmark compares to
+            max_batch_size, max_wait_ms = 1, 0.0
+        self.served, self.limits, self.batching, self.max_body_bytes = served, limits, batching, max_body_bytes
+        self.max_batch_size, self.max_wait_ms, self.max_queue = max_batch_size, max_wait_ms, max_queue
+        self.max_inputs = min(MAX_INPUTS, max_queue)
+        self.request_cost, self.pending_cost = limits.request_cost(served.kind), limits.pending_cost(served.kind)
+        self.batcher: MicroBatcher | None = None  # running: from startup until close()
+        self.closed: MicroBatcher | None = None  # after close(): finishing its running call
+        self.metrics = ServerMetrics(queue_depth=lambda: self.batcher.depth if self.batcher is not None else 0)
+        self.prepare_pool = ThreadPoolExecutor(max_workers=limits.prepare_threads, thread_name_prefix="scilm-prepare")
+        self.drawer = DrawWorker(limits.draw_seconds, limits.draw_waiting, max_atoms=limits.draw_max_atoms,
+                                 max_rings=limits.draw_max_rings)  # its process starts with the first /draw
+
+    # -- life ------------------------------------------------------------------------------------
+
+    def retry_after(self) -> int:
+        """Seconds a client told 503 should wait: the pending work at the measured rate (5 before startup)."""
+        batcher = self.batcher or self.closed
         return batcher.retry_after() if batcher is not None else 5
 
-    def close() -> int:
+    def close(self) -> int:
         """Refuse new work, fail queued work (503), let the running call finish: the start of a shutdown."""
-        drawer.closing = True
-        batcher = holder.pop("batcher", None)
+        self.drawer.closing = True
+        batcher, self.batcher = self.batcher, None
         if batcher is None:
             return 0
-        holder["closed"] = batcher
+        self.closed = batcher
         failed = batcher.close()
         log.info("shutting down: %d queued input(s) answered 503, the running call finishes", failed)
         return failed
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(served.run_batch, max_batch_size, max_wait_ms, max_queue,
-                               on_batch=metrics.observe_batch, max_batch_cost=request_cost,
-                               max_pending_cost=pending_cost, max_batch_seconds=limits.max_batch_seconds)
+    async def lifespan(self, app: FastAPI):
+        """The app's lifespan: the batcher runs from startup; shutdown closes, drains and stops everything."""
+        batcher = MicroBatcher(self.served.run_batch, self.max_batch_size, self.max_wait_ms, self.max_queue,
+                               on_batch=self.metrics.observe_batch, max_batch_cost=self.request_cost,
+                               max_pending_cost=self.pending_cost, max_batch_seconds=self.limits.max_batch_seconds)
         batcher.start()
-        holder["batcher"] = batcher  # the drawing process starts with the first /draw, if one comes
+        self.batcher = batcher
         yield
-        close()
-        await holder["closed"].stop()
-        await asyncio.to_thread(drawer.close)
-        prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self.close()
+        await self.closed.stop()
+        await asyncio.to_thread(self.drawer.close)
+        self.prepare_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="scilm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.metrics = metrics
-    app.state.close = close
-    app.state.limits = limits
-    app.state.drawer = drawer
-    app.add_middleware(Guard, metrics=metrics, max_body=max_body_bytes, api_key=api_key, hosts=hosts,
-                       body_timeout=limits.body_timeout, max_requests=limits.max_requests, retry_after=retry_after,
-                       origins=origins)
+    async def off_loop(self, function, *args):
+        """``function(*args)`` in the prepare pool: CPU work (parsing, validation) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.prepare_pool, function, *args)
+
+    # -- POST /predict ---------------------------------------------------------------------------
+
+    def prepare(self, body: bytes):
+        """Parse, validate and price a /predict body: (payload, group, values, costs); 4xx RequestError."""
+        served = self.served
+        payload = parse_payload(parse_json_body(body), self.max_inputs, served.parameters)
+        group, values = served.prepare(payload)
+        costs = [served.cost(group, value) for value in values]
+        if sum(costs) > self.request_cost:
+            raise RequestError(422, f"request too expensive: {describe_cost(served.kind, payload, group, costs)} "
+                                    f"is over this server's per-request budget of {self.request_cost:,} token-steps")
+        return payload, group, values, costs
+
+    async def predict(self, request: Request):
+        """``POST /predict``: an HF payload in, the model's answer out; dropped (499) if the client leaves.
+
+        Raises RequestError: 4xx for a bad or too expensive payload (:meth:`prepare`), 503 when
+        overloaded, shutting down or past the time limit (:meth:`_unavailable`).
+        """
+        payload, group, values, costs = await self.off_loop(self.prepare, await request.body())
+        batcher = self.batcher
+        if batcher is None:
+            raise RequestError(503, "server is shutting down", {"Retry-After": str(self.retry_after())})
+        work = asyncio.ensure_future(batcher.submit(values, group, costs))
+        gone = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client went away (or this handler was cancelled): drop its work
+                work.cancel()
+        if not work.done() or work.cancelled():
+            return Response(status_code=499)  # nobody reads it; the status is for metrics
+        try:
+            results = work.result()
+        except Cancelled:  # every request of the call went away
+            return Response(status_code=499)
+        except (QueueFull, ShuttingDown, TimeLimit) as exc:
+            raise self._unavailable(exc, batcher, sum(costs)) from None
+        except Exception:  # a model failure no validation foresaw: logged, answered, the connection kept
+            log.exception("model call failed for /predict")
+            return _error(500, "internal error (details are in the server log)")
+        return await self.off_loop(self.served.respond, payload, results)
+
+    def _unavailable(self, exc: QueueFull | ShuttingDown | TimeLimit, batcher: MicroBatcher, cost: int) -> RequestError:
+        """The 503 (with Retry-After, in seconds) for work of ``cost`` token-steps the batcher refused or stopped."""
+        if isinstance(exc, QueueFull):
+            return RequestError(503, f"overloaded: {exc}; retry later", {"Retry-After": str(batcher.retry_after(cost))})
+        if isinstance(exc, ShuttingDown):
+            return RequestError(503, "server is shutting down; retry later", {"Retry-After": str(self.retry_after())})
+        return RequestError(503, f"{exc}; send fewer inputs, beams or new tokens, or retry later",
+                            {"Retry-After": str(self.retry_after())})
+
+    # -- the other routes ------------------------------------------------------------------------
+
+    def draw_request(self, body: bytes) -> str:
+        """The SMILES of a /draw body ``{"smiles": "..."}``, checked cheaply; 4xx RequestError."""
+        from scilm.serving.draw import check_smiles
+
+        data = parse_json_body(body)
+        if not isinstance(data, dict) or not isinstance(data.get("smiles"), str):
+            raise RequestError(422, 'smiles: expected {"smiles": "..."} with a string')
+        unknown = set(data) - {"smiles"}
+        if unknown:
+            raise RequestError(422, f"unknown field(s) {sorted(unknown)}; expected only 'smiles'")
+        return check_smiles(data["smiles"], self.limits.draw_max_chars)
+
+    async def draw(self, request: Request):
+        """``POST /draw``: ``{"smiles", "canonical", "svg"}`` drawn by the worker process."""
+        smiles = await self.off_loop(self.draw_request, await request.body())
+        return await self.drawer.draw(smiles)
+
+    async def info(self):
+        """``GET /info``: what the model takes, and this server's limits and budgets."""
+        return {**self.served.info(), "max_inputs": self.max_inputs, "max_body_bytes": self.max_body_bytes,
+                "batching": self.batching, "max_batch_size": self.max_batch_size,
+                "max_request_cost": self.request_cost, "max_pending_cost": self.pending_cost,
+                "max_batch_seconds": self.limits.max_batch_seconds}
+
+    async def health(self):
+        """``GET|HEAD /health``: alive."""
+        return {"status": "ok"}
+
+    async def ready(self):
+        """``GET /ready``: 200 while the model takes requests, 503 before startup and once shutting down."""
+        if self.batcher is None:
+            return _error(503, "not ready", {"Retry-After": str(self.retry_after())})
+        return {"status": "ready", "kind": self.served.kind}
+
+    async def prometheus(self):
+        """``GET /metrics``: the Prometheus text format."""
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def page(self):
+        """``GET /``: the single static web page."""
+        html = resources.files("scilm.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers=_PAGE_HEADERS)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": ...}`` (:func:`_error`); an unexpected one logged, answered 500, no traceback."""
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -391,92 +498,42 @@ def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_q
         log.exception("error while serving %s", request.url.path)
         return _error(500, "internal error (details are in the server log)")
 
-    def prepare(body: bytes):
-        """Parse, validate and price a /predict body (in the prepare pool: CPU work off the event loop)."""
-        payload = parse_payload(parse_json_body(body), max_inputs, served.parameters)
-        group, values = served.prepare(payload)
-        costs = [served.cost(group, value) for value in values]
-        if sum(costs) > request_cost:
-            raise RequestError(422, f"request too expensive: {describe_cost(served.kind, payload, group, costs)} "
-                                    f"is over this server's per-request budget of {request_cost:,} token-steps")
-        return payload, group, values, costs
 
-    async def off_loop(function, *args):
-        return await asyncio.get_running_loop().run_in_executor(prepare_pool, function, *args)
+def _add_routes(app: FastAPI, service: _Service) -> None:
+    """The routes of the module docstring, each a method of ``service``."""
+    app.post("/predict")(service.predict)
+    app.post("/draw")(service.draw)
+    app.get("/info")(service.info)
+    app.api_route("/health", methods=["GET", "HEAD"])(service.health)
+    app.get("/ready")(service.ready)
+    app.get("/metrics")(service.prometheus)
+    app.get("/", response_class=HTMLResponse)(service.page)
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        payload, group, values, costs = await off_loop(prepare, await request.body())
-        batcher = holder.get("batcher")
-        if batcher is None:
-            raise RequestError(503, "server is shutting down", {"Retry-After": str(retry_after())})
-        work = asyncio.ensure_future(batcher.submit(values, group, costs))
-        gone = asyncio.ensure_future(_until_disconnect(request.receive))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not work.done():  # the client went away (or this handler was cancelled): drop its work
-                work.cancel()
-        if not work.done() or work.cancelled():
-            return Response(status_code=499)  # nobody reads it; the status is for metrics
-        try:
-            results = work.result()
-        except QueueFull as exc:
-            raise RequestError(503, f"overloaded: {exc}; retry later",
-                               {"Retry-After": str(batcher.retry_after(sum(costs)))}) from None
-        except ShuttingDown:
-            raise RequestError(503, "server is shutting down; retry later",
-                               {"Retry-After": str(retry_after())}) from None
-        except TimeLimit as exc:
-            raise RequestError(503, f"{exc}; send fewer inputs, beams or new tokens, or retry later",
-                               {"Retry-After": str(retry_after())}) from None
-        except Cancelled:
-            return Response(status_code=499)
-        except Exception:  # a model failure no validation foresaw: logged, answered, the connection kept
-            log.exception("model call failed for /predict")
-            return _error(500, "internal error (details are in the server log)")
-        return await off_loop(served.respond, payload, results)
 
-    def draw_request(body: bytes) -> str:
-        data = parse_json_body(body)
-        if not isinstance(data, dict) or not isinstance(data.get("smiles"), str):
-            raise RequestError(422, 'smiles: expected {"smiles": "..."} with a string')
-        unknown = set(data) - {"smiles"}
-        if unknown:
-            raise RequestError(422, f"unknown field(s) {sorted(unknown)}; expected only 'smiles'")
-        return check_smiles(data["smiles"], limits.draw_max_chars)
+def create_app(served, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
+               batching: bool = True, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               limits: ServerLimits | None = None, hosts: frozenset[str] | None = LOOPBACK_HOSTS,
+               origins: frozenset[tuple[str, str, int]] = frozenset()) -> FastAPI:
+    """The app around an already loaded model (:func:`scilm.serving.models.load_served_model`).
 
-    @app.post("/draw")
-    async def draw(request: Request):
-        smiles = await off_loop(draw_request, await request.body())
-        return await drawer.draw(smiles)
-
-    @app.get("/info")
-    async def info():
-        return {**served.info(), "max_inputs": max_inputs, "max_body_bytes": max_body_bytes,
-                "batching": batching, "max_batch_size": max_batch_size, "max_request_cost": request_cost,
-                "max_pending_cost": pending_cost, "max_batch_seconds": limits.max_batch_seconds}
-
-    @app.api_route("/health", methods=["GET", "HEAD"])
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    async def ready():
-        if "batcher" not in holder:
-            return _error(503, "not ready", {"Retry-After": str(retry_after())})
-        return {"status": "ready", "kind": served.kind}
-
-    @app.get("/metrics")
-    async def prometheus():
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page():
-        html = resources.files("scilm.serving").joinpath("static/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers=_PAGE_HEADERS)
-
+    ``hosts``: the Host names it answers to (:func:`allowed_hosts`; None: any); ``origins``: web
+    origins admitted besides its own (:func:`allowed_origins`); ``limits``: its bounds (ValueError
+    if inconsistent). ``app.state`` holds ``metrics``, ``close`` (begin a shutdown), ``limits`` and
+    ``drawer`` (the :class:`scilm.serving.draw.DrawWorker`).
+    """
+    limits = limits or ServerLimits()
+    limits.check()
+    service = _Service(served, max_batch_size, max_wait_ms, max_queue, batching, max_body_bytes, limits)
+    app = FastAPI(title="scilm", lifespan=service.lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics = service.metrics
+    app.state.close = service.close
+    app.state.limits = limits
+    app.state.drawer = service.drawer
+    app.add_middleware(Guard, metrics=service.metrics, max_body=max_body_bytes, api_key=api_key, hosts=hosts,
+                       body_timeout=limits.body_timeout, max_requests=limits.max_requests,
+                       retry_after=service.retry_after, origins=origins)
+    _add_error_handlers(app)
+    _add_routes(app, service)
     return app
 
 
@@ -493,6 +550,9 @@ def describe_cost(kind: str, payload, group, costs: list[int]) -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` (``--host``) serves this machine only: ``localhost`` or a loopback address
+    (``127.0.0.0/8``, ``::1``). A name other than ``localhost`` is not resolved, so it counts as not loopback.
+    """
     if host == "localhost":
         return True
     try:
@@ -502,6 +562,12 @@ def is_loopback(host: str) -> bool:
 
 
 def api_key_from_env(api_key_env: str | None) -> str | None:
+    """The API key in environment variable ``api_key_env`` (stripped), or None when no variable is named.
+
+    The key is read from the environment, never from a flag, so it does not show in ``ps``. Raises
+    ScilmError naming the variable if it is unset or empty (a server meant to need a key would
+    otherwise run open).
+    """
     if api_key_env is None:
         return None
     key = os.environ.get(api_key_env, "").strip()
@@ -524,6 +590,7 @@ class ScilmServer(uvicorn.Server):
         self.connections = None  # the ConnectionLimits, when built by uvicorn_server
 
     async def shutdown(self, sockets=None):
+        """Fail queued requests (503) at once, close connections still sending a request, then uvicorn's shutdown."""
         if self.scilm_app is not None:
             self.scilm_app.state.close()
         for connection in list(self.server_state.connections):  # half-sent requests: nobody to wait for
@@ -551,7 +618,11 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size:
           max_wait_ms: float = 5.0, max_queue: int = 256, batching: bool = True,
           api_key_env: str | None = None, limits: ServerLimits | None = None,
           allowed_host: tuple[str, ...] = ()) -> None:
-    """Load ``model`` and serve it until SIGINT/SIGTERM (bounded shutdown, see the module docstring)."""
+    """Load ``model`` and serve it until SIGINT/SIGTERM (bounded shutdown, see the module docstring).
+
+    Raises ScilmError naming the setting for bad sizes or limits, an unset ``api_key_env`` variable,
+    a bad ``allowed_host`` entry or a model directory that cannot be served.
+    """
     from scilm.serving.models import load_served_model
 
     if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:

@@ -78,6 +78,7 @@ class RelativeProbabilisticSiftConfig:
 
     @property
     def base(self) -> SiftingBaseConfig:
+        """The shared sifting settings (``sift_delay`` ...) inside ``loss_based_sift_config``."""
         return self.loss_based_sift_config.sift_config
 
     @property

@@ -90,14 +90,17 @@ class ReuseLossSifter:
         return sums * weight.to(sums.device, sums.dtype)
 
     def stats(self) -> dict[str, float]:
+        """Samples planned and kept so far, and the keep rate."""
         return {"samples_planned": self.planned, "samples_kept": self.kept,
                 "keep_rate": self.kept / self.planned if self.planned else 1.0}
 
     def state_dict(self) -> dict:
+        """Last losses, 1/p weights, the generator state and counts: what a checkpoint needs."""
         return {"last_loss": self.last_loss.clone(), "weights": self.weights.clone(),
                 "rng": self.generator.get_state(), "planned": self.planned, "kept": self.kept}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s values."""
         self.last_loss, self.weights = state["last_loss"].clone(), state["weights"].clone()
         self.generator.set_state(state["rng"])
         self.planned, self.kept = state["planned"], state["kept"]
@@ -141,6 +144,7 @@ class ReuseSampler(Sampler[int]):
         return len(self)
 
     def set_epoch(self, epoch: int) -> None:  # the plan already changes every epoch
+        """Plan the next epoch's samples (the Trainer calls it at each epoch's start)."""
         pass
 
 

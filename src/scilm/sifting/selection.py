@@ -28,21 +28,26 @@ class LossHistory:
 
     @classmethod
     def empty(cls, capacity: int) -> LossHistory:
+        """A history of ``capacity`` slots, none filled. Raises ScilmError when ``capacity`` < 1."""
         if capacity < 1:
             raise ScilmError(f"loss history capacity must be >= 1, got {capacity}")
         return cls(torch.zeros(capacity, dtype=torch.float32))
 
     @property
     def capacity(self) -> int:
+        """Slots in the ring buffer (losses kept at most)."""
         return self.values.numel()
 
     def recent(self) -> torch.Tensor:
+        """The losses held, ``(size,)``, in slot order."""
         return self.values[: self.size]
 
     def state_dict(self) -> dict:
+        """Values, size and write position: what a checkpoint needs."""
         return {"values": self.values.clone(), "size": self.size, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s values. Raises ScilmError when the capacity differs."""
         if state["values"].numel() != self.capacity:
             raise ScilmError(f"saved loss history has {state['values'].numel()} slots, this one {self.capacity}")
         self.values.copy_(state["values"])

@@ -35,6 +35,7 @@ FAULT_ENV = "SCILM_FAULT_KILL_IN_CHECKPOINT"  # tests only: SIGKILL ourselves mi
 
 
 def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``checkpoint-N`` directory name, else None."""
     match = _CHECKPOINT.match(path.name)
     return int(match.group(1)) if match else None
 
@@ -50,6 +51,7 @@ def _checkpoints(root: Path) -> list[Path]:
 
 
 def is_complete(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` has its completion marker (written last, after every file)."""
     return (path / MARKER).is_file()
 
 
@@ -59,6 +61,7 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def latest_complete(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` (not verified: see :func:`latest_intact`), else None."""
     done = complete_checkpoints(root)
     return done[-1] if done else None
 
@@ -198,6 +201,7 @@ def rotate(root: Path, keep: int, protect: Path | str | None = None) -> None:
 
 
 def read_scilm_state(path: Path) -> dict[str, Any]:
+    """scilm's own state saved in a checkpoint (step, eval history, loss sums), ``{}`` when absent."""
     state_file = path / SCILM_STATE
     if not state_file.is_file():
         return {}

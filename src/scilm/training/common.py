@@ -16,10 +16,10 @@ import torch
 from transformers import TrainingArguments
 
 from scilm.data.textio import read_json
-from scilm.errors import ScilmError
+from scilm.errors import ScilmError, name
 from scilm.io import replace_dir_atomic, write_json_atomic  # noqa: F401 (re-exported)
 from scilm.training import checkpoints, rundir
-from scilm.training.distributed import is_main_process, world_size
+from scilm.distributed import is_main_process, world_size
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,24 @@ RUN_FILES = ("metrics.json", "model")  # a new run refuses to replace these with
 FINISHED = "metrics.json"  # written last: its presence alone marks a finished run
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU."""
+def resolve_precision(precision: str, fp16_safe: bool = True) -> str:
+    """``auto`` -> bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU.
+
+    ``fp16_safe=False`` (T5: its feed-forward activations exceed fp16's 65504 and give inf/NaN,
+    huggingface/transformers#4586, #5651, #14189; T5 itself was trained with bfloat16 activations,
+    google-research/text-to-text-transfer-transformer#539): ``auto`` never picks fp16 (fp32 on an
+    older GPU) and an explicit ``fp16`` raises ScilmError: a run that can only produce NaN is refused.
+    """
     cuda = torch.cuda.is_available()
+    if precision == "fp16" and not fp16_safe:
+        raise ScilmError(f"{name('precision')} fp16: T5 overflows in fp16 (inf/NaN losses, a known T5 problem); "
+                         f"use bf16 on a GPU that has it, or fp32 ({name('precision')} auto picks between them)")
     if precision == "auto":
         if not cuda:
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp16" if fp16_safe else "fp32"
     if precision == "fp16" and not cuda:
         raise ScilmError("--precision fp16 needs a CUDA GPU; on CPU use fp32 (or auto)")
     if precision == "bf16" and not cuda:
@@ -353,6 +364,7 @@ def save_run(model, tokenizer, out: Path, lora: bool) -> None:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of scilm, Python, torch, transformers, peft and accelerate, as recorded in metrics.json."""
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
     for package in ("scilm", "torch", "transformers", "peft", "accelerate"):
         try:

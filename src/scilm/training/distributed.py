@@ -1,8 +1,7 @@
-"""Data-parallel plumbing: which process am I, and ``scilm train --nproc N``.
+"""``scilm train --nproc N``: the launcher (rank and collective helpers: :mod:`scilm.distributed`).
 
 The engine is PyTorch's own (``torchrun`` = ``torch.distributed.run``) driving the Hugging Face
-Trainer's DDP; ``accelerate launch`` works the same way. scilm only adds the convenience
-launcher and "rank 0 writes" helpers.
+Trainer's DDP; ``accelerate launch`` works the same way. scilm only adds this convenience launcher.
 """
 
 from __future__ import annotations
@@ -10,33 +9,11 @@ from __future__ import annotations
 import os
 import sys
 
-import torch.distributed as dist
-
 from scilm.errors import ScilmError
 
 
-def world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 def launched_by_torchrun() -> bool:
+    """Whether this process is one of a launcher's workers (torchrun and accelerate set these)."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 

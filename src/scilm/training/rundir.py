@@ -42,6 +42,7 @@ _held: dict[Path, int] = {}  # lock path -> open file descriptor holding the flo
 
 
 def is_owned_run(out: Path) -> bool:
+    """Whether ``out`` holds a run scilm wrote (its owner file, or an older scilm's metrics.json)."""
     return (out / OWNER_FILE).is_file()
 
 
@@ -169,6 +170,7 @@ def release_lock(out: Path) -> None:
 
 
 def release_all() -> None:
+    """Release every run lock this process holds (at exit)."""
     for path in list(_held):
         release_lock(path.parent)
 
@@ -186,6 +188,7 @@ def mark_owned(checkpoint: Path) -> None:
 
 
 def is_owned(path: Path) -> bool:
+    """Whether scilm created ``path`` (its ``.scilm-owned`` marker): only such paths are ever deleted."""
     return (path / OWNED).is_file()
 
 

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from scilm.errors import ScilmError, name
+from scilm.training.sift_policies import SIFT_POLICIES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# random / reuse-random: controls that drop at the same rate as relative / reuse, blind to the losses
-SIFT_POLICIES = ("relative", "reuse", "random", "reuse-random")
 PEFT_METHODS = ("none", "lora", "dora", "ia3")
 
 
@@ -49,6 +48,14 @@ class Settings:
         if self.given is not None:
             return name in self.given
         return getattr(self, name) != getattr(type(self)(), name)
+
+    def check_section(self) -> None:
+        """Check this section's own settings (each section overrides it; :meth:`validate` calls every
+        section's in turn). Raises ScilmError naming the setting and what it must be."""
+
+    def check_recipe(self) -> None:
+        """Check rules of a recipe that span sections (a recipe's Config overrides it), after every
+        section's :meth:`check_section`. Raises ScilmError naming the settings."""
 
     def validate(self):
         """Check every section's values, then the recipe's own rules; returns ``self``. Raises ScilmError."""
@@ -102,11 +109,16 @@ class ProteinDataSettings(DataSettings):
     min_length: int | None = setting(None, "Drop shorter sequences (published recipe: 100).")
     max_length: int | None = setting(None, "Drop longer sequences (published recipe: 512).")
     truncate: int = setting(1022, "Residues kept per sequence (ESM-2 sees at most 1022 + 2 special tokens).")
+    long_policy: str = setting("head", "Residues kept of a longer sequence: head (the first --truncate) | ends "
+                                       "(first and last halves: both termini); recorded for predict/embed/serve.")
     drop_missing_labels: bool = setting(False, "Exclude (and count) rows whose label is empty/NaN/NA/None; "
                                                "else such a row is an error.")
 
     def check_section(self) -> None:
         _at_least({"truncate": self.truncate, "min_length": self.min_length, "max_length": self.max_length}, 1)
+        from scilm.inference.policy import TRAINING_POLICIES, check_long_policy
+
+        check_long_policy(self.long_policy, TRAINING_POLICIES)
         if (self.split_column is None) != (self.valid_split is None):
             raise ScilmError(f"{name('split_column')} and {name('valid_split')} go together")
         if self.train_split is not None and self.split_column is None:
@@ -137,6 +149,13 @@ class ModelSettings(Settings):
         return "lora" if self.lora and self.peft == "none" else self.peft
 
     def check_section(self) -> None:
+        if self.peft == "qlora":  # a 4-bit backbone: bitsandbytes kernels exist for CUDA only
+            import torch
+
+            where = ("needs a CUDA GPU; on CPU use" if not torch.cuda.is_available()
+                     else "is not available in this scilm version yet; use")
+            raise ScilmError(f"{name('peft')} qlora (LoRA on a 4-bit quantised backbone, bitsandbytes) {where} "
+                             f"{name('peft')} lora or dora")
         if self.peft not in PEFT_METHODS:
             raise ScilmError(f"{name('peft')} must be one of {', '.join(PEFT_METHODS)} (got {self.peft!r})")
         if self.lora and self.peft not in ("none", "lora"):
@@ -145,6 +164,11 @@ class ModelSettings(Settings):
         if self.freeze_backbone and self.peft_method != "none":
             raise ScilmError(f"{name('freeze_backbone')} trains the head only; it does not combine with {name('peft')} "
                              f"{self.peft_method} (adapters would be trained)")
+        shaping = [key for key in ("lora_r", "lora_alpha", "lora_dropout") if self.is_set(key)]
+        if shaping and self.peft_method not in ("lora", "dora"):  # they would change nothing: an error, not ignored
+            what = name("freeze_backbone") if self.freeze_backbone else f"{name('peft')} {self.peft_method}"
+            raise ScilmError(f"{', '.join(map(name, shaping))} shape LoRA/DoRA adapters, which {what} does not train; "
+                             "drop them")
         _at_least({"lora_r": self.lora_r, "lora_alpha": self.lora_alpha}, 1)
         if not 0 <= self.lora_dropout < 1:
             raise ScilmError(f"{name('lora_dropout')} must be in [0, 1) (got {self.lora_dropout})")
@@ -167,7 +191,7 @@ class OptimSettings(Settings):
     grad_checkpointing: bool = setting(False, "Gradient checkpointing: recompute activations in backward (less "
                                               "memory, ~30% slower).")
     precision: str = setting("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on a GPU that supports it, fp16 on "
-                                     "older GPUs, fp32 on CPU).")
+                                     "older GPUs, fp32 on CPU; seq2seq never fp16: T5 overflows in it).")
 
     @property
     def resolved_lr(self) -> float:
@@ -228,12 +252,12 @@ class SiftSettings(Settings):
                              f"(got {self.sift_policy!r})")
         if self.sift_history < 2 or self.sift_delay < 0:
             raise ScilmError(f"{name('sift_history')} must be at least 2 and {name('sift_delay')} at least 0")
-        from scilm.training.distributed import world_size  # WORLD_SIZE under torchrun / accelerate launch
+        from scilm.distributed import world_size  # WORLD_SIZE under torchrun / accelerate launch
 
         processes = max(getattr(self, "nproc", 1), world_size())
-        if self.sift_policy.startswith("reuse") and (processes > 1 or getattr(self, "resume", False)):
-            raise ScilmError(f"{name('sift_policy')} reuse runs in one process and cannot resume (its epochs change "
-                             f"length); use {name('sift_policy')} relative")
+        if not SIFT_POLICIES[self.sift_policy].resumable and (processes > 1 or getattr(self, "resume", False)):
+            raise ScilmError(f"{name('sift_policy')} {self.sift_policy} runs in one process and cannot resume (its "
+                             f"epochs change length); use {name('sift_policy')} relative")
 
 
 @dataclass

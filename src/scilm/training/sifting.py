@@ -21,10 +21,10 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
 
+from scilm.distributed import rank
 from scilm.errors import ScilmError
 from scilm.sifting import (
     LossConfig,
-    RandomLoss,
     RelativeProbabilisticSiftConfig,
     ReuseLossSifter,
     ReuseSampler,
@@ -32,16 +32,17 @@ from scilm.sifting import (
     SiftingDataloader,
 )
 from scilm.sifting.loss import Loss
-from scilm.training.distributed import rank
+from scilm.training import trainer_internals as internals
+from scilm.training.sift_policies import SiftPolicy, sift_policy
 from scilm.training.trainer import ScilmTrainer
 
 
 @dataclass(frozen=True)
-class SiftSettings:
+class SiftingPlan:
     beta: float
     history: int
     delay: int
-    policy: str
+    policy: SiftPolicy
     epochs: float | None  # None: the run is bounded by max_steps instead
     warmup_ratio: float
     seed: int
@@ -68,14 +69,12 @@ class _StopAfterEpochs(TrainerCallback):
 class SiftingTrainer(ScilmTrainer):
     """A Trainer whose training data goes through smart sifting; everything else is unchanged."""
 
-    def __init__(self, *args: Any, sift: SiftSettings, sift_loss: Loss, **kwargs: Any):
+    def __init__(self, *args: Any, sift: SiftingPlan, sift_loss: Loss, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.sift = sift
         self.sift_loss = sift_loss  # scoring loss of the relative policy
         self.sifting_loader: SiftingDataloader | None = None
-        self.reuse = (ReuseLossSifter(len(self.train_dataset), sift.beta, seed=sift.seed,
-                                      blind=sift.policy == "reuse-random")
-                      if sift.policy.startswith("reuse") else None)
+        self.reuse: ReuseLossSifter | None = sift.policy.reuse_sifter(len(self.train_dataset), sift.beta, sift.seed)
         self._saved_sift_state: dict | None = None
         self.reuse_sampler: ReuseSampler | None = None
         self.reuse_epochs_done, self.reuse_read = -1, 0  # reuse policy: epochs begun - 1, samples read in this one
@@ -90,7 +89,7 @@ class SiftingTrainer(ScilmTrainer):
 
     def get_train_dataloader(self):
         loader = super().get_train_dataloader()
-        if self.sift.policy not in ("relative", "random"):
+        if not self.sift.policy.in_loader:
             return loader
         config = RelativeProbabilisticSiftConfig(
             beta_value=self.sift.beta, loss_history_length=self.sift.history,
@@ -98,7 +97,7 @@ class SiftingTrainer(ScilmTrainer):
         precision = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.sift.precision, "32")
         self.sifting_loader = SiftingDataloader(
             sift_config=config, orig_dataloader=loader, model=self.model,
-            loss_impl=RandomLoss(self.sift.seed) if self.sift.policy == "random" else self.sift_loss,
+            loss_impl=self.sift.policy.scoring_loss(self.sift_loss, self.sift.seed),
             seed=self.sift.seed, precision=precision,
             pad_values={"input_ids": getattr(self.processing_class, "pad_token_id", 0) or 0})
         if self._saved_sift_state is not None:  # a resumed run continues the same selection
@@ -152,7 +151,7 @@ class SiftingTrainer(ScilmTrainer):
 
     def load_extra_state(self, path: Path) -> None:
         state_file = path / f"sifting_state_rank{rank()}.pt"
-        if self.sift.policy in ("relative", "random"):
+        if self.sift.policy.in_loader:
             if not state_file.is_file():
                 raise ScilmError(f"{path}: no {state_file.name}; was it saved by a run with the same --sift-* "
                                  "settings and number of processes?")
@@ -171,12 +170,13 @@ class SiftingTrainer(ScilmTrainer):
                 return max(0.0, (1.0 - progress) / max(1e-8, 1.0 - warmup))
 
             self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
-            self._created_lr_scheduler = True
+            internals.mark_scheduler_created(self)
         return self.lr_scheduler
 
     def sifting_stats(self) -> dict[str, Any]:
+        """The policy, its settings and the selector's counts (samples seen, kept, keep rate) for metrics.json."""
         stats = self.sifting_loader.stats() if self.sifting_loader is not None else self.reuse.stats()
-        return {"policy": self.sift.policy, "beta": self.sift.beta, "history": self.sift.history,
+        return {"policy": self.sift.policy.name, "beta": self.sift.beta, "history": self.sift.history,
                 "delay": self.sift.delay, **stats}
 
 
@@ -187,17 +187,18 @@ def build_sifting_trainer(config, precision: str, out, trainer_kwargs: dict, sif
     from scilm.training.common import training_arguments
 
     extra = dict(args_extra or {})
-    if not config.sift_policy.startswith("reuse") and not config.max_steps:  # a sifted loader has no length
+    policy = sift_policy(config.sift_policy)
+    if policy.in_loader and not config.max_steps:  # a sifted loader has no length
         extra["max_steps"] = sifted_step_budget(
             len(trainer_kwargs["train_dataset"]), config.batch_size, config.grad_accum, config.epochs)
-    if not config.sift_policy.startswith("reuse"):
+    if policy.in_loader:
         # the sifting loader restores its own position on resume; the Trainer must not skip batches
         extra["ignore_data_skip"] = True
     args = training_arguments(config, out / "checkpoints", precision, **extra)
     if "max_steps" in extra and not config.max_steps:
         args.num_train_epochs = config.epochs
-    settings = SiftSettings(
-        beta=config.sift_beta, history=config.sift_history, delay=config.sift_delay, policy=config.sift_policy,
+    settings = SiftingPlan(
+        beta=config.sift_beta, history=config.sift_history, delay=config.sift_delay, policy=policy,
         epochs=None if config.max_steps else config.epochs, warmup_ratio=config.warmup_ratio,
         seed=config.seed, precision=precision)
     return SiftingTrainer(args=args, sift=settings, sift_loss=sift_loss, **trainer_kwargs)

@@ -14,7 +14,8 @@
   non-zero with a message saying how to resume.
 * Non-finite loss: stop with the step and the samples of the batch, or skip the batch.
 
-Everything else (DDP, FSDP, DeepSpeed, optimizer, scheduler, RNG restore) is the Trainer's.
+Everything else (DDP, FSDP, DeepSpeed, optimizer, scheduler, RNG restore) is the Trainer's. The
+private Trainer parts this relies on are listed (and pinned by a test) in ``trainer_internals.py``.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from scilm.errors import ScilmError
 from scilm.io import write_json_atomic
 from scilm.models.loading import quiet_transformers
-from scilm.sifting.distributed import all_reduce
 from scilm.training import checkpoints, rundir
+from scilm.training import trainer_internals as internals
 from scilm.training.callbacks import EvalHistory
 from scilm.training.losses import IGNORE, count_items, cross_entropy_sums
-from scilm.training.distributed import barrier, is_main_process, rank, world_size
+from scilm.distributed import all_reduce, barrier, broadcast_object, is_main_process, rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's order from ``seed + epoch`` (so a resumed epoch sees the same order)."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
@@ -264,7 +266,7 @@ class ScilmTrainer(Trainer):
 
     def set_initial_training_values(self, args, dataloader):
         values = super().set_initial_training_values(args, dataloader)
-        self._steps_in_epoch = values[5]  # the Trainer steps at the end of an epoch of this many batches
+        self._steps_in_epoch = internals.steps_in_epoch(values)  # it steps at the end of an epoch of this many batches
         return values
 
     def data_epochs(self) -> float:
@@ -468,11 +470,11 @@ class ScilmTrainer(Trainer):
 
         The part not yet logged is per rank: it is averaged over ranks, as the Trainer's logging does.
         """
-        running = getattr(self, "_tr_loss", None)
-        if not isinstance(running, torch.Tensor):
-            return self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0))
+        running, logged = internals.running_loss(self)
+        if running is None:
+            return self.loss_sum_before + logged
         unlogged = all_reduce([float(running)], self.args.device)[0] / world_size()
-        return self.loss_sum_before + float(getattr(self, "_total_loss_scalar", 0.0)) + unlogged
+        return self.loss_sum_before + logged + unlogged
 
     def run_train_loss(self, segment_mean: float) -> float:
         """Mean step loss of the whole run, given this segment's mean (the Trainer's ``training_loss``)."""
@@ -482,6 +484,7 @@ class ScilmTrainer(Trainer):
         return (self.loss_sum_before + segment_mean * (steps - self.resumed_step)) / steps
 
     def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of this run's output directory, else None."""
         return checkpoints.latest_complete(Path(self.args.output_dir))
 
     def checkpoint_to_resume(self) -> Path | None:
@@ -496,9 +499,7 @@ class ScilmTrainer(Trainer):
                 answer = [("ok", checkpoints.latest_intact(Path(self.args.output_dir)))]
             except ScilmError as exc:
                 answer = [("error", str(exc))]
-        if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast_object_list(answer, src=0)
-        kind, value = answer[0]
+        kind, value = broadcast_object(answer[0])
         if kind == "error":
             raise ScilmError(value)
         return value

@@ -19,7 +19,7 @@ from scilm.sifting.batching import BatchTransform, SampleListTransform, batch_si
 from scilm.sifting.data_model.data_model_interface import SiftingBatch, SiftingBatchTransform
 from scilm.sifting.config import RelativeProbabilisticSiftConfig
 from scilm.sifting.cost import ON_NO_GAIN, CostVerdict, check_cost
-from scilm.sifting.distributed import active_world, all_reduce, gather_losses
+from scilm.distributed import active_world, all_reduce, gather_losses
 from scilm.sifting.loss import Loss
 from scilm.sifting.selection import LossHistory, select_by_loss
 
@@ -141,10 +141,12 @@ class SiftingDataloader:
 
     @property
     def dataset(self):
+        """The wrapped loader's dataset (as ``DataLoader.dataset``; HF Trainer and Lightning read it)."""
         return getattr(self.orig_dataloader, "dataset", None)
 
     @property
     def batch_size(self) -> int | None:
+        """The wrapped loader's batch size (batches it yields may be smaller: sifted)."""
         return self._batch_size
 
     @property

@@ -20,6 +20,7 @@ class Loss(abc.ABC):
 
     @abc.abstractmethod
     def loss(self, model: torch.nn.Module, transformed_batch: Any, original_batch: Any = None) -> torch.Tensor:
+        """Per-sample losses ``(B,)`` of ``model`` on ``transformed_batch`` (no reduction): higher, kept likelier."""
         ...
 
 

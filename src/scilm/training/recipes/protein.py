@@ -14,7 +14,6 @@ from collections.abc import MutableMapping
 from scilm.data import protein as pdata
 from scilm.data.textio import data_suffix
 from scilm.errors import ScilmError, name
-from scilm.models.protein import truncate_sequences
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +30,18 @@ def check_fasta_settings(config) -> None:
 
 
 def read_labelled(config, path: str, reader_task: str | None, counts: MutableMapping[str, int],
-                  split_column: str | None = None) -> list[pdata.ProteinRecord]:
-    """The records of ``path`` with their raw labels (``reader_task`` None: the label column as written),
-    filtered by ``min_length``/``max_length`` (counted). Raises ScilmError for bad input."""
-    records = pdata.read_proteins(path, task=reader_task, sequence_column=config.sequence_column,
-                                  label_column=config.label_column, id_column=config.id_column,
-                                  split_column=split_column, drop_missing_labels=config.drop_missing_labels,
-                                  counts=counts)
+                  split_column: str | None = None, read=None) -> list[pdata.ProteinRecord]:
+    """The records of ``path`` with their raw labels (``reader_task`` None: the label column as written, or a
+    multi-label config's ``label_column_list`` values joined by commas), filtered by ``min_length``/
+    ``max_length`` (counted). ``read(path, split_column, counts)``: a recipe's own reader instead of
+    :func:`scilm.data.protein.read_proteins`. Raises ScilmError for bad input."""
+    if read is not None:
+        records = read(path, split_column, counts)
+    else:
+        records = pdata.read_proteins(path, task=reader_task, sequence_column=config.sequence_column,
+                                      label_column=getattr(config, "label_column", None), id_column=config.id_column,
+                                      split_column=split_column, drop_missing_labels=config.drop_missing_labels,
+                                      counts=counts, label_columns=getattr(config, "label_column_list", None))
     kept = pdata.filter_by_length(records, config.min_length, config.max_length)
     counts["n_filtered_length"] += len(records) - len(kept)
     if len(kept) < len(records):
@@ -48,15 +52,17 @@ def read_labelled(config, path: str, reader_task: str | None, counts: MutableMap
 
 
 def split_records(config, reader_task: str | None, counts: MutableMapping[str, int] | None = None,
-                  stratify: bool = True) -> tuple[list[pdata.ProteinRecord], list[pdata.ProteinRecord]]:
+                  stratify: bool = True, read=None) -> tuple[list[pdata.ProteinRecord], list[pdata.ProteinRecord]]:
     """Training and validation records: ``valid`` file, ``split_column`` values, or a seeded split of
     ``data`` (stratified by label for classification). Rows of other split values than
-    ``train_split``/``valid_split`` are left out and counted (``n_excluded_by_split``: FLIP's test rows)."""
+    ``train_split``/``valid_split`` are left out and counted (``n_excluded_by_split``: FLIP's test rows).
+    ``read``: a recipe's own reader (see :func:`read_labelled`), which checks its own settings."""
     counts = Counter() if counts is None else counts
-    check_fasta_settings(config)
-    records = read_labelled(config, config.data, reader_task, counts, config.split_column)
+    if read is None:
+        check_fasta_settings(config)
+    records = read_labelled(config, config.data, reader_task, counts, config.split_column, read)
     if config.valid:
-        return records, read_labelled(config, config.valid, reader_task, counts)
+        return records, read_labelled(config, config.valid, reader_task, counts, None, read)
     if config.split_column:
         valid_value = str(config.valid_split)
         valid = [r for r in records if r.split == valid_value]
@@ -88,12 +94,19 @@ def random_split(records: list[pdata.ProteinRecord], valid_fraction: float, seed
     return [records[i] for i in sorted(train_index)], [records[i] for i in sorted(valid_index)]
 
 
-def encode_records(records: list[pdata.ProteinRecord], tokenizer, truncate: int, targets: list) -> list[dict]:
-    """Token ids (with <cls>/<eos>) and a target per record; sequences cut to ``truncate`` residues before
-    tokenizing, the cut predict/embed/serve make (:func:`scilm.models.protein.truncate_sequences`)."""
-    sequences, n_cut = truncate_sequences([r.sequence for r in records], truncate)
+def encode_records(records: list[pdata.ProteinRecord], tokenizer, truncate: int, targets: list,
+                   long_policy: str = "head") -> list[dict]:
+    """Token ids (with <cls>/<eos>) and a target per record; each sequence longer than ``truncate``
+    residues is cut by ``long_policy`` (head: the first ``truncate``; ends: both termini) before
+    tokenizing, as predict/embed/serve cut it (:mod:`scilm.inference.policy`). Raises ScilmError for
+    ``window`` (several pieces per record) or another name."""
+    from scilm.inference.policy import TRAINING_POLICIES, check_long_policy, make_policy
+
+    policy = make_policy(check_long_policy(long_policy, TRAINING_POLICIES), truncate)
+    sequences = [policy(r.sequence) for r in records]
+    n_cut = sum(policy.cuts(r.sequence) for r in records)
     if n_cut:
-        log.info("%d of %d sequences cut to %d residues (truncate)", n_cut, len(records), truncate)
+        log.info("%d of %d sequences %s (%s, truncate)", n_cut, len(records), policy.describe(), policy.name)
     encoded = tokenizer(sequences, truncation=True, max_length=truncate + 2)
     return [{"input_ids": ids, "attention_mask": mask, "labels": target}
             for ids, mask, target in zip(encoded["input_ids"], encoded["attention_mask"], targets, strict=True)]

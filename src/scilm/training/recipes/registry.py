@@ -40,6 +40,10 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
                                              "headers or a DeepLoc-2 table's one-hot location columns)"),
     Recipe("regression", "regression", "a number per protein (fitness, stability): standardised MSE; "
                                        "Spearman, Pearson, MSE, R^2"),
+    Recipe("multilabel", "multilabel", "a set of labels per protein (DeepLoc-2's 0/1 location columns): BCE, "
+                                       "per-label MCC-tuned thresholds; exact-set accuracy, Jaccard, F1, MCC"),
+    Recipe("residue", "residue", "a label per residue (signal peptides, secondary structure, binding sites): "
+                                 "token cross-entropy; accuracy, macro F1, MCC, per-protein"),
     Recipe("seq2seq", "seq2seq", "Text+Chem T5 on source/target JSONL: the five chemistry-language tasks"),
     Recipe("mlm", "mlm", "masked-LM (continued) pre-training of ESM-2 on unlabelled sequences (scilm pretrain)"),
 )}

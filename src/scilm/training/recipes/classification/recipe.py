@@ -33,7 +33,7 @@ from scilm.training.common import (
     with_sample_index,
 )
 from scilm.training.losses import class_loss_sums
-from scilm.training.metrics import classification_metrics
+from scilm.training.metrics import class_counts, classification_metrics
 from scilm.training.recipes.classification.config import Config
 from scilm.training.recipes.protein import encode_records, record_counts, split_records
 
@@ -69,15 +69,19 @@ def run(config: Config) -> dict[str, Any]:
 
     # Model before data: the tokenizer comes with it. PEFT is chosen at construction time.
     model, tokenizer = load_protein_classifier(config.model, labels, seed=config.seed)
-    record_max_residues(model, config.truncate)  # predict/embed/serve default to the trained length
+    record_max_residues(model, config.truncate, config.long_policy)  # predict/embed/serve default to them
     model = prepare_model(model, config, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
     out = prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
     index = {label: i for i, label in enumerate(labels)}
-    train_set = encode_records(train_records, tokenizer, config.truncate, [index[r.label] for r in train_records])
-    valid_set = encode_records(valid_records, tokenizer, config.truncate, [index[r.label] for r in valid_records])
+    train_set = encode_records(train_records, tokenizer, config.truncate, [index[r.label] for r in train_records],
+                               config.long_policy)
+    valid_set = encode_records(valid_records, tokenizer, config.truncate, [index[r.label] for r in valid_records],
+                               config.long_policy)
     log.info("train %d, validation %d, labels %s, %d of %d parameters trainable",
              len(train_set), len(valid_set), labels, n_trainable, n_total)
+    log.info("records per class: train %s; validation %s", class_counts([r.label for r in train_records], labels),
+             class_counts([r.label for r in valid_records], labels))
 
     weights = class_weights(train_records, labels) if config.class_weights else None
     trainer_kwargs = dict(
@@ -94,8 +98,8 @@ def run(config: Config) -> dict[str, Any]:
     metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
                                 (n_trainable, n_total), eval_dataset=valid_set)
     metrics["labels"] = labels
-    metrics["label_counts"] = {"train": dict(Counter(r.label for r in train_records)),
-                               "valid": dict(Counter(r.label for r in valid_records))}
+    metrics["label_counts"] = {"train": class_counts([r.label for r in train_records], labels),
+                               "valid": class_counts([r.label for r in valid_records], labels)}
     metrics.update(record_counts(counts))  # records left out, by reason (each also logged): never silently
     finish_run(trainer, metrics, out,
                lambda: save_run(trainer.model, tokenizer, out, lora=config.peft_method != "none"))

@@ -39,6 +39,7 @@ from scilm.training.common import (
     trainer_options,
     with_sample_index,
 )
+from scilm.training.metrics import regression_metrics, target_stats
 from scilm.training.recipes.protein import encode_records, record_counts, split_records
 from scilm.training.recipes.regression.config import Config
 
@@ -78,22 +79,6 @@ def squared_error_sums(outputs, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return (predictions - labels.float().reshape(-1)) ** 2, torch.ones_like(predictions, dtype=torch.long)
 
 
-def regression_metrics(predicted: np.ndarray, observed: np.ndarray, train_mean: float) -> dict[str, float]:
-    """Spearman and Pearson (scipy), MSE and R^2 (scikit-learn) of (N,) predictions against (N,) observations,
-    in their own units, and ``baseline_mse``: the MSE of always predicting the training mean."""
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import mean_squared_error, r2_score
-
-    constant = float(np.std(predicted)) == 0.0  # correlation undefined: report 0, not NaN
-    return {
-        "spearman": 0.0 if constant else float(spearmanr(predicted, observed).statistic),
-        "pearson": 0.0 if constant else float(pearsonr(predicted, observed).statistic),
-        "mse": float(mean_squared_error(observed, predicted)),
-        "r2": float(r2_score(observed, predicted)),
-        "baseline_mse": float(mean_squared_error(observed, np.full_like(observed, train_mean))),
-    }
-
-
 def run(config: Config) -> dict[str, Any]:
     """Fine-tune ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
     check_out_dir(config.out, config.overwrite, config.resume)  # fail fast; nothing written yet
@@ -107,15 +92,18 @@ def run(config: Config) -> dict[str, Any]:
 
     model, tokenizer = load_protein_classifier(config.model, [config.label_column], seed=config.seed,
                                                problem_type="regression")
-    record_max_residues(model, config.truncate)
+    record_max_residues(model, config.truncate, config.long_policy)
     model.config.update({MEAN_KEY: mean, STD_KEY: std})  # saved with the model, undone at prediction
     model = prepare_model(model, config, TaskType.SEQ_CLS)
     n_trainable, n_total = trainable_parameters(model)
     out = prepare_out_dir(config.out, config.overwrite, config.resume)  # inputs and model are good
-    train_set = encode_records(train_records, tokenizer, config.truncate, list((y_train - mean) / std))
-    valid_set = encode_records(valid_records, tokenizer, config.truncate, list((y_valid - mean) / std))
+    train_set = encode_records(train_records, tokenizer, config.truncate, list((y_train - mean) / std),
+                               config.long_policy)
+    valid_set = encode_records(valid_records, tokenizer, config.truncate, list((y_valid - mean) / std),
+                               config.long_policy)
     log.info("train %d, validation %d, target mean %.4g sd %.4g, %d of %d parameters trainable",
              len(train_set), len(valid_set), mean, std, n_trainable, n_total)
+    log.info("targets: train %s; validation %s", target_stats(y_train), target_stats(y_valid))
 
     def compute_metrics(prediction) -> dict[str, float]:  # in the targets' own units
         predicted = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1) * std + mean
@@ -135,13 +123,9 @@ def run(config: Config) -> dict[str, Any]:
     metrics = train_and_measure(trainer, config, precision, len(train_set), len(valid_set), mean_tokens,
                                 (n_trainable, n_total), eval_dataset=valid_set)
     metrics["target"] = {"column": config.label_column, "mean": mean, "std": std, "standardized": config.standardize,
-                         "train": _stats(y_train), "valid": _stats(y_valid)}
+                         "train": target_stats(y_train), "valid": target_stats(y_valid)}
     metrics.update(record_counts(counts))
     finish_run(trainer, metrics, out,
                lambda: save_run(trainer.model, tokenizer, out, lora=config.peft_method != "none"))
     return metrics
 
-
-def _stats(y: np.ndarray) -> dict[str, float]:
-    return {"n": int(len(y)), "mean": float(np.mean(y)), "std": float(np.std(y)), "min": float(np.min(y)),
-            "max": float(np.max(y))}

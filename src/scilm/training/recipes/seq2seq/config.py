@@ -34,6 +34,8 @@ class Config(RunSettings, SiftSettings, EvalSettings, OptimSettings, ModelSettin
                                               "training texts.")
     lr_decay: float | None = setting(None, "Per-epoch multiplicative learning-rate decay instead of linear (the "
                                            "original T5: 0.99).")
+    precision: str = setting("auto", "auto | fp32 | bf16 (auto: bf16 on a GPU that supports it, else fp32; T5 "
+                                     "overflows in fp16, so fp16 is refused).")
 
     def check_recipe(self) -> None:
         from scilm.models.protein import is_preset as is_protein_preset
@@ -52,6 +54,9 @@ class Config(RunSettings, SiftSettings, EvalSettings, OptimSettings, ModelSettin
         if self.lr_decay is not None and self.sift_beta is not None:
             raise ScilmError(f"{name('lr_decay')} and {name('sift_beta')} do not combine: a sifted epoch has no "
                              "fixed number of steps, so sifting schedules the learning rate by data consumed")
+        if self.precision == "fp16":
+            raise ScilmError(f"{name('precision')} fp16: T5 overflows in fp16 (inf/NaN losses, a known T5 problem); "
+                             f"use bf16 on a GPU that has it, or fp32 ({name('precision')} auto picks between them)")
         if self.freeze_backbone:
             raise ScilmError(f"{name('freeze_backbone')}: a seq2seq model has no separate task head to train alone")
         if is_protein_preset(self.model):

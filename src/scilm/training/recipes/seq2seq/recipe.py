@@ -101,7 +101,7 @@ def use_epoch_decay(trainer, config: Config, n_train: int) -> None:
 def run(config: Config) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data``; returns the metrics also written to metrics.json."""
     check_out_dir(config.out, config.overwrite, config.resume)  # fail fast; nothing written yet
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(config.precision, fp16_safe=False)  # every seq2seq model here is a T5
     train_examples, valid_examples = load_splits(config)
     set_seed(config.seed)
 

@@ -35,6 +35,8 @@ HUNG_AFTER = MAX_BATCH_SECONDS + 15  # client timeout: no answer by then is a hu
 
 @dataclass
 class Kind:
+    """The tally of one kind of abuse: requests tried, handled cleanly, answered 5xx, hung, and what the others were."""
+
     name: str
     tried: int = 0
     clean: int = 0
@@ -43,6 +45,7 @@ class Kind:
     other: list[str] = field(default_factory=list)  # what the unclean ones were
 
     def record(self, ok: bool, what: str = "") -> None:
+        """One request: ``ok`` if handled cleanly, else ``what`` happened (``"500"``, ``"hung"``, ...)."""
         self.tried += 1
         if ok:
             self.clean += 1
@@ -80,13 +83,16 @@ class HealthProbe:
             self._stop.wait(self.every)
 
     def start(self):
+        """Start probing (in a daemon thread)."""
         self._thread.start()
 
     def stop(self):
+        """Stop probing and wait for the probe under way (at most 15 s)."""
         self._stop.set()
         self._thread.join(15)
 
     def summary(self) -> dict:
+        """Probes, failures (and the kinds they failed in), idle p50 and p50/p99/max latencies during abuse, in ms."""
         ordered = sorted(self.latencies)
         pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
         idle = sorted(self.baseline) or [0.0]
@@ -333,7 +339,11 @@ def _sigterm(model_dir: Path, out: Path, kinds: dict[str, Kind]) -> dict:
 
 
 def run_abuse_bench(out: Path, model: str | None = None) -> str:
-    """Run every kind; write results.json and table.md into ``out``; return the table."""
+    """Run every kind; write results.json and table.md into ``out``; return the table.
+
+    ``model``: a seq2seq model directory (ScilmError naming ``--model`` otherwise); None: a tiny
+    random T5 saved in ``out``.
+    """
     import logging
 
     import psutil

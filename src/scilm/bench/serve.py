@@ -159,6 +159,11 @@ def _bench_mode(model: Path, batching: bool, quick: bool, sequences: list[str], 
 
 
 def save_chart(path: Path, rows: list[dict]) -> None:
+    """A PNG at ``path``: throughput (requests/s) and p99 latency (ms) against concurrent clients, batching on/off.
+
+    ``rows`` are the benchmark's, each with ``batching`` (``"on"``/``"off"``), ``clients``,
+    ``throughput_rps`` and ``p99_ms``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

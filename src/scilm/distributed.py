@@ -1,0 +1,103 @@
+"""Which process am I, and the few collectives scilm needs: one module for the whole package.
+
+Built on Accelerate's :class:`~accelerate.PartialState` once a process group is up (the Trainer,
+``accelerate launch`` and ``torchrun`` all make one), and on the launcher's environment before
+(``RANK`` / ``WORLD_SIZE``, as torchrun and accelerate set them): asking must never create a
+process group itself, or it would pick a backend before the Trainer's ``ddp_backend`` does.
+
+Sifting's collectives (:func:`gather_losses`, :func:`all_reduce`) work on any torch.distributed
+backend: every rank gathers every rank's per-sample losses, so the loss history is global and,
+with the same seeded generator on every rank, the keep decisions are identical everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from scilm.errors import ScilmError
+
+
+def _group_up() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()  # with a process group up, this adopts it (no new one)
+
+
+def world_size() -> int:
+    """Processes in the run (1 when not distributed)."""
+    if _group_up():
+        return _state().num_processes
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    if _group_up():
+        return _state().process_index
+    return int(os.environ.get("RANK", "0"))
+
+
+def active_world() -> tuple[int, int]:
+    """(rank, world size) of the process group that is up; (0, 1) when none is."""
+    if _group_up():
+        state = _state()
+        return state.process_index, state.num_processes
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (global rank 0)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process (no-op when not distributed)."""
+    if _group_up() and world_size() > 1:
+        _state().wait_for_everyone()
+
+
+def broadcast_object(value: Any, source: int = 0) -> Any:
+    """``value`` of rank ``source`` on every rank (any picklable object made by scilm itself; the
+    identity when not distributed)."""
+    if not _group_up() or world_size() == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=source)[0]
+
+
+def gather_losses(losses: torch.Tensor, pad_to: int) -> list[torch.Tensor]:
+    """Each rank's ``(n_r,)`` losses, in rank order, on every rank (``n_r`` may differ, up to ``pad_to``).
+
+    Raises:
+        ScilmError: this rank's batch has more than ``pad_to`` samples.
+    """
+    n = losses.numel()
+    if n > pad_to:
+        raise ScilmError(f"sifting: a batch of {n} samples is larger than the loader's batch size {pad_to}")
+    row = torch.full((pad_to + 1,), float("nan"), device=losses.device, dtype=torch.float32)
+    row[0] = n
+    row[1:n + 1] = losses.detach().reshape(-1).float()
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    return [r[1:int(r[0].item()) + 1].cpu() for r in rows]
+
+
+def all_reduce(values: list[float], device: torch.device | str = "cpu", op: str = "sum") -> list[float]:
+    """Elementwise ``op`` ("sum" or "max") of ``values`` over ranks (identity when not distributed).
+
+    ``device``: where the collective runs; NCCL needs the training GPU, gloo the CPU.
+    """
+    if active_world()[1] == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor.tolist()

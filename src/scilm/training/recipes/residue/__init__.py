@@ -1,0 +1,1 @@
+"""Per-residue classification: one label per residue (signal peptides, secondary structure, binding sites)."""
