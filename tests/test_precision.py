@@ -241,3 +241,15 @@ def test_packed_rows_are_not_yet_correct_for_esm_so_scilm_pads_sorted_batches():
         alone = model(**tokenizer([a], return_tensors="pt")).last_hidden_state[0]
         packed = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions).last_hidden_state[0]
     assert (packed[: len(ia)] - alone).abs().max() > 1e-3
+
+
+def test_embed_resume_fingerprint_tells_modes_apart():
+    """A resumed embed never mixes chunks of two modes: bf16 autocast keeps the weights, so the
+    fingerprint carries the mode."""
+    from scilm.inference.embed_stream import model_fingerprint
+
+    model, tokenizer = tiny()
+    fp32 = model_fingerprint(model, tokenizer)
+    assert model_fingerprint(copy.deepcopy(model), tokenizer) == fp32
+    assert model_fingerprint(P.apply_mode(copy.deepcopy(model), "bf16"), tokenizer) != fp32
+    assert model_fingerprint(P.apply_mode(copy.deepcopy(model), "bf16-weights"), tokenizer) != fp32

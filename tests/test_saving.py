@@ -79,7 +79,7 @@ def test_merged_lora_save_writes_hub_names(tmp_path):
 
 
 def test_bench_fixture_and_shipped_model_have_hub_names(tmp_path):
-    from scilm.serving.bench import save_random_classifier
+    from scilm.bench.serve import save_random_classifier
 
     save_random_classifier(tmp_path / "clf", preset="esm2-tiny")
     assert_hub_names(tmp_path / "clf", AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "clf")))

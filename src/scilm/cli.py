@@ -237,7 +237,7 @@ def _fast_path(net, tokenizer, data: str, sequence_column: str, id_column: Optio
     net, plan = prepare_for_inference(net, tokenizer, sample, precision, quantize)
     for note in plan.notes:
         typer.echo(f"note: {note}", err=True)
-        typer.echo(plan.summary(), err=True)
+    typer.echo(plan.summary(), err=True)
     return net
 
 
