@@ -158,7 +158,10 @@ def machine_line() -> str:
     from scilm.inference.precision import cpu_description
 
     cpu = cpu_description()
-    return f"{cpu['cpu']} ({', '.join(cpu['isa']) or 'no listed ISA flags'}); {machine_name()}"
+    name = machine_name()
+    if cpu["cpu"] not in name:
+        name = f"{cpu['cpu']}; {name}"
+    return f"{name}; ISA flags: {', '.join(cpu['isa']) or 'none of those listed'}"
 
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], model: str, command: str, proteins: int,
