@@ -46,3 +46,4 @@ def test_real_run_on_the_tiny_shape(tmp_path):
     assert rows["hf-eager-fp32"]["guard_cosine"] > 0.99999 and rows["hf-sdpa-fp32"]["guard_cosine"] > 0.99999
     assert rows["scilm-bf16"]["guard_cosine"] >= 0.999
     assert "esm.cpp" in rows and "scilm-auto" in table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inference.png", "results.json", "table.md"]

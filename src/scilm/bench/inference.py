@@ -231,7 +231,7 @@ def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False,
     n_proteins = n_proteins or (16 if quick else 64)
     truncate = truncate or (200 if quick else 512)
     budget_s = budget_s or (90.0 if quick else 600.0)
-    work = Path(out) / "work"
+    work = Path(out) / f".work-{os.getpid()}"  # removed at the end; nothing of the user's is touched
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model_dir = work / "model"
@@ -258,7 +258,11 @@ def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False,
             common = sorted(set(r["done"]) & set(reference["done"]))
             if common:
                 r["guard_cosine"] = float(cosine_rows(r["_embeddings"][common], reference["_embeddings"][common]).min())
-    return write_outputs(Path(out), rows, model, command, len(sequences), sum(map(len, sequences)))
+    table = write_outputs(Path(out), rows, model, command, len(sequences), sum(map(len, sequences)))
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # the bench's own scratch: model, per-row embeddings, cache
+    return table
 
 
 if __name__ == "__main__":
