@@ -332,6 +332,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
                 break
     else:
         best = None
+        timed = precision == "auto" or quantize == "int8"  # a speed comparison is asked for
         for mode in candidates:
             runner, context = variant(model, mode)
             first_start = _clock()
@@ -344,8 +345,8 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
                     notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}"
                                  f"{'' if agree[mode] else ', a predicted label changed'}; needs >= {GUARD_COSINE})")
                     continue
-            if best is not None and first > ABANDON_FACTOR * best:
-                seconds[mode] = first  # clearly slower: not worth timing again
+            if not timed or (best is not None and first > ABANDON_FACTOR * best):
+                seconds[mode] = first  # an explicit mode needs only the guard; or clearly slower than the best
             else:
                 seconds[mode] = _time_forward(mode, lambda: _forward(runner, context, encoded), PROBE_REPEATS)
             best = seconds[mode] if best is None else min(best, seconds[mode])
