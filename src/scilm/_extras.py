@@ -29,6 +29,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client", "httpx", "rdkit"),
     "lightning": ("pytorch_lightning", "lightning_fabric", "lightning_utilities", "torchmetrics"),
     "hdf5": ("h5py",),  # embed --out x.h5
+    "fast": ("torchao",),
 }
 
 

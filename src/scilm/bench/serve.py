@@ -42,7 +42,9 @@ def save_random_classifier(out: Path, preset: str = "esm2-8m", labels=("soluble"
     config = esm2_config(preset, num_labels=len(labels), id2label=dict(enumerate(labels)),
                          label2id={name: i for i, name in enumerate(labels)})
     model = EsmForSequenceClassification(config)
-    model.save_pretrained(str(out))  # safetensors
+    from scilm.models.saving import save_model
+
+    save_model(model, out)  # safetensors, hub tensor names
     esm2_tokenizer().save_pretrained(str(out))
     return out
 

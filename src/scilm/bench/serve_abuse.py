@@ -130,7 +130,9 @@ def save_tiny_t5(out: Path) -> Path:
 
     corpus = [*PROMPTS.values(), "CCO", "CC(=O)O", "c1ccccc1", "The molecule is an alcohol.", "[Na+]~[OH-]"] * 4
     model, tokenizer = load_seq2seq_model("t5-tiny", corpus=corpus, vocab_size=300)
-    model.save_pretrained(str(out))
+    from scilm.models.saving import save_model
+
+    save_model(model, out)
     tokenizer.save_pretrained(str(out))
     return out
 

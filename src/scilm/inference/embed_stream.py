@@ -96,6 +96,9 @@ def model_fingerprint(model, tokenizer) -> str:
         if data.numel():
             digest.update(memoryview(data.view(-1).view(torch.uint8).numpy()))
     digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    mode = getattr(model, "scilm_inference_mode", "fp32")  # bf16 autocast: same weights, other numbers
+    if mode != "fp32":
+        digest.update(f"mode:{mode}".encode())
     return digest.hexdigest()
 
 

@@ -98,7 +98,9 @@ def save_adapter_run(model: PeftModel, model_dir: Path, adapter_dir: Path, **sav
     model.save_pretrained(str(adapter_dir))
     unwrap_trained_modules(model)
     merged = model.merge_and_unload()
-    merged.save_pretrained(str(model_dir), **save_kwargs)
+    from scilm.models.saving import save_model
+
+    save_model(merged, model_dir, **save_kwargs)  # hub tensor names
     return merged
 
 

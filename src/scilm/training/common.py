@@ -325,6 +325,9 @@ def finish_run(trainer, metrics: dict[str, Any], out: Path, save_model) -> None:
         partial = out / ".model.partial"
         trainer.save_model(str(partial))
         if trainer.is_world_process_zero():
+            from scilm.models.saving import hub_tensor_names
+
+            hub_tensor_names(partial)  # the Trainer's save keeps transformers' legacy names
             trainer.processing_class.save_pretrained(str(partial))
             replace_dir_atomic(partial, out / "model")
         save_model = None
@@ -341,6 +344,7 @@ def save_run(model, tokenizer, out: Path, lora: bool) -> None:
     """``out/model`` (merged if ``lora``: any PEFT adapter; safetensors only) and ``out/adapter``, each moved
     in whole."""
     from scilm.models.loading import quiet_transformers
+    from scilm.models.saving import save_model
 
     tmp_model, tmp_adapter = out / ".model.partial", out / ".adapter.partial"
     try:
@@ -351,7 +355,7 @@ def save_run(model, tokenizer, out: Path, lora: bool) -> None:
                 model = save_adapter_run(model, tmp_model, tmp_adapter)
                 replace_dir_atomic(tmp_adapter, out / "adapter")
             else:
-                model.save_pretrained(str(tmp_model))
+                save_model(model, tmp_model)  # hub tensor names (LayerNorm.weight, not .gamma)
             tokenizer.save_pretrained(str(tmp_model))
         replace_dir_atomic(tmp_model, out / "model")
     finally:  # a failed save (disk full) leaves no half-written directory behind

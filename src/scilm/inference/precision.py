@@ -1,0 +1,387 @@
+"""Inference precision and int8 quantisation chosen by a measured, guarded probe (issue 16).
+
+Which mode is fastest depends on the CPU (bf16 units or not, AMX or not), the model's shape (small
+matrices pay more for casts) and the torch build, so nothing here assumes an answer: ``auto`` times a
+few forward passes of the actual model on a representative batch of the user's own proteins in each
+candidate mode, keeps the modes whose embeddings stay within the quality guard (cosine >= 0.999 to
+fp32 per protein, and for a classifier the same predicted label), and picks the fastest. The ranking
+is cached per machine + model shape + probe shape + torch version; on a cache hit the guard is still
+checked on *these* weights (the cache holds speeds, never a verdict on a model's numbers).
+
+Modes (:data:`MODES`): ``fp32``; ``bf16`` (``torch.autocast`` bf16, fp32 weights); ``bf16-weights``
+(weights and activations in bf16); ``int8`` (CPU only: torchao's int8 dynamic-activation + int8-weight
+Linear layers, asked for with ``quantize="int8"`` and kept only where it beats the best precision
+mode and meets the guard). Outputs are returned as float32 by ``embed``/``predict`` in every mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scilm.errors import ScilmError
+from scilm.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MODES = ("fp32", "bf16", "bf16-weights")
+PRECISIONS = ("auto", *MODES)
+QUANTIZE = ("none", "int8")
+GUARD_COSINE = 0.999  # issue 16: embeddings within cosine 0.999 of fp32
+PROBE_POOL = 256  # the first proteins of an input the probe batch is picked from (median length)
+PROBE_BATCH = 4
+PROBE_RESIDUES = 128  # long enough for attention to count, short enough to probe in seconds on 2 cores
+PROBE_REPEATS = 2
+ABANDON_FACTOR = 3.0  # a mode whose first pass is this much slower than the best so far is not timed further
+CACHE_VERSION = 1
+
+_clock = time.perf_counter
+
+
+@dataclass
+class InferencePlan:
+    """What :func:`prepare_for_inference` chose and why.
+
+    ``mode``: one of :data:`MODES` or ``"int8"``; ``seconds``: probe seconds per forward pass by mode
+    (None for a mode not timed); ``cosine``: the smallest per-protein embedding cosine to fp32 on the
+    probe batch by mode; ``labels_agree``: for a classifier, whether every predicted label matched
+    fp32; ``cached``: the speed ranking came from the cache; ``notes``: plain lines for the user.
+    """
+
+    mode: str
+    seconds: dict[str, float | None] = field(default_factory=dict)
+    cosine: dict[str, float] = field(default_factory=dict)
+    labels_agree: dict[str, bool] = field(default_factory=dict)
+    cached: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line, e.g. ``precision bf16 (probe s/pass: fp32 0.52, bf16 0.31; guard cosine 0.99997)``."""
+        times = ", ".join(f"{m} {s:.3g}" for m, s in self.seconds.items() if s is not None)
+        cos = self.cosine.get(self.mode)
+        guard = f"; guard cosine {cos:.5f}" if cos is not None and self.mode != "fp32" else ""
+        source = " cached ranking" if self.cached else ""
+        return f"precision {self.mode} (probe{source} s/pass: {times or 'not timed'}{guard})"
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """``$SCILM_CACHE_DIR``, else ``$XDG_CACHE_HOME/scilm``, else ``~/.cache/scilm``."""
+    if os.environ.get("SCILM_CACHE_DIR"):
+        return Path(os.environ["SCILM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "scilm"
+
+
+def cpu_description() -> dict[str, Any]:
+    """CPU model name, the ISA flags that decide bf16/int8 speed, logical cores (from /proc/cpuinfo on Linux)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+              "avx512_fp16", "asimd", "sve", "bf16", "i8mm")
+    return {"cpu": name, "isa": [f for f in wanted if f in flags], "cores": os.cpu_count() or 0}
+
+
+def probe_key(model, device: torch.device, batch: int, length: int, candidates: Sequence[str]) -> dict[str, Any]:
+    """What a cached ranking is valid for: machine, threads, device, model shape, probe shape, torch."""
+    cfg = model.config
+    shape = {k: getattr(cfg, k, None) for k in ("model_type", "num_hidden_layers", "hidden_size",
+                                                  "num_attention_heads", "intermediate_size")}
+    shape["class"] = type(model).__name__
+    machine = cpu_description()
+    machine["threads"] = torch.get_num_threads()
+    machine["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"version": CACHE_VERSION, "machine": machine, "model": shape, "probe": [batch, length],
+            "candidates": list(candidates), "torch": torch.__version__,
+            "attention": getattr(cfg, "_attn_implementation", None)}
+
+
+def _cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "precision" / f"{digest}.json"
+
+
+def read_cache(key: dict[str, Any]) -> dict[str, float | None] | None:
+    """The cached seconds per mode for ``key``, or None (absent; or unreadable, which is logged and ignored)."""
+    path = _cache_path(key)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        seconds = data["seconds"]
+        if data["key"] != key or not isinstance(seconds, dict) or set(seconds) != set(key["candidates"]):
+            raise ValueError("its key does not match this machine/model")
+        for value in seconds.values():
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"bad time {value!r}")
+        return {m: (None if v is None else float(v)) for m, v in seconds.items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the precision cache file %s (%s); probing again", path, exc)
+        return None
+
+
+def write_cache(key: dict[str, Any], seconds: dict[str, float | None]) -> None:
+    """Store the probe's seconds per mode (atomically); a cache that cannot be written is only logged."""
+    try:
+        write_json_atomic(_cache_path(key), {"key": key, "seconds": seconds, "written": time.time()})
+    except OSError as exc:
+        log.warning("cannot write the precision cache under %s (%s)", cache_dir(), exc)
+
+
+# ----------------------------------------------------------------------------------------------- modes
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def bf16_usable(device: torch.device) -> bool:
+    """Whether bf16 kernels exist for ``device`` at all (speed is the probe's business)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def int8_variant(model):
+    """A copy of ``model`` whose Linear layers are torchao int8 dynamic-activation + int8-weight (CPU).
+
+    Raises ScilmError when torchao is not installed (``pip install 'scilm[fast]'``) or cannot quantise.
+    """
+    from scilm._extras import optional_extra
+
+    with optional_extra("fast"):
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    quantized = copy.deepcopy(model)
+    try:
+        quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+    except Exception as exc:  # torchao raises many kinds for an unsupported build
+        raise ScilmError(f"quantize int8: torchao cannot quantise this model here ({exc})") from None
+    return quantized
+
+
+def variant(model, mode: str) -> tuple[Any, Callable[[], Any]]:
+    """(model to call, context factory) running ``model`` in ``mode``; ``model`` itself is not changed."""
+    device = next(model.parameters()).device
+    if mode == "fp32":
+        return model, contextlib.nullcontext
+    if mode == "bf16":
+        return model, lambda: _autocast(device)
+    if mode == "bf16-weights":
+        return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext
+    if mode == "int8":
+        return int8_variant(model), contextlib.nullcontext
+    raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
+
+
+def apply_mode(model, mode: str):
+    """``model`` made to run in ``mode`` for good (in place where possible); returns the model to use.
+
+    ``bf16`` wraps the instance's ``forward`` in ``torch.autocast`` (weights stay fp32), so callers such
+    as :func:`scilm.inference.embed_proteins` need no change; ``bf16-weights`` casts the weights;
+    ``int8`` returns a quantised copy. The result carries ``scilm_inference_mode`` (embed's resume
+    fingerprint tells the modes apart: chunks of another mode are never reused).
+    """
+    if mode == "fp32":
+        return model
+    if mode == "bf16":
+        device = next(model.parameters()).device
+        model.forward = _autocast(device)(model.forward)
+    elif mode == "bf16-weights":
+        model = model.to(torch.bfloat16)
+    elif mode == "int8":
+        model = int8_variant(model)
+    else:
+        raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
+    model.scilm_inference_mode = mode
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- probe
+
+
+def probe_sequences(sequences: Sequence[str], batch: int | None = None, residues: int | None = None) -> list[str]:
+    """``batch`` sequences around the median length, each cut to ``residues``: a representative batch
+    (defaults :data:`PROBE_BATCH`, :data:`PROBE_RESIDUES`)."""
+    batch = PROBE_BATCH if batch is None else batch
+    residues = PROBE_RESIDUES if residues is None else residues
+    if not sequences:
+        raise ScilmError("precision probe: no sequences to probe with")
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    mid = len(order) // 2
+    start = max(0, min(mid - batch // 2, len(order) - batch))
+    return [sequences[i][:residues] for i in order[start:start + batch]]
+
+
+def _pooled(output, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) float32 mean over residues of the last hidden layer (<cls>, <eos>, padding excluded)."""
+    hidden = output.hidden_states[-1] if getattr(output, "hidden_states", None) else output.last_hidden_state
+    hidden = hidden.float()
+    residues = mask.clone()
+    residues[:, 0] = 0
+    residues[torch.arange(len(mask)), mask.sum(dim=1) - 1] = 0
+    weights = residues.unsqueeze(-1).float()
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+@torch.inference_mode()
+def _forward(model, context, encoded) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with context():
+        output = model(**encoded, output_hidden_states=True)
+    logits = getattr(output, "logits", None)
+    return _pooled(output, encoded["attention_mask"]), (None if logits is None else logits.float().argmax(-1))
+
+
+def _time_forward(mode: str, run: Callable[[], Any], repeats: int) -> float:
+    """Best-of-``repeats`` seconds of ``run()`` (tests replace this with a fixed table per mode)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = _clock()
+        run()
+        best = min(best, _clock() - start)
+    return best
+
+
+def guard(reference: tuple[torch.Tensor, torch.Tensor | None], result: tuple[torch.Tensor, torch.Tensor | None]
+          ) -> tuple[float, bool]:
+    """(smallest per-protein cosine of pooled embeddings, all predicted labels equal) vs the fp32 reference."""
+    cosine = torch.nn.functional.cosine_similarity(result[0], reference[0], dim=-1).min().item()
+    agree = True if reference[1] is None else bool(torch.equal(reference[1], result[1]))
+    return cosine, agree
+
+
+def passes(cosine: float, agree: bool) -> bool:
+    return cosine >= GUARD_COSINE and agree
+
+
+def choose(seconds: dict[str, float | None], ok: dict[str, bool]) -> str:
+    """The fastest mode that passed the guard (fp32 always passes); ties go to the earlier candidate."""
+    fine = [m for m, s in seconds.items() if s is not None and ok.get(m, m == "fp32")]
+    return min(fine, key=lambda m: seconds[m]) if fine else "fp32"
+
+
+def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision: str = "fp32",
+                          quantize: str = "none", use_cache: bool = True) -> tuple[Any, InferencePlan]:
+    """The model to use for ``embed``/``predict`` in the chosen mode, and an :class:`InferencePlan`.
+
+    ``precision``: ``fp32`` (nothing probed, the model returned as is), ``bf16``/``bf16-weights`` (checked by
+    the guard on a probe batch; if it fails, fp32 with a note), or ``auto`` (every usable mode probed
+    on :func:`probe_sequences` of ``sequences``, the fastest that meets the guard). ``quantize="int8"``
+    adds torchao int8 (CPU only), kept only when faster than the best precision mode on the probe and
+    within the guard, else the precision mode with a note. Raises ScilmError for an unknown setting,
+    for int8 off CPU and for int8 without torchao.
+    """
+    if precision not in PRECISIONS:
+        raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if quantize not in QUANTIZE:
+        raise ScilmError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
+    device = next(model.parameters()).device
+    if quantize == "int8" and device.type != "cpu":
+        raise ScilmError("quantize int8 runs on CPU only (torchao's dynamic int8 Linear); use --precision on a GPU")
+    if precision == "fp32" and quantize == "none":
+        return model, InferencePlan("fp32")
+    notes: list[str] = []
+    if precision == "auto":
+        candidates = ["fp32"] + [m for m in MODES[1:] if bf16_usable(device)]
+    else:
+        candidates = ["fp32"] + ([precision] if precision != "fp32" else [])
+    if quantize == "int8":
+        from scilm._extras import require
+
+        require("fast", "torchao")  # before any probing
+        candidates.append("int8")
+    probe = probe_sequences(list(sequences))
+    encoded = tokenizer(probe, padding=True, return_tensors="pt").to(device)
+    batch, length = encoded["input_ids"].shape
+    key = probe_key(model, device, batch, length, candidates)
+    cached = read_cache(key) if use_cache and precision == "auto" else None
+    seconds: dict[str, float | None] = {}
+    cosine: dict[str, float] = {}
+    agree: dict[str, bool] = {}
+    model.eval()
+    reference = _forward(model, contextlib.nullcontext, encoded)
+    if cached is not None:
+        seconds = cached
+        order = sorted((m for m in candidates if seconds.get(m) is not None), key=lambda m: seconds[m])
+        for mode in order:  # check the guard on these weights, fastest first, until one passes
+            if mode == "fp32":
+                break
+            runner, context = variant(model, mode)
+            cosine[mode], agree[mode] = guard(reference, _forward(runner, context, encoded))
+            if passes(cosine[mode], agree[mode]):
+                break
+    else:
+        best = None
+        timed = precision == "auto" or quantize == "int8"  # a speed comparison is asked for
+        for mode in candidates:
+            runner, context = variant(model, mode)
+            first_start = _clock()
+            result = _forward(runner, context, encoded)  # warm-up, and the guard's output
+            first = _clock() - first_start
+            if mode != "fp32":
+                cosine[mode], agree[mode] = guard(reference, result)
+                if not passes(cosine[mode], agree[mode]):
+                    seconds[mode] = None
+                    notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}"
+                                 f"{'' if agree[mode] else ', a predicted label changed'}; needs >= {GUARD_COSINE})")
+                    continue
+            if not timed or (best is not None and first > ABANDON_FACTOR * best):
+                seconds[mode] = first  # an explicit mode needs only the guard; or clearly slower than the best
+            else:
+                seconds[mode] = _time_forward(mode, lambda: _forward(runner, context, encoded), PROBE_REPEATS)
+            best = seconds[mode] if best is None else min(best, seconds[mode])
+            del runner
+        if precision == "auto" and use_cache:
+            write_cache(key, {m: seconds.get(m) for m in candidates})
+    ok = {m: passes(cosine[m], agree[m]) for m in cosine}  # a mode not checked on these weights is not used
+    ok["fp32"] = True
+    precision_modes = {m: s for m, s in seconds.items() if m != "int8"}
+    if precision != "auto" and precision in precision_modes and not ok.get(precision, False):
+        notes.append(f"precision {precision} fails the quality guard here; using fp32")
+        chosen = "fp32"
+    elif precision != "auto":
+        chosen = precision
+    else:
+        chosen = choose(precision_modes, ok)
+    if quantize == "int8":
+        int8_time, chosen_time = seconds.get("int8"), seconds.get(chosen)
+        if "int8" in cosine and not ok["int8"]:
+            notes.append(f"int8: fails the quality guard (embedding cosine {cosine['int8']:.5f}); using {chosen}")
+        elif not ok.get("int8", False) or int8_time is None or chosen_time is None or int8_time >= chosen_time:
+            notes.append(f"int8 is not faster than {chosen} on this machine ({_seconds(int8_time)} vs "
+                         f"{_seconds(chosen_time)} per probe pass); using {chosen}")
+        else:
+            chosen = "int8"
+    plan = InferencePlan(chosen, seconds, cosine, {m: a for m, a in agree.items()}, cached is not None, notes)
+    for note in notes:
+        log.warning(note)
+    return apply_mode(model, chosen), plan
+
+
+def _seconds(value: float | None) -> str:
+    return "untimed" if value is None else f"{value:.3g} s"
+
+
+def plan_record(plan: InferencePlan) -> dict[str, Any]:
+    """The plan as a JSON-ready dict."""
+    return asdict(plan)

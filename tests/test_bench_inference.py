@@ -1,0 +1,49 @@
+"""Issue 16: ``scilm bench inference`` writes its rows, table and chart; the real run is slow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scilm.bench import inference as B
+
+
+def test_table_from_fake_rows(tmp_path):
+    rows = [{"engine": "hf-eager-fp32", "residues_per_s": 200.0, "peak_rss_mb": 900.0, "guard_cosine": 1.0,
+             "n_proteins": 16, "note": "", "compute_residues_per_s": 300.0, "prepare_s": 2.04},
+            {"engine": "scilm-bf16", "residues_per_s": 500.0, "peak_rss_mb": 700.4, "guard_cosine": 0.999973,
+             "n_proteins": 16, "note": "", "_embeddings": np.zeros((2, 2)), "done": [0, 1],
+             "compute_residues_per_s": 1234.5, "prepare_s": 1.0},
+            {"engine": "scilm-int8", "residues_per_s": None, "note": "skipped: torchao not installed"}]
+    table = B.write_outputs(tmp_path, rows, "esm2-8m", "scilm bench inference --model esm2-8m --quick", 16, 3200)
+    lines = table.splitlines()
+    assert lines[0].startswith("Machine: ") and "cores" in lines[0]
+    assert "`scilm bench inference --model esm2-8m --quick`" in lines[1]
+    assert "| scilm-bf16 | 500 | 2.50 | 1,234 | 1.0 | 700 | 0.99997 | 16 |  |" in table
+    assert "| hf-eager-fp32 | 200 | 1.00 | 300 | 2.0 | 900 | 1.00000 | 16 |  |" in table
+    assert "| scilm-int8 | - | - | - | - | - | - | - | skipped: torchao not installed |" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["engine"] for r in saved["rows"]] == ["hf-eager-fp32", "scilm-bf16", "scilm-int8"]
+    assert not any(k.startswith("_") or k == "done" for r in saved["rows"] for k in r)
+    assert (tmp_path / "table.md").read_text() == table and (tmp_path / "inference.png").stat().st_size > 1000
+
+
+def test_cosine_rows_against_numpy():
+    a, b = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(B.cosine_rows(a, b), [1.0, 1 / np.sqrt(2)])
+
+
+@pytest.mark.slow
+def test_real_run_on_the_tiny_shape(tmp_path):
+    table = B.run_inference_bench(tmp_path, model="esm2-tiny", n_proteins=6, truncate=60, budget_s=60,
+                                  command="test")
+    rows = {r["engine"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    for engine in ("hf-eager-fp32", "hf-sdpa-fp32", "scilm-fp32", "scilm-auto", "scilm-auto-cached"):
+        assert rows[engine]["residues_per_s"] > 0 and rows[engine]["n_proteins"] == 6, rows[engine]
+    # the same weights and proteins: plain transformers and scilm fp32 give the same embeddings
+    assert rows["hf-eager-fp32"]["guard_cosine"] > 0.99999 and rows["hf-sdpa-fp32"]["guard_cosine"] > 0.99999
+    assert rows["scilm-bf16"]["guard_cosine"] >= 0.999
+    assert "esm.cpp" in rows and "scilm-auto" in table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inference.png", "results.json", "table.md"]
