@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from scilm._extras import optional_extra
 from scilm.bench.report import machine_name, markdown_table
 from scilm.data.textchem import TASKS, read_jsonl, write_jsonl
 from scilm.io import write_json_atomic, write_text_atomic
@@ -95,7 +96,8 @@ def run_textchem_bench(out: Path, settings: TextChemBenchSettings, command: str)
         num_beams=settings.num_beams, max_length=settings.max_length, batch_size=16, top_k=settings.top_k,
         forward_model=str(run / "model"), randomize_inputs=settings.spellings, seed=settings.seed)
     finished = time.perf_counter()
-    from rdkit import __version__ as rdkit_version
+    with optional_extra("chem"):
+        from rdkit import __version__ as rdkit_version
 
     results = {
         "command": command, "machine": machine_name(), "versions": {**library_versions(), "rdkit": rdkit_version},
