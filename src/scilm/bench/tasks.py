@@ -95,7 +95,8 @@ def regression(out: Path, quick: bool) -> dict[str, Any]:
     config = {**_common(quick), "task": "regression", "data": str(GB1), "sequence_column": "sequence",
               "id_column": "variant", "split_column": "three_vs_rest", "train_split": "train", "valid_split": "val",
               # the four mutated sites are 39-41 and 54: the first 80 residues hold them all
-              "truncate": 80, "lr": 1e-3, "out": str(out / "run")}
+              # lr 1e-3 collapsed to the mean predictor (MSE = the baseline's); 2e-4 learns within an epoch
+              "truncate": 80, "lr": 2e-4, "out": str(out / "run")}
     metrics, seconds = _timed(config, out)
     return {"task": "regression", "data": "FLIP GB1 three_vs_rest (bundled)", "n_train": metrics["n_train"],
             "n_valid": metrics["n_eval"], "metric": "Spearman (MSE vs mean predictor)",
@@ -111,8 +112,10 @@ def multilabel(out: Path, quick: bool) -> dict[str, Any] | None:
     data = SHARED / "deeploc2_subsets" / "hpa_testset.csv"
     if not data.is_file():
         return None
+    # 1,373 training proteins: twice the epochs of the others, or the model stays at the frequent set
     config = {**_common(quick), "task": "multilabel", "data": str(data), "sequence_column": "fasta",
-              "id_column": "sid", "truncate": 256 if quick else 512, "out": str(out / "run")}
+              "id_column": "sid", "truncate": 256 if quick else 512, "out": str(out / "run"),
+              "epochs": 2 * _common(quick)["epochs"]}
     metrics, seconds = _timed(config, out)
     return {"task": "multilabel", "data": "DeepLoc-2.0 HPA set (../shared/data)", "n_train": metrics["n_train"],
             "n_valid": metrics["n_eval"], "metric": "micro F1 at 0.5 (exact-set accuracy vs baseline)",
