@@ -135,7 +135,7 @@ def training_arguments(config, output_dir: Path, precision: str, **extra: Any) -
         logging_steps=10,
         logging_first_step=True,
         report_to=[],
-        disable_tqdm=not config.progress,
+        disable_tqdm=not (config.progress and sys.stderr.isatty()),  # bar frames are noise in a log file
         use_cpu=not torch.cuda.is_available(),  # also what makes multi-process CPU runs DDP (gloo)
         dataloader_num_workers=0,
         remove_unused_columns=False,  # keep each example's sample_index (ScilmTrainer pops it)

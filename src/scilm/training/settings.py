@@ -280,7 +280,7 @@ class RunSettings(Settings):
                                             "configs/fsdp/esm2.json.")
     deepspeed: str | None = setting(None, "DeepSpeed JSON config file (ZeRO stage, offload), e.g. "
                                           "configs/deepspeed/zero2.json.")
-    progress: bool = setting(True, "Progress bar.")
+    progress: bool = setting(True, "Progress bar (on stderr when it is a terminal).")
 
     def check_section(self) -> None:
         _at_least({"nproc": self.nproc, "keep_checkpoints": self.keep_checkpoints, "save_every": self.save_every}, 1)
