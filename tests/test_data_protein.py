@@ -104,3 +104,13 @@ def test_length_filter():
     records = pdata.read_proteins(DEEPLOC_VALID)
     kept = pdata.filter_by_length(records, 100, 512)
     assert kept and all(100 <= len(r.sequence) <= 512 for r in kept)
+
+
+def test_stratified_split_keeps_a_rare_class_on_both_sides():
+    """scikit-learn rounds each class's share: 2 of 52 at 0.1 would validate on no 'b' at all."""
+    records = [pdata.ProteinRecord(f"a{i}", "MKT", "a") for i in range(50)]
+    records += [pdata.ProteinRecord(f"b{i}", "MKT", "b") for i in range(2)]
+    train, valid = pdata.stratified_split(records, 0.1, seed=0)
+    assert {r.label for r in valid} == {r.label for r in train} == {"a", "b"}
+    assert sorted(r.id for r in train + valid) == sorted(r.id for r in records)
+    assert [r.id for r in train] == [r.id for r in records if r in train]  # input order kept

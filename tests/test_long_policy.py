@@ -190,13 +190,13 @@ def test_window_embed_file_writes_every_residue_and_a_cut_report(run_cli, encode
     assert result.exit_code == 0, result.stderr
     longer = [i for i, s in zip(ids, sequences) if len(s) > N]
     assert (f"({len(longer)} of {len(sequences)} sequences averaged over windows of {N} residues, stride {N // 2}); "
-            f"their ids: {tmp_path / 'e.cut.json'}") in result.stdout
+            f"their ids: {tmp_path / 'e.npz.cut.json'}") in result.stdout
     npz = np.load(tmp_path / "e.npz")
     assert list(npz["lengths"]) == [len(s) for s in sequences]
     assert "".join(npz["residues"]) == "".join(sequences)
     expected = embed_proteins(model, tokenizer, sequences, pooling="per-residue", policy=make_policy("window", N))
     np.testing.assert_allclose(npz["embeddings"], np.concatenate(expected), atol=1e-5)
-    report = json.loads((tmp_path / "e.cut.json").read_text())
+    report = json.loads((tmp_path / "e.npz.cut.json").read_text())
     assert report == {"policy": {"name": "window", "max_residues": N, "stride": N // 2}, "n_records": len(sequences),
                       "n_cut": len(longer), "cut_rows": [ids.index(i) for i in longer], "cut_ids": longer}
 
@@ -230,7 +230,7 @@ def test_train_records_ends_and_predict_uses_it_by_default(run_cli, tiny_fastas,
     got = np.array([[float(r[f"prob_{label}"]) for label in net.config.id2label.values()] for r in rows])
     ends = predict_proteins(net, tokenizer, sequences, policy=EndsPolicy(20))
     np.testing.assert_allclose(got, [list(p.values()) for p in ends], atol=2e-6)  # CSV keeps 6 decimals
-    report = json.loads((tmp_path / "p.cut.json").read_text())
+    report = json.loads((tmp_path / "p.csv.cut.json").read_text())
     assert (report["policy"], report["cut_ids"]) == ({"name": "ends", "max_residues": 20}, longer)
 
     run_cli("predict", "--model", out / "model", "--data", valid_fasta, "--out", tmp_path / "h.csv",

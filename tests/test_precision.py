@@ -253,3 +253,27 @@ def test_embed_resume_fingerprint_tells_modes_apart():
     assert model_fingerprint(copy.deepcopy(model), tokenizer) == fp32
     assert model_fingerprint(P.apply_mode(copy.deepcopy(model), "bf16"), tokenizer) != fp32
     assert model_fingerprint(P.apply_mode(copy.deepcopy(model), "bf16-weights"), tokenizer) != fp32
+
+
+def test_the_guard_compares_what_predict_reports_for_regression_and_multilabel_models():
+    """A mode that keeps the top label but moves a regression value or a thresholded label set fails."""
+    from types import SimpleNamespace
+
+    from scilm.inference import precision
+
+    pooled = torch.ones(2, 4)
+    regression = SimpleNamespace(config=SimpleNamespace(problem_type="regression", num_labels=1))
+    values = torch.tensor([[0.50], [1.00]])
+    reference = (pooled, precision._answers(regression, values))
+    assert precision.guard(reference, (pooled, precision._answers(regression, values + 0.005)))[1]
+    assert not precision.guard(reference, (pooled, precision._answers(regression, values + 0.05)))[1]
+
+    config = SimpleNamespace(problem_type="multi_label_classification", num_labels=2,
+                             id2label={0: "a", 1: "b"}, scilm_thresholds={"a": 0.5, "b": 0.7})
+    multi = SimpleNamespace(config=config)
+    logits = torch.tensor([[2.0, 0.80], [-1.0, 0.9]])  # b: sigmoid 0.69 (out), 0.711 (in)
+    moved = torch.tensor([[2.0, 0.90], [-1.0, 0.9]])  # the same top label, b now crosses its threshold
+    reference = (pooled, precision._answers(multi, logits))
+    assert precision.guard(reference, (pooled, precision._answers(multi, logits)))[1]
+    assert not precision.guard(reference, (pooled, precision._answers(multi, moved)))[1]
+    assert moved.argmax(-1).tolist() == logits.argmax(-1).tolist()

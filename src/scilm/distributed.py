@@ -1,9 +1,11 @@
 """Which process am I, and the few collectives scilm needs: one module for the whole package.
 
-Built on Accelerate's :class:`~accelerate.PartialState` once a process group is up (the Trainer,
-``accelerate launch`` and ``torchrun`` all make one), and on the launcher's environment before
-(``RANK`` / ``WORLD_SIZE``, as torchrun and accelerate set them): asking must never create a
-process group itself, or it would pick a backend before the Trainer's ``ddp_backend`` does.
+Once a torch.distributed process group is up (the Trainer, ``accelerate launch`` and ``torchrun``
+make one), the answers come from that group; before, from the launcher's environment (``RANK`` /
+``WORLD_SIZE``). Asking never creates a group (it would pick a backend before the Trainer's
+``ddp_backend`` does). Accelerate's ``PartialState`` is not asked: created by anyone but the
+Trainer (e.g. with default arguments beside a CPU run), it does not adopt an existing group and
+reports rank 0 of 1 on every process, which would make every rank write and stop broadcasts.
 
 Sifting's collectives (:func:`gather_losses`, :func:`all_reduce`) work on any torch.distributed
 backend: every rank gathers every rank's per-sample losses, so the loss history is global and,
@@ -25,31 +27,24 @@ def _group_up() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _state():
-    from accelerate import PartialState
-
-    return PartialState()  # with a process group up, this adopts it (no new one)
-
-
 def world_size() -> int:
     """Processes in the run (1 when not distributed)."""
     if _group_up():
-        return _state().num_processes
+        return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
     """This process's global rank (0 when not distributed)."""
     if _group_up():
-        return _state().process_index
+        return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
 
 
 def active_world() -> tuple[int, int]:
     """(rank, world size) of the process group that is up; (0, 1) when none is."""
     if _group_up():
-        state = _state()
-        return state.process_index, state.num_processes
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
@@ -61,7 +56,7 @@ def is_main_process() -> bool:
 def barrier() -> None:
     """Wait for every process (no-op when not distributed)."""
     if _group_up() and world_size() > 1:
-        _state().wait_for_everyone()
+        dist.barrier()
 
 
 def broadcast_object(value: Any, source: int = 0) -> Any:
@@ -69,9 +64,9 @@ def broadcast_object(value: Any, source: int = 0) -> Any:
     identity when not distributed)."""
     if not _group_up() or world_size() == 1:
         return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=source)[0]
+    box = [value]
+    dist.broadcast_object_list(box, src=source)
+    return box[0]
 
 
 def gather_losses(losses: torch.Tensor, pad_to: int) -> list[torch.Tensor]:

@@ -568,7 +568,13 @@ def stratified_split(
     if not splittable or len(splittable) - n_valid < len(set(labels)):
         raise ScilmError(f"{len(records)} records are too few to keep every class on both sides of a "
                          f"{setting_name('valid_fraction')} {valid_fraction} split; give {setting_name('valid')} instead")
-    _, valid_index = train_test_split(splittable, test_size=n_valid, stratify=labels, random_state=seed)
+    train_index, valid_index = train_test_split(splittable, test_size=n_valid, stratify=labels, random_state=seed)
+    # scikit-learn rounds each class's share: a rare class can land on one side only; move one across
+    for source, target in ((train_index, valid_index), (valid_index, train_index)):
+        for label in sorted(set(labels) - {str(records[i].label) for i in target}):
+            moved = next(i for i in source if str(records[i].label) == label)
+            source.remove(moved)
+            target.append(moved)
     chosen = set(valid_index)
     return ([r for i, r in enumerate(records) if i not in chosen], [r for i, r in enumerate(records) if i in chosen])
 

@@ -227,9 +227,10 @@ def average_pieces(outputs: list[np.ndarray], pieces: list[np.ndarray], length: 
 
 
 def cut_report_path(out: str | Path) -> Path:
-    """Where predict/embed say which records were cut: ``out`` with the suffix ``.cut.json``
-    (``preds.csv`` -> ``preds.cut.json``, as ``.npy`` outputs get ``.ids.txt``)."""
-    return Path(out).with_suffix(".cut.json")
+    """Where predict/embed say which records were cut: ``out``'s full name + ``.cut.json``
+    (``preds.csv`` -> ``preds.csv.cut.json``), so outputs that share a stem (``x.csv``, ``x.npy``)
+    never share a report."""
+    return Path(out).with_name(Path(out).name + ".cut.json")
 
 
 def write_cut_report(out: str | Path, policy, n_records: int, cut_rows: list[int], cut_ids: list[str],

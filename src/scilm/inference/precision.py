@@ -244,12 +244,32 @@ def _pooled(output, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
+REGRESSION_TOLERANCE = 0.01  # largest change of a regression output allowed, in training target SDs
+
+
+def _answers(model, logits: torch.Tensor | None) -> torch.Tensor | None:
+    """What predict reports, in a comparable form: the label (B,) of a single-label classifier, the
+    thresholded label set (B, C) of a multi-label one, the standardised output (B, T) of a regression."""
+    if logits is None:
+        return None
+    from scilm.inference.predict import is_regression, multilabel_thresholds
+
+    config = getattr(model, "config", None)
+    logits = logits.float()
+    if config is not None and is_regression(config):
+        return logits  # in target SDs (the stored standardisation), compared with REGRESSION_TOLERANCE
+    thresholds = multilabel_thresholds(config) if config is not None else None
+    if thresholds:
+        cut = torch.tensor([thresholds[config.id2label[i]] for i in range(config.num_labels)])
+        return torch.sigmoid(logits) >= cut
+    return logits.argmax(-1)
+
+
 @torch.inference_mode()
 def _forward(model, context, encoded) -> tuple[torch.Tensor, torch.Tensor | None]:
     with context():
         output = model(**encoded, output_hidden_states=True)
-    logits = getattr(output, "logits", None)
-    return _pooled(output, encoded["attention_mask"]), (None if logits is None else logits.float().argmax(-1))
+    return _pooled(output, encoded["attention_mask"]), _answers(model, getattr(output, "logits", None))
 
 
 def _time_forward(mode: str, run: Callable[[], Any], repeats: int) -> float:
@@ -264,13 +284,20 @@ def _time_forward(mode: str, run: Callable[[], Any], repeats: int) -> float:
 
 def guard(reference: tuple[torch.Tensor, torch.Tensor | None], result: tuple[torch.Tensor, torch.Tensor | None]
           ) -> tuple[float, bool]:
-    """(smallest per-protein cosine of pooled embeddings, all predicted labels equal) vs the fp32 reference."""
+    """(smallest per-protein cosine of pooled embeddings, every answer the same) vs the fp32 reference:
+    the same labels, the same multi-label sets, regression outputs within ``REGRESSION_TOLERANCE``."""
     cosine = torch.nn.functional.cosine_similarity(result[0], reference[0], dim=-1).min().item()
-    agree = True if reference[1] is None else bool(torch.equal(reference[1], result[1]))
+    if reference[1] is None:
+        agree = True
+    elif reference[1].is_floating_point():
+        agree = bool((reference[1] - result[1].float()).abs().max() <= REGRESSION_TOLERANCE)
+    else:
+        agree = bool(torch.equal(reference[1], result[1]))
     return cosine, agree
 
 
 def passes(cosine: float, agree: bool) -> bool:
+    """Whether a mode meets the quality guard: cosine at least ``GUARD_COSINE`` and every answer the same."""
     return cosine >= GUARD_COSINE and agree
 
 

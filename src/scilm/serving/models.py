@@ -302,13 +302,13 @@ def tight_batches(lengths: list[int], max_padding: float = 0.1, max_tokens: int 
 
 
 def _apply(function: str, row: list[float]) -> list[float]:
+    # float32 torch, as scilm predict computes them: a score on a threshold gets predict's verdict
+    logits = torch.tensor(row, dtype=torch.float32)
     if function == "sigmoid":
-        return [1 / (1 + math.exp(-x)) for x in row]
+        return torch.sigmoid(logits).tolist()
     if function == "none":
         return list(row)
-    top = max(row)
-    exps = [math.exp(x - top) for x in row]
-    return [e / sum(exps) for e in exps]
+    return logits.softmax(dim=-1).tolist()
 
 
 # -- seq2seq ----------------------------------------------------------------------------------
