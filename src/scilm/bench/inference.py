@@ -143,6 +143,7 @@ def _run_child(engine: str, model_dir: Path, sequences: list[str], budget_s: flo
 
 
 def esm_cpp_available() -> bool:
+    """Whether the esm.cpp engine (PyPI ``esm-cpp``) is importable here; its bench row is skipped otherwise."""
     from importlib.util import find_spec
 
     return find_spec("esm_cpp") is not None

@@ -48,6 +48,7 @@ class TextChemBenchSettings:
 
     @classmethod
     def for_mode(cls, quick: bool, **overrides) -> "TextChemBenchSettings":
+        """The settings of a ``quick`` or full run, with ``overrides`` (those not None) applied."""
         base = cls(steps=300, per_task=6, num_beams=5, top_k=(1, 3, 5), max_length=96, spellings=2) if quick else cls()
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
