@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from scilm.bench.sifting import (
@@ -47,6 +49,7 @@ def test_verdict_names_the_best_run_its_control_and_both_lines_of_the_bar():
                              "meets_time_bar": True, "beats_control": True}
 
 
+@pytest.mark.slow
 def test_sifting_bench_writes_every_run(tmp_path, tiny_fastas):
     settings = SiftingSettings(warm_epochs=0.5, epochs=1, truncate=32, batch_size=8,
                                sift_delay=1, sift_history=50, betas=(1.0, 3.0), reuse_beta=1.0)

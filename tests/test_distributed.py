@@ -5,6 +5,7 @@ answers (it reported rank 0 of 1 on every process when scilm asked it)."""
 
 from __future__ import annotations
 
+import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -26,6 +27,7 @@ def _worker(rank: int, init_file: str, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes
 def test_rank_world_size_and_broadcast_come_from_the_process_group(tmp_path):
     manager = mp.Manager()
     results = manager.dict()

@@ -336,6 +336,7 @@ def test_lora_run_trains_adapters_and_predicts_per_residue(tables, run_cli, tmp_
     assert [len(p["labels"]) for p in rows] == [len(r["sequence"]) for r in read_table(tables[1])]
 
 
+@pytest.mark.slow
 def test_resume_after_a_stop_is_exact(tmp_path, monkeypatch):
     """Stopped (as if by SIGTERM) mid-epoch and at an epoch's end, then resumed: the same weights bit for bit."""
     from test_scale import assert_resumed_exactly

@@ -13,7 +13,8 @@ EXAMPLES = REPO / "examples" / "sifting"
 
 
 @pytest.mark.parametrize("name", ["plain_pytorch.py", pytest.param("hf_trainer.py", marks=pytest.mark.slow),
-                                  pytest.param("lightning.py", marks=pytest.mark.slow), "original_api.py"])
+                                  pytest.param("lightning.py", marks=pytest.mark.slow),
+                                  pytest.param("original_api.py", marks=pytest.mark.slow)])
 def test_example_runs(name):
     done = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
