@@ -167,6 +167,7 @@ def test_a_label_the_model_does_not_know_is_one_line_and_nothing_is_written(clas
     assert not out.exists()
 
 
+@pytest.mark.slow  # trains its regressor (module fixture)
 def test_regression_metrics_are_scipys_and_sklearns_on_the_predictions_file(regressor, regression_tables, run_cli,
                                                                             tmp_path):
     from scipy.stats import pearsonr, spearmanr
@@ -205,6 +206,7 @@ def test_regression_metrics_are_scipys_and_sklearns_on_the_predictions_file(regr
         assert metrics[key] == pytest.approx(run[f"eval_{key}"], rel=1e-4, abs=1e-5), key
 
 
+@pytest.mark.slow  # shares the trained regressor
 def test_a_target_that_is_not_a_number_is_one_line_and_nothing_is_written(regressor, run_cli, tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("name,sequence,score\nA,MKTAYIAK,1.5\nB,MKVLAAGI,abc\n")

@@ -292,7 +292,7 @@ def test_masks_do_not_depend_on_batching_or_on_what_came_before():
     assert not torch.equal(next_epoch(features)["labels"], together["labels"])  # dynamic masking
 
 
-@pytest.mark.parametrize("recipe", ["classifier", "seq2seq"])
+@pytest.mark.parametrize("recipe", ["classifier", pytest.param("seq2seq", marks=pytest.mark.slow)])
 def test_reuse_sifting_weights_change_nothing_under_accumulation(recorder, proteins, textchem, tmp_path, recipe):
     """Reuse policy: kept samples' summed losses are weighted 1/p, then divided by the window's items;
     the second epoch keeps only some samples, its last window is ragged (and at 1 x 4 shorter than 4)."""
