@@ -63,26 +63,26 @@ def majority_baseline(label_counts: dict[str, dict[str, int]]) -> float:
     return valid.get(majority, 0) / sum(valid.values())
 
 
+def _deeploc_classification(task: str, out: Path, quick: bool) -> dict[str, Any]:
+    """A one-label DeepLoc-1 task on the bundled files: accuracy vs always answering the training majority."""
+    config = {**_common(quick), "task": task, "data": str(BUNDLED / "train.fasta"),
+              "valid": str(BUNDLED / "valid.fasta"), "truncate": 256 if quick else 512, "out": str(out / "run")}
+    metrics, seconds = _timed(config, out)
+    return {"task": task, "data": "DeepLoc-1 (bundled)", "n_train": metrics["n_train"],
+            "n_valid": metrics["n_eval"], "metric": "accuracy", "value": metrics["eval_accuracy"],
+            "baseline": majority_baseline(metrics["label_counts"]), "seconds": seconds}
+
+
 @row("membrane")
 def membrane(out: Path, quick: bool) -> dict[str, Any]:
     """Membrane vs soluble on the bundled DeepLoc-1 files (accuracy vs always answering the training majority class)."""
-    config = {**_common(quick), "task": "membrane", "data": str(BUNDLED / "train.fasta"),
-              "valid": str(BUNDLED / "valid.fasta"), "truncate": 256 if quick else 512, "out": str(out / "run")}
-    metrics, seconds = _timed(config, out)
-    return {"task": "membrane", "data": "DeepLoc-1 (bundled)", "n_train": metrics["n_train"],
-            "n_valid": metrics["n_eval"], "metric": "accuracy", "value": metrics["eval_accuracy"],
-            "baseline": majority_baseline(metrics["label_counts"]), "seconds": seconds}
+    return _deeploc_classification("membrane", out, quick)
 
 
 @row("localization")
 def localization(out: Path, quick: bool) -> dict[str, Any]:
     """10-class location on the bundled DeepLoc-1 files (single-location proteins)."""
-    config = {**_common(quick), "task": "localization", "data": str(BUNDLED / "train.fasta"),
-              "valid": str(BUNDLED / "valid.fasta"), "truncate": 256 if quick else 512, "out": str(out / "run")}
-    metrics, seconds = _timed(config, out)
-    return {"task": "localization", "data": "DeepLoc-1 (bundled)", "n_train": metrics["n_train"],
-            "n_valid": metrics["n_eval"], "metric": "accuracy", "value": metrics["eval_accuracy"],
-            "baseline": majority_baseline(metrics["label_counts"]), "seconds": seconds}
+    return _deeploc_classification("localization", out, quick)
 
 
 @row("regression")
