@@ -27,7 +27,13 @@ def assert_hub_names(directory: Path, model) -> None:
     assert "esm.encoder.layer.0.attention.LayerNorm.weight" in keys
     assert "esm.encoder.layer.0.LayerNorm.bias" in keys
     own = set(model.state_dict()) - tied_keys(model)  # a tied weight is saved once, under its source
-    assert keys == own, keys ^ own  # exactly the model's own (= the hub's) parameter names
+    # the hub's layout of the rotary frequencies: one copy per layer (fair-esm's), not transformers 5's one module
+    shared = {k for k in own if k.endswith("rotary_embeddings.inv_freq")}
+    prefix = "esm." if "esm.rotary_embeddings.inv_freq" in shared else ""
+    layers = model.config.num_hidden_layers
+    per_layer = {f"{prefix}encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq" for i in range(layers)}
+    expected = (own - shared) | (per_layer if shared else set())
+    assert keys == expected, keys ^ expected  # exactly the hub's names
 
 
 def classifier():
@@ -94,3 +100,25 @@ def test_save_model_keeps_metadata_and_values(tmp_path):
         assert handle.metadata().get("format") == "pt"
         torch.testing.assert_close(handle.get_tensor("esm.encoder.layer.1.LayerNorm.weight"),
                                    model.esm.encoder.layer[1].LayerNorm.weight, rtol=0, atol=0)
+
+
+def test_rotary_frequencies_are_saved_per_layer_as_on_the_hub(tmp_path):
+    """esm.cpp (and fair-esm-era readers) look up ``esm.encoder.layer.{i}.attention.self.rotary_embeddings
+    .inv_freq``; every layer's copy holds the model's own frequencies, and transformers loads the file back
+    to the same model."""
+    from transformers import EsmForMaskedLM
+
+    torch.manual_seed(0)
+    model = EsmForMaskedLM(esm2_config("esm2-tiny")).eval()
+    save_model(model, tmp_path)
+    expected = model.esm.rotary_embeddings.inv_freq
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    # RoFormer's frequencies, as fair-esm computes them: 1 / 10000^(2i/d)
+    torch.testing.assert_close(expected, 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        for i in range(model.config.num_hidden_layers):
+            name = f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"
+            assert torch.equal(handle.get_tensor(name), expected), name
+        assert "esm.rotary_embeddings.inv_freq" not in set(handle.keys())
+    assert_loads_identically(tmp_path, model, AutoModelForMaskedLM)
+    assert hub_tensor_names(tmp_path) == []  # already the hub's layout

@@ -27,25 +27,46 @@ def save_model(model, directory: str | Path, **kwargs) -> None:
     hub_tensor_names(directory)  # a belt for transformers versions that ignore the flag
 
 
-# transformers 5's reverse of its ESM rotary renaming writes a literal "*" into the saved name
-ROTARY_ARTIFACT = ("encoder.layer.*.attention.self.rotary_embeddings.inv_freq", "rotary_embeddings.inv_freq")
+# ESM-2's rotary frequencies: the hub's checkpoints hold one copy per layer (fair-esm's module layout),
+# transformers 5 keeps one shared module and writes it once, or, reversing its renaming, under a
+# literal "encoder.layer.*." name. Tools that read safetensors directly (esm.cpp) need the per-layer names.
+ROTARY_ARTIFACT = "encoder.layer.*.attention.self.rotary_embeddings.inv_freq"
+ROTARY_SHARED = "rotary_embeddings.inv_freq"
+ROTARY_PER_LAYER = "encoder.layer.{}.attention.self.rotary_embeddings.inv_freq"
 
 
 def hub_name(key: str) -> str:
-    """``key`` with a legacy ``LayerNorm.gamma/beta`` suffix replaced by ``LayerNorm.weight/bias`` (and the
-    ``encoder.layer.*.`` rotary artefact by the model's own ``rotary_embeddings.inv_freq``)."""
-    if key.endswith(ROTARY_ARTIFACT[0]):
-        return key[: -len(ROTARY_ARTIFACT[0])] + ROTARY_ARTIFACT[1]
+    """``key`` with a legacy ``LayerNorm.gamma/beta`` suffix replaced by ``LayerNorm.weight/bias`` (the
+    rotary names are :func:`hub_rotary_names`' business)."""
     for old, new in LEGACY_RENAMES:
         if key.endswith(old):
             return key[: -len(old)] + new
     return key
 
 
+def _rotary_prefix(key: str) -> str | None:
+    """``"esm."`` (or ``""``) when ``key`` is ESM's shared rotary buffer or transformers' ``*`` artefact."""
+    for suffix in (ROTARY_ARTIFACT, ROTARY_SHARED):
+        if key.endswith(suffix) and "encoder.layer." not in key[: -len(suffix)]:  # not already per layer
+            return key[: -len(suffix)]
+    return None
+
+
+def hub_rotary_names(key: str, n_layers: int | None) -> list[str]:
+    """The hub's names for ``key``: ESM's one rotary buffer becomes ``<prefix>encoder.layer.{i}.attention.self
+    .rotary_embeddings.inv_freq`` for each of the ``n_layers`` layers (as in facebook/esm2_* checkpoints);
+    any other key is ``[hub_name(key)]``. Without ``n_layers`` (no config.json) the key is left as is."""
+    prefix = _rotary_prefix(key)
+    if prefix is None or not n_layers:
+        return [hub_name(key)]
+    return [prefix + ROTARY_PER_LAYER.format(i) for i in range(n_layers)]
+
+
 def hub_tensor_names(directory: str | Path) -> list[Path]:
-    """Rewrite each ``*.safetensors`` in ``directory`` that has legacy names, atomically (the old file is
+    """Rewrite each ``*.safetensors`` in ``directory`` that has legacy names or ESM's one shared rotary buffer
+    (:func:`hub_rotary_names`), atomically (the old file is
     replaced only once the new one is whole); the ``model.safetensors.index.json`` of a sharded save is
-    rewritten to match. Returns the files rewritten. Tensors and metadata are unchanged.
+    rewritten to match. Returns the files rewritten. Values and metadata are unchanged.
     """
     import json
 
@@ -53,14 +74,19 @@ def hub_tensor_names(directory: str | Path) -> list[Path]:
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    n_layers = _esm_layers(directory)
     rewritten = []
     for path in sorted(directory.glob("*.safetensors")):
         with safe_open(str(path), "pt") as handle:
             keys = list(handle.keys())
-            if all(hub_name(k) == k for k in keys):
+            if all(hub_rotary_names(k, n_layers) == [k] for k in keys):
                 continue
             metadata = handle.metadata()
-            tensors = {hub_name(k): handle.get_tensor(k) for k in keys}
+            tensors = {}
+            for k in keys:
+                value = handle.get_tensor(k)
+                for name in hub_rotary_names(k, n_layers):
+                    tensors[name] = value.clone()  # safetensors refuses tensors sharing memory
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -71,8 +97,20 @@ def hub_tensor_names(directory: str | Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if rewritten and index.exists():
         data = json.loads(index.read_text(encoding="utf-8"))
-        data["weight_map"] = {hub_name(k): v for k, v in data.get("weight_map", {}).items()}
+        data["weight_map"] = {name: v for k, v in data.get("weight_map", {}).items()
+                              for name in hub_rotary_names(k, n_layers)}
         tmp = index.with_name(f".{index.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, index)
     return rewritten
+
+
+def _esm_layers(directory: Path) -> int | None:
+    """``num_hidden_layers`` of an ESM ``config.json`` in ``directory``, else None (not an ESM model)."""
+    import json
+
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return int(config["num_hidden_layers"]) if config.get("model_type") == "esm" else None
