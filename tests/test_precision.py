@@ -206,7 +206,7 @@ def test_int8_is_kept_only_when_faster_and_within_the_guard(monkeypatch, protein
     pytest.importorskip("torchao")
     model, tokenizer = tiny()
     reference = embed_proteins(copy.deepcopy(model), tokenizer, proteins, batch_size=4)
-    fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 0.2})
+    fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 0.2, "int8-fbgemm": 0.5})
     prepared, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, quantize="int8")
     if plan.cosine["int8"] >= P.GUARD_COSINE:
         assert plan.mode == "int8"
@@ -214,10 +214,35 @@ def test_int8_is_kept_only_when_faster_and_within_the_guard(monkeypatch, protein
     else:  # refused: fp32 with a note, the fp32 answer exactly
         assert plan.mode == "fp32" and any("int8: fails the quality guard" in n for n in plan.notes)
         np.testing.assert_array_equal(embed_proteins(prepared, tokenizer, proteins, batch_size=4), reference)
-    fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 3.0})  # slower: refused whatever its guard
+    fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 3.0, "int8-fbgemm": 2.0})  # slower: refused whatever its guard
     prepared, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, quantize="int8")
     assert plan.mode == "fp32" and any("int8" in n for n in plan.notes)
     np.testing.assert_array_equal(embed_proteins(prepared, tokenizer, proteins, batch_size=4), reference)
+
+
+def test_the_faster_int8_kernel_that_meets_the_guard_is_kept(monkeypatch, proteins):
+    """FBGEMM's int8 Linear (per-channel weight scales) is probed beside torchao's; the faster one that
+    meets the guard wins, and its embeddings are those of ``apply_mode`` with it (same kernel, same numbers)."""
+    pytest.importorskip("torchao")
+    if not P.fbgemm_available():
+        pytest.skip("no FBGEMM int8 kernels in this torch build")
+    model, tokenizer = tiny()
+    reference = embed_proteins(copy.deepcopy(model), tokenizer, proteins, batch_size=4)
+    timed = fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 0.9, "int8-fbgemm": 0.4})
+    prepared, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, quantize="int8")
+    assert set(timed) >= {"fp32", "int8-fbgemm"}
+    if plan.cosine["int8-fbgemm"] < P.GUARD_COSINE:
+        assert plan.mode != "int8-fbgemm" and any("int8-fbgemm: fails the quality guard" in n for n in plan.notes)
+        return
+    assert plan.mode == "int8-fbgemm" and prepared.scilm_inference_mode == "int8-fbgemm"
+    got = embed_proteins(prepared, tokenizer, proteins, batch_size=4)
+    again = embed_proteins(P.apply_mode(copy.deepcopy(model), "int8-fbgemm"), tokenizer, proteins, batch_size=4)
+    np.testing.assert_array_equal(got, again)
+    assert cosines(got, reference).min() >= 0.998  # the probe's guard held on other proteins too
+    assert not np.array_equal(got, reference)  # it really ran int8
+    # the quantised Linear layers are FBGEMM's dynamic int8 ones, and the model asked for was not changed
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in prepared.modules())
+    assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def test_int8_without_torchao_is_one_line(monkeypatch, proteins):

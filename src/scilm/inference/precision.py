@@ -9,9 +9,14 @@ is cached per machine + model shape + probe shape + torch version; on a cache hi
 checked on *these* weights (the cache holds speeds, never a verdict on a model's numbers).
 
 Modes (:data:`MODES`): ``fp32``; ``bf16`` (``torch.autocast`` bf16, fp32 weights); ``bf16-weights``
-(weights and activations in bf16); ``int8`` (CPU only: torchao's int8 dynamic-activation + int8-weight
-Linear layers, asked for with ``quantize="int8"`` and kept only where it beats the best precision
-mode and meets the guard). Outputs are returned as float32 by ``embed``/``predict`` in every mode.
+(weights and activations in bf16); and, asked for with ``quantize="int8"``, two int8 Linear kernels for
+the CPU (:data:`INT8_MODES`): ``int8`` (torchao's int8 dynamic-activation + int8-weight, the maintained
+library) and ``int8-fbgemm`` (PyTorch's own dynamic int8 Linear on FBGEMM, per-output-channel weight
+scales). Which is fast depends on the CPU (``scilm bench inference`` lists both against fp32), so both
+are probed and an int8 mode is kept only where it beats the
+best precision mode and meets the guard. ``torch.ao.quantization.quantize_dynamic`` is deprecated in
+favour of torchao; once a torch release drops it, ``int8-fbgemm`` is simply not a candidate.
+Outputs are returned as float32 by ``embed``/``predict`` in every mode.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 MODES = ("fp32", "bf16", "bf16-weights")
 PRECISIONS = ("auto", *MODES)
 QUANTIZE = ("none", "int8")
+INT8_MODES = ("int8", "int8-fbgemm")  # torchao's kernel, PyTorch's FBGEMM kernel
 GUARD_COSINE = 0.999  # issue 16: embeddings within cosine 0.999 of fp32
 PROBE_POOL = 256  # the first proteins of an input the probe batch is picked from (median length)
 PROBE_BATCH = 4
@@ -54,7 +60,7 @@ _clock = time.perf_counter
 class InferencePlan:
     """What :func:`prepare_for_inference` chose and why.
 
-    ``mode``: one of :data:`MODES` or ``"int8"``; ``seconds``: probe seconds per forward pass by mode
+    ``mode``: one of :data:`MODES` or :data:`INT8_MODES`; ``seconds``: probe seconds per forward pass by mode
     (None for a mode not timed); ``cosine``: the smallest per-protein embedding cosine to fp32 on the
     probe batch by mode; ``labels_agree``: for a classifier, whether every predicted label matched
     fp32; ``cached``: the speed ranking came from the cache; ``notes``: plain lines for the user.
@@ -180,6 +186,30 @@ def int8_variant(model):
     return quantized
 
 
+def fbgemm_available() -> bool:
+    """Whether this torch build has PyTorch's dynamic int8 Linear on FBGEMM (x86 CPUs)."""
+    quantization = getattr(torch.ao, "quantization", None)
+    engines = torch.backends.quantized.supported_engines
+    return hasattr(quantization, "quantize_dynamic") and ("fbgemm" in engines or "x86" in engines)
+
+
+def fbgemm_int8_variant(model):
+    """A copy of ``model`` whose ``nn.Linear`` layers are PyTorch's dynamic int8 Linear on FBGEMM: int8
+    weights with one scale per output channel, activations quantised per batch at run time (CPU only).
+
+    Raises ScilmError when this torch build has no FBGEMM int8 kernels.
+    """
+    import warnings
+
+    if not fbgemm_available():
+        raise ScilmError("quantize int8: this torch build has no FBGEMM int8 Linear")
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notice pointing to torchao: both are probed
+        return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear: per_channel_dynamic_qconfig})
+
+
 def variant(model, mode: str) -> tuple[Any, Callable[[], Any]]:
     """(model to call, context factory) running ``model`` in ``mode``; ``model`` itself is not changed."""
     device = next(model.parameters()).device
@@ -191,6 +221,8 @@ def variant(model, mode: str) -> tuple[Any, Callable[[], Any]]:
         return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext
     if mode == "int8":
         return int8_variant(model), contextlib.nullcontext
+    if mode == "int8-fbgemm":
+        return fbgemm_int8_variant(model), contextlib.nullcontext
     raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
 
 
@@ -211,6 +243,8 @@ def apply_mode(model, mode: str):
         model = model.to(torch.bfloat16)
     elif mode == "int8":
         model = int8_variant(model)
+    elif mode == "int8-fbgemm":
+        model = fbgemm_int8_variant(model)
     else:
         raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
     model.scilm_inference_mode = mode
@@ -314,8 +348,8 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     ``precision``: ``fp32`` (nothing probed, the model returned as is), ``bf16``/``bf16-weights`` (checked by
     the guard on a probe batch; if it fails, fp32 with a note), or ``auto`` (every usable mode probed
     on :func:`probe_sequences` of ``sequences``, the fastest that meets the guard). ``quantize="int8"``
-    adds torchao int8 (CPU only), kept only when faster than the best precision mode on the probe and
-    within the guard, else the precision mode with a note. Raises ScilmError for an unknown setting,
+    adds the int8 kernels of :data:`INT8_MODES` (CPU only), the fastest kept only when faster than the
+    best precision mode on the probe and within the guard, else the precision mode with a note. Raises ScilmError for an unknown setting,
     for int8 off CPU and for int8 without torchao.
     """
     if precision not in PRECISIONS:
@@ -324,7 +358,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         raise ScilmError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
     device = next(model.parameters()).device
     if quantize == "int8" and device.type != "cpu":
-        raise ScilmError("quantize int8 runs on CPU only (torchao's dynamic int8 Linear); use --precision on a GPU")
+        raise ScilmError("quantize int8 runs on CPU only (dynamic int8 Linear kernels); use precision on a GPU")
     if precision == "fp32" and quantize == "none":
         return model, InferencePlan("fp32")
     notes: list[str] = []
@@ -337,6 +371,8 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
 
         require("fast", "torchao")  # before any probing
         candidates.append("int8")
+        if fbgemm_available():
+            candidates.append("int8-fbgemm")
     probe = probe_sequences(list(sequences))
     encoded = tokenizer(probe, padding=True, return_tensors="pt").to(device)
     batch, length = encoded["input_ids"].shape
@@ -382,7 +418,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
             write_cache(key, {m: seconds.get(m) for m in candidates})
     ok = {m: passes(cosine[m], agree[m]) for m in cosine}  # a mode not checked on these weights is not used
     ok["fp32"] = True
-    precision_modes = {m: s for m, s in seconds.items() if m != "int8"}
+    precision_modes = {m: s for m, s in seconds.items() if m not in INT8_MODES}
     if precision != "auto" and precision in precision_modes and not ok.get(precision, False):
         notes.append(f"precision {precision} fails the quality guard here; using fp32")
         chosen = "fp32"
@@ -391,18 +427,31 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     else:
         chosen = choose(precision_modes, ok)
     if quantize == "int8":
-        int8_time, chosen_time = seconds.get("int8"), seconds.get(chosen)
-        if "int8" in cosine and not ok["int8"]:
-            notes.append(f"int8: fails the quality guard (embedding cosine {cosine['int8']:.5f}); using {chosen}")
-        elif not ok.get("int8", False) or int8_time is None or chosen_time is None or int8_time >= chosen_time:
-            notes.append(f"int8 is not faster than {chosen} on this machine ({_seconds(int8_time)} vs "
-                         f"{_seconds(chosen_time)} per probe pass); using {chosen}")
-        else:
-            chosen = "int8"
+        chosen, int8_notes = _choose_int8(chosen, seconds, cosine, ok)
+        notes += int8_notes
     plan = InferencePlan(chosen, seconds, cosine, {m: a for m, a in agree.items()}, cached is not None, notes)
     for note in notes:
         log.warning(note)
     return apply_mode(model, chosen), plan
+
+
+def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str, float],
+                 ok: dict[str, bool]) -> tuple[str, list[str]]:
+    """The fastest int8 mode that meets the guard and beats the ``chosen`` precision mode, else ``chosen``;
+    with a note for each int8 mode refused."""
+    notes = []
+    chosen_time = seconds.get(chosen)
+    winner, best = chosen, chosen_time
+    for mode in (m for m in INT8_MODES if m in seconds or m in cosine):
+        int8_time = seconds.get(mode)
+        if mode in cosine and not ok[mode]:
+            notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}); not used")
+        elif not ok.get(mode, False) or int8_time is None or best is None or int8_time >= best:
+            notes.append(f"{mode} is not faster than {winner} on this machine ({_seconds(int8_time)} vs "
+                         f"{_seconds(best)} per probe pass); not used")
+        else:
+            winner, best = mode, int8_time
+    return winner, notes
 
 
 def _seconds(value: float | None) -> str:
