@@ -37,9 +37,13 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = Opt(False, "--version", callback=_version, is_eager=True,
-                              help="Print scilm's version and exit.")) -> None:
+def _main(ctx: typer.Context, version: bool = Opt(False, "--version", callback=_version, is_eager=True,
+                                                   help="Print scilm's version and exit.")) -> None:
     """Fine-tune, evaluate and serve scientific language models (ESM-2 proteins, Text+Chem T5)."""
+    if ctx.invoked_subcommand != "data":  # the data converters run no model (and need no torch)
+        from scilm.distributed import configure_threads
+
+        configure_threads()  # intra-op threads = physical cores (or OMP_NUM_THREADS), shared out under --nproc
 
 
 def _shown_default(info, base, task: str | None = None) -> str:

@@ -96,3 +96,50 @@ def all_reduce(values: list[float], device: torch.device | str = "cpu", op: str 
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return tensor.tolist()
+
+
+# ------------------------------------------------------------------------------------------ threads
+
+
+def physical_cores(cpus: set[int] | None = None, sysfs: str = "/sys/devices/system/cpu") -> int:
+    """Physical cores among the CPUs this process may run on (``os.sched_getaffinity``, or ``cpus``).
+
+    Two logical CPUs of one core (SMT / hyper-threading) share its vector units, so a matrix
+    multiply gains nothing from the second and loses to the contention; the count is of distinct
+    (package, core) pairs read from Linux's ``topology/physical_package_id`` and ``core_id``. Where
+    that is unreadable (not Linux), the logical count.
+    """
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"{sysfs}/cpu{cpu}/topology/physical_package_id") as package, \
+                    open(f"{sysfs}/cpu{cpu}/topology/core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def threads_per_process(nproc: int = 1, cores: int | None = None) -> int:
+    """Intra-op threads for each of ``nproc`` processes on this machine: physical cores // nproc, at
+    least 1, so ``--nproc`` processes never oversubscribe the cores between them."""
+    cores = physical_cores() if cores is None else cores
+    return max(1, cores // max(1, nproc))
+
+
+def configure_threads() -> int:
+    """Set torch's intra-op threads for this process and return the number.
+
+    ``OMP_NUM_THREADS``, when set (by the user, or by scilm's own launcher for each worker), is
+    obeyed as torch obeys it; otherwise :func:`threads_per_process` for the launcher's
+    ``LOCAL_WORLD_SIZE`` processes on this node (1 outside a launcher).
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    else:
+        threads = threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

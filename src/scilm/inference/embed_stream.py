@@ -322,7 +322,9 @@ def launch_embed_workers(nproc: int, argv: list[str]) -> int:
 
     if nproc < 1:
         raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    from scilm.distributed import threads_per_process
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))  # physical cores shared out
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "scilm", "embed", *argv])
     print(f"scilm: embedding in {nproc} processes (torchrun --standalone --nproc_per_node {nproc})",
           file=sys.stderr, flush=True)

@@ -45,7 +45,9 @@ def launch_torchrun(nproc: int, train_argv: list[str]) -> int:
 
     if nproc < 1:
         raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    from scilm.distributed import threads_per_process
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))  # physical cores shared out
     # workers get time to finish their step and save a checkpoint when the launcher is signalled
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "--shutdown-timeout=600",
                        "-m", "scilm", "train", *train_argv])
