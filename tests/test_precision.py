@@ -6,6 +6,7 @@ real on a tiny ESM-2, and a mode whose embeddings drift is rejected however fast
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -243,6 +244,37 @@ def test_the_faster_int8_kernel_that_meets_the_guard_is_kept(monkeypatch, protei
     # the quantised Linear layers are FBGEMM's dynamic int8 ones, and the model asked for was not changed
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in prepared.modules())
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_a_hopeless_mode_is_dropped_after_one_short_pass(monkeypatch, proteins):
+    """A mode many times slower than fp32 (bf16 on a CPU without bf16 units) costs one short canary pass,
+    not a full probe pass; the choice and the answer stay fp32's."""
+    import time
+
+    model, tokenizer = tiny()
+    calls = []
+
+    class Slow(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, **kwargs):
+            calls.append(kwargs["input_ids"].shape)
+            time.sleep(0.3)
+            return self.inner(**kwargs)
+
+    real_variant = P.variant
+    monkeypatch.setattr(P, "variant", lambda m, mode: (Slow(m), contextlib.nullcontext) if mode == "bf16"
+                        else real_variant(m, mode))
+    reference = embed_proteins(copy.deepcopy(model), tokenizer, proteins, batch_size=4)
+    prepared, plan = P.prepare_for_inference(model, tokenizer, proteins, "auto", use_cache=False)
+    assert len(calls) == 1 and calls[0][0] == 1 and calls[0][1] <= P.CANARY_RESIDUES + 2  # the canary only
+    assert plan.seconds["bf16"] is None and "bf16" not in plan.cosine
+    assert any(n.startswith("bf16: ") and "slower than fp32 on a short pass" in n for n in plan.notes)
+    assert plan.mode != "bf16"
+    if plan.mode == "fp32":
+        np.testing.assert_array_equal(embed_proteins(prepared, tokenizer, proteins, batch_size=4), reference)
 
 
 def test_int8_without_torchao_is_one_line(monkeypatch, proteins):

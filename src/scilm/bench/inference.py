@@ -1,22 +1,29 @@
 """``scilm bench inference``: ESM-2 embedding throughput side by side, same weights and proteins (issue 16).
 
-Rows (each run in its own Python process, so its peak memory is its own and start-up counts):
+Rows (each run in its own process, so its peak memory is its own and start-up counts):
 
 - ``hf-eager-fp32``: plain transformers as a user writes it: file order, padded batches of 8, eager
   attention, mean over residues;
 - ``hf-sdpa-fp32``: the same with PyTorch's scaled-dot-product attention;
 - ``scilm-<mode>``: ``scilm embed``'s code (length-sorted batches) forced into each mode of
-  :mod:`scilm.inference.precision` (``fp32``, ``bf16``, ``bf16-weights``, ``int8`` when torchao is
-  installed), and ``scilm-auto``: what ``--precision auto --quantize int8`` chooses, its probe included
-  (an empty cache: the first run on a machine);
-- ``esm.cpp``: skipped unless the ``esm_cpp`` package is importable (said so in the table).
+  :mod:`scilm.inference.precision` (``fp32``, ``bf16``, ``bf16-weights``, ``int8`` = torchao,
+  ``int8-fbgemm`` = PyTorch's FBGEMM kernel), each with its guard cosine to ``scilm-fp32``;
+- ``scilm-embed-auto``: the command a user runs, ``scilm embed --precision auto --quantize int8``, as a
+  process (the probe included, on an empty cache: the first run on a machine) and
+  ``scilm-embed-auto-cached``: the same command again (the cached ranking);
+- ``esm.cpp-fp32`` / ``esm.cpp-int8``: esm.cpp 0.2.1 (PyPI ``esm-cpp``) run by an interpreter that has it
+  (``esm_cpp_python``; esm-cpp needs numpy < 2, so usually a separate venv: ``scripts/esm_cpp_venv.sh``),
+  on the same safetensors file (saved with the hub's names, :mod:`scilm.bench.esm_cpp_row`); skipped,
+  said so, when no interpreter has it.
 
-The model is a random-weight ESM-2 of the chosen preset shape (built offline, saved with hub tensor
-names); proteins are the bundled DeepLoc-1 validation set, cut to ``truncate`` residues. Each row's
-time runs from loading the model to the last embedding (start-up included); ``residues_per_s`` is
-residues embedded / that time. ``guard_cosine`` is the smallest per-protein cosine of the row's
-embeddings to ``scilm-fp32``'s. A row over its time budget stops after the batch that crosses it and
-reports the proteins it measured (``n_proteins``); its speed is then of a prefix of the set.
+The model is a random-weight ESM-2 masked LM of the chosen preset shape (built offline, saved in the
+hub's exact format); proteins are the bundled DeepLoc-1 validation set, cut to ``truncate`` residues.
+``residues_per_s`` is residues embedded / the whole process's wall time (Python start-up, imports,
+loading, any probe); ``compute_residues_per_s`` counts from the model ready. ``guard_cosine`` is the
+smallest per-protein cosine of the row's embeddings to ``scilm-fp32``'s. A row over its time budget
+stops after the batch that crosses it and reports the proteins it measured (``n_proteins``); its
+speed is then of a prefix of the set (esm.cpp's rows have a shorter budget: on CPUs without AVX-512
+its kernels are scalar and would take hours).
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from scilm.io import write_json_atomic, write_text_atomic
 
 DEEPLOC_VALID = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1" / "valid.fasta"
 MODELS = ("esm2-8m", "esm2-35m", "esm2-150m")
-SCILM_MODES = ("fp32", "bf16", "bf16-weights", "int8")
+SCILM_MODES = ("fp32", "bf16", "bf16-weights", "int8", "int8-fbgemm")
+ESM_CPP_MODES = ("fp32", "int8")
+ESM_CPP_GUARD = 4  # proteins whose esm.cpp embeddings are compared with scilm-fp32's
 HF_BATCH = 8
 SCILM_BATCH = 16
 
@@ -70,7 +79,9 @@ def run_row(engine: str, model_dir: str, sequences: list[str], budget_s: float, 
     out = np.zeros((len(sequences), 0), dtype=np.float32)
     done: list[int] = []
     if engine.startswith("hf-"):
-        from transformers import AutoTokenizer, EsmModel
+        from transformers import AutoTokenizer, EsmModel, logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # the masked LM's unused lm_head is expected here
 
         attn = "eager" if engine.startswith("hf-eager") else "sdpa"
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -88,20 +99,12 @@ def run_row(engine: str, model_dir: str, sequences: list[str], budget_s: float, 
     else:
         from scilm.inference import embed_proteins
         from scilm.inference.batching import length_sorted_batches
-        from scilm.inference.precision import apply_mode, prepare_for_inference
+        from scilm.inference.precision import apply_mode
         from scilm.models.protein import load_protein_encoder
 
         os.environ["SCILM_CACHE_DIR"] = cache
         model, tokenizer = load_protein_encoder(model_dir)
-        mode = engine.removeprefix("scilm-").removesuffix("-cached")
-        if mode == "auto":
-            from importlib.util import find_spec
-
-            quantize = "int8" if find_spec("torchao") else "none"
-            model, plan = prepare_for_inference(model, tokenizer, sequences, "auto", quantize)
-            note = f"chose {plan.mode}" + (" (cached ranking)" if plan.cached else " (probe run)")
-        else:
-            model = apply_mode(model, mode)
+        model = apply_mode(model, engine.removeprefix("scilm-"))
         ready = time.perf_counter()
         out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
         for batch in length_sorted_batches([len(s) for s in sequences], SCILM_BATCH):  # embed's own order
@@ -142,11 +145,71 @@ def _run_child(engine: str, model_dir: Path, sequences: list[str], budget_s: flo
     return row
 
 
-def esm_cpp_available() -> bool:
-    """Whether the esm.cpp engine (PyPI ``esm-cpp``) is importable here; its bench row is skipped otherwise."""
+def esm_cpp_python(given: str | None = None) -> str | None:
+    """The interpreter for esm.cpp's rows: ``given``, else ``$SCILM_ESM_CPP_PYTHON``, else this Python when
+    it can import ``esm_cpp``; None when none (the rows are then skipped, said so)."""
     from importlib.util import find_spec
 
-    return find_spec("esm_cpp") is not None
+    chosen = given or os.environ.get("SCILM_ESM_CPP_PYTHON")
+    if chosen:
+        return chosen
+    return sys.executable if find_spec("esm_cpp") is not None else None
+
+
+def _run_esm_cpp(mode: str, python: str, model_dir: Path, sequences: list[str], budget_s: float,
+                 work: Path) -> dict[str, Any]:
+    """One esm.cpp row through :mod:`scilm.bench.esm_cpp_row` in ``python``; its guard embeddings attached."""
+    engine = f"esm.cpp-{mode}"
+    args = {"mode": mode, "weights": str(model_dir / "model.safetensors"), "sequences": sequences,
+            "budget_s": budget_s, "guard_n": min(ESM_CPP_GUARD, len(sequences)),
+            "embeddings": str(work / f"{engine}.npy")}
+    (work / f"{engine}.args.json").write_text(json.dumps(args))
+    started = time.perf_counter()
+    proc = subprocess.run([python, str(Path(__file__).with_name("esm_cpp_row.py")), str(work / f"{engine}.args.json")],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"engine": engine, "residues_per_s": None, "peak_rss_mb": None, "note": f"failed: {tail}"}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["seconds"] = wall - row.pop("guard_s")  # the guard's extra passes ran after the clock
+    row["residues_per_s"] = row["residues"] / row["seconds"]
+    row["engine"] = engine
+    row["note"] = f"esm.cpp {row.pop('version')}, ISA {row.pop('isa')}, {row.pop('threads')} threads"
+    if row["n_proteins"] < len(sequences):
+        row["note"] += f"; time budget: {row['n_proteins']} of {len(sequences)} proteins"
+    guard = list(range(args["guard_n"]))
+    row["_embeddings"], row["done"], row["_guard_only"] = np.load(args["embeddings"]), guard, True
+    return row
+
+
+def _run_embed_cli(engine: str, model_dir: Path, sequences: list[str], truncate: int, work: Path) -> dict[str, Any]:
+    """``scilm embed --precision auto [--quantize int8]`` as a user runs it; the whole process timed."""
+    from importlib.util import find_spec
+
+    fasta = work / "proteins.fasta"
+    if not fasta.exists():
+        fasta.write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(sequences)))
+    out, rss = work / f"{engine}.npy", work / f"{engine}.rss"
+    quantize = ["--quantize", "int8"] if find_spec("torchao") else []
+    argv = ["embed", "--model", str(model_dir), "--data", str(fasta), "--out", str(out), "--batch-size",
+            str(SCILM_BATCH), "--truncate", str(truncate), "--precision", "auto", *quantize, "--no-progress"]
+    wrapper = ("import atexit, resource, sys; atexit.register(lambda: open(sys.argv.pop(1), 'w').write("
+               "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))); "
+               "sys.argv[0] = 'scilm'; from scilm.cli import main; main()")
+    env = {**os.environ, "SCILM_CACHE_DIR": str(work / "cache")}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", wrapper, str(rss), *argv], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"engine": engine, "residues_per_s": None, "peak_rss_mb": None, "note": f"failed: {tail}"}
+    chosen = next((line for line in proc.stderr.splitlines() if line.startswith("precision ")), "precision fp32")
+    residues = sum(len(s) for s in sequences)
+    return {"engine": engine, "residues_per_s": residues / wall, "seconds": wall, "residues": residues,
+            "n_proteins": len(sequences), "peak_rss_mb": float(rss.read_text()) if rss.exists() else None,
+            "note": f"`scilm {' '.join(argv[:1] + argv[7:])}`: {chosen}", "done": list(range(len(sequences))),
+            "_embeddings": np.load(out)}
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -218,10 +281,16 @@ def _chart(path: Path, rows: list[dict[str, Any]], model: str) -> None:
 
 def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False, command: str = "",
                         n_proteins: int | None = None, truncate: int | None = None,
-                        budget_s: float | None = None) -> str:
-    """Build the model, run every row in its own process, write the outputs; returns the Markdown table."""
+                        budget_s: float | None = None, esm_cpp_interpreter: str | None = None) -> str:
+    """Build the model, run every row in its own process, write the outputs; returns the Markdown table.
+
+    ``model``: a preset shape; ``n_proteins`` DeepLoc-1 validation proteins cut to ``truncate`` residues
+    (defaults 64 x 512, ``quick`` 16 x 200); ``budget_s``: seconds per row before it stops early;
+    ``esm_cpp_interpreter``: a Python with ``esm_cpp`` (:func:`esm_cpp_python`). Raises ScilmError for an
+    unknown shape.
+    """
     import torch
-    from transformers import EsmModel
+    from transformers import EsmForMaskedLM
 
     from scilm.errors import ScilmError
     from scilm.models.protein import PROTEIN_PRESETS, esm2_config, esm2_tokenizer
@@ -236,29 +305,38 @@ def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False,
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model_dir = work / "model"
-    save_model(EsmModel(esm2_config(model), add_pooling_layer=False), model_dir)
+    save_model(EsmForMaskedLM(esm2_config(model)), model_dir)  # the hub's format: every engine reads it
     esm2_tokenizer().save_pretrained(str(model_dir))
     proteins = bench_proteins(n_proteins, truncate)
     sequences = [s for _, s in proteins]
-    # scilm-auto: first run on this machine (empty cache, probe included); scilm-auto-cached: the next run
-    engines = ["hf-eager-fp32", "hf-sdpa-fp32", *[f"scilm-{m}" for m in SCILM_MODES], "scilm-auto", "scilm-auto-cached"]
     from importlib.util import find_spec
 
+    from scilm.inference.precision import fbgemm_available
+
     rows = []
-    for engine in engines:
+    for engine in ["hf-eager-fp32", "hf-sdpa-fp32", *[f"scilm-{m}" for m in SCILM_MODES]]:
         if engine == "scilm-int8" and not find_spec("torchao"):
             rows.append({"engine": engine, "residues_per_s": None, "note": "skipped: torchao not installed"})
-            continue
-        rows.append(_run_child(engine, model_dir, sequences, budget_s, work))
-    rows.append({"engine": "esm.cpp", "residues_per_s": None,
-                 "note": "not run: esm.cpp rows are not wired yet" if esm_cpp_available()
-                 else "skipped: esm_cpp not importable (esm-cpp 0.2.1 needs numpy<2)"})
+        elif engine == "scilm-int8-fbgemm" and not fbgemm_available():
+            rows.append({"engine": engine, "residues_per_s": None, "note": "skipped: no FBGEMM in this torch"})
+        else:
+            rows.append(_run_child(engine, model_dir, sequences, budget_s, work))
+    # the first run on this machine (empty cache: the probe runs), then the same command again (cached)
+    rows += [_run_embed_cli(e, model_dir, sequences, truncate, work) for e in ("scilm-embed-auto", "scilm-embed-auto-cached")]
+    python = esm_cpp_python(esm_cpp_interpreter)
+    for mode in ESM_CPP_MODES:
+        if python is None:
+            rows.append({"engine": f"esm.cpp-{mode}", "residues_per_s": None,
+                         "note": "skipped: no esm_cpp here (scripts/esm_cpp_venv.sh, then --esm-cpp-python)"})
+        else:
+            rows.append(_run_esm_cpp(mode, python, model_dir, sequences, min(budget_s, 45.0 if quick else 120.0), work))
     reference = next(r for r in rows if r["engine"] == "scilm-fp32")
     for r in rows:
         if "_embeddings" in r and "_embeddings" in reference:
             common = sorted(set(r["done"]) & set(reference["done"]))
+            mine = r["_embeddings"] if r.get("_guard_only") else r["_embeddings"][common]
             if common:
-                r["guard_cosine"] = float(cosine_rows(r["_embeddings"][common], reference["_embeddings"][common]).min())
+                r["guard_cosine"] = float(cosine_rows(mine[: len(common)], reference["_embeddings"][common]).min())
     table = write_outputs(Path(out), rows, model, command, len(sequences), sum(map(len, sequences)))
     import shutil
 

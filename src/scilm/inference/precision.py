@@ -51,6 +51,8 @@ PROBE_BATCH = 4
 PROBE_RESIDUES = 128  # long enough for attention to count, short enough to probe in seconds on 2 cores
 PROBE_REPEATS = 2
 ABANDON_FACTOR = 3.0  # a mode whose first pass is this much slower than the best so far is not timed further
+CANARY_RESIDUES = 32  # a one-protein pass that finds a hopeless mode in a fraction of a second
+# (bf16 on a CPU without bf16 units, torchao's int8 on one without its kernels: 10-500x fp32)
 CACHE_VERSION = 1
 
 _clock = time.perf_counter
@@ -396,8 +398,22 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     else:
         best = None
         timed = precision == "auto" or quantize == "int8"  # a speed comparison is asked for
+        canary = tokenizer(probe[:1], padding=True, truncation=True, max_length=CANARY_RESIDUES + 2,
+                           return_tensors="pt").to(device)
+        canary_fp32 = None
         for mode in candidates:
             runner, context = variant(model, mode)
+            if timed:  # a hopeless mode is dropped after one short pass, not a full probe pass
+                canary_start = _clock()
+                _forward(runner, context, canary)
+                canary_time = _clock() - canary_start
+                canary_fp32 = canary_time if mode == "fp32" else canary_fp32
+                if mode != "fp32" and canary_time > ABANDON_FACTOR * canary_fp32:
+                    seconds[mode] = None
+                    notes.append(f"{mode}: {canary_time / canary_fp32:.0f}x slower than fp32 on a short pass "
+                                 "on this machine; not probed further")
+                    del runner
+                    continue
             first_start = _clock()
             result = _forward(runner, context, encoded)  # warm-up, and the guard's output
             first = _clock() - first_start
@@ -442,7 +458,7 @@ def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str
     notes = []
     chosen_time = seconds.get(chosen)
     winner, best = chosen, chosen_time
-    for mode in (m for m in INT8_MODES if m in seconds or m in cosine):
+    for mode in (m for m in INT8_MODES if seconds.get(m) is not None or m in cosine):  # else noted at its canary
         int8_time = seconds.get(mode)
         if mode in cosine and not ok[mode]:
             notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}); not used")
