@@ -36,14 +36,29 @@ def test_cosine_rows_against_numpy():
 
 
 @pytest.mark.slow
-def test_real_run_on_the_tiny_shape(tmp_path):
+def test_real_run_on_the_tiny_shape(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCILM_ESM_CPP_PYTHON", raising=False)
     table = B.run_inference_bench(tmp_path, model="esm2-tiny", n_proteins=6, truncate=60, budget_s=60,
-                                  command="test")
+                                  command="test", esm_cpp_interpreter=B.esm_cpp_python())
     rows = {r["engine"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
-    for engine in ("hf-eager-fp32", "hf-sdpa-fp32", "scilm-fp32", "scilm-auto", "scilm-auto-cached"):
+    for engine in ("hf-eager-fp32", "hf-sdpa-fp32", "scilm-fp32", "scilm-embed-auto", "scilm-embed-auto-cached"):
         assert rows[engine]["residues_per_s"] > 0 and rows[engine]["n_proteins"] == 6, rows[engine]
-    # the same weights and proteins: plain transformers and scilm fp32 give the same embeddings
-    assert rows["hf-eager-fp32"]["guard_cosine"] > 0.99999 and rows["hf-sdpa-fp32"]["guard_cosine"] > 0.99999
+    # the same weights and proteins: plain transformers, scilm fp32 and the scilm embed command agree
+    for engine in ("hf-eager-fp32", "hf-sdpa-fp32"):
+        assert rows[engine]["guard_cosine"] > 0.99999
     assert rows["scilm-bf16"]["guard_cosine"] >= 0.999
-    assert "esm.cpp" in rows and "scilm-auto" in table
+    assert rows["scilm-embed-auto"]["note"].startswith("`scilm embed --truncate 60 --precision auto")
+    assert "precision " in rows["scilm-embed-auto-cached"]["note"] and "cached" in rows["scilm-embed-auto-cached"]["note"]
+    assert {"esm.cpp-fp32", "esm.cpp-int8"} <= set(rows)
+    if rows["esm.cpp-fp32"]["residues_per_s"]:  # esm.cpp read scilm's saved file: the same model
+        assert rows["esm.cpp-fp32"]["guard_cosine"] > 0.9999
+    assert "scilm-embed-auto" in table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inference.png", "results.json", "table.md"]
+
+
+def test_no_esm_cpp_interpreter_is_said(monkeypatch):
+    monkeypatch.delenv("SCILM_ESM_CPP_PYTHON", raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert B.esm_cpp_python() is None
+    monkeypatch.setenv("SCILM_ESM_CPP_PYTHON", "/opt/esm/bin/python")
+    assert B.esm_cpp_python() == "/opt/esm/bin/python" and B.esm_cpp_python("/x/python") == "/x/python"

@@ -579,12 +579,15 @@ def bench_inference(
     model: str = Opt("esm2-35m", help="Model shape: esm2-8m | esm2-35m | esm2-150m (random weights)."),
     out: Path = Opt(Path("bench/inference"), help="Output directory."),
     quick: bool = Opt(False, "--quick", help="16 proteins cut to 200 residues, 90 s per row at most."),
+    esm_cpp_python: Optional[str] = Opt(None, help="A Python with esm-cpp installed (scripts/esm_cpp_venv.sh) "
+                                        "[$SCILM_ESM_CPP_PYTHON, else this Python if it has esm_cpp]."),
 ) -> None:
-    """ESM-2 embedding residues/s and peak memory: plain transformers, scilm in each precision, esm.cpp."""
+    """ESM-2 embedding residues/s and peak memory: plain transformers, scilm in each mode, esm.cpp."""
     from scilm.bench.inference import run_inference_bench
 
-    command = " ".join(["scilm bench inference", f"--model {model}", f"--out {out}", *(["--quick"] if quick else [])])
-    typer.echo(run_inference_bench(out, model=model, quick=quick, command=command))
+    command = " ".join(["scilm bench inference", f"--model {model}", f"--out {out}", *(["--quick"] if quick else []),
+                        *([f"--esm-cpp-python {esm_cpp_python}"] if esm_cpp_python else [])])
+    typer.echo(run_inference_bench(out, model=model, quick=quick, command=command, esm_cpp_interpreter=esm_cpp_python))
 @bench_app.command("textchem")
 def bench_textchem(
     out: Path = Opt(Path("bench/textchem"), help="Output directory."),

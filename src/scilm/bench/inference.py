@@ -194,7 +194,7 @@ def _run_embed_cli(engine: str, model_dir: Path, sequences: list[str], truncate:
     quantize = ["--quantize", "int8"] if find_spec("torchao") else []
     argv = ["embed", "--model", str(model_dir), "--data", str(fasta), "--out", str(out), "--batch-size",
             str(SCILM_BATCH), "--truncate", str(truncate), "--precision", "auto", *quantize, "--no-progress"]
-    wrapper = ("import atexit, resource, sys; atexit.register(lambda: open(sys.argv.pop(1), 'w').write("
+    wrapper = ("import atexit, resource, sys; rss = sys.argv.pop(1); atexit.register(lambda: open(rss, 'w').write("
                "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))); "
                "sys.argv[0] = 'scilm'; from scilm.cli import main; main()")
     env = {**os.environ, "SCILM_CACHE_DIR": str(work / "cache")}
@@ -300,7 +300,7 @@ def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False,
         raise ScilmError(f"--model must be one of {', '.join(MODELS)} (got {model!r})")
     n_proteins = n_proteins or (16 if quick else 64)
     truncate = truncate or (200 if quick else 512)
-    budget_s = budget_s or (90.0 if quick else 600.0)
+    budget_s = budget_s or (90.0 if quick else 150.0)
     work = Path(out) / f".work-{os.getpid()}"  # removed at the end; nothing of the user's is touched
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
