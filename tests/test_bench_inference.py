@@ -62,3 +62,29 @@ def test_no_esm_cpp_interpreter_is_said(monkeypatch):
     assert B.esm_cpp_python() is None
     monkeypatch.setenv("SCILM_ESM_CPP_PYTHON", "/opt/esm/bin/python")
     assert B.esm_cpp_python() == "/opt/esm/bin/python" and B.esm_cpp_python("/x/python") == "/x/python"
+
+
+def test_label_agreement_counts_against_fp32(tmp_path, monkeypatch):
+    """The arithmetic of the 99.5 % label guard: 1 changed label in 200 is 99.5 % (meets it), 2 are not."""
+    from scilm.bench.serve import save_random_classifier
+    from scilm.inference import predict as predict_module
+
+    save_random_classifier(tmp_path / "clf", preset="esm2-tiny")
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text("".join(f">p{i}\nMKTAYIAKQR\n" for i in range(200)))
+    flips = {"fp32": 0, "bf16": 1, "bf16-weights": 2, "int8": 0, "int8-fbgemm": 0}
+
+    def fake(model, tokenizer, sequences, batch_size=32, **_):
+        mode = getattr(model, "scilm_inference_mode", "fp32")
+        rows = [{"membrane": 0.9, "soluble": 0.1} for _ in sequences]
+        for i in range(flips[mode]):
+            rows[i] = {"membrane": 0.3, "soluble": 0.7}
+        return rows
+
+    monkeypatch.setattr(predict_module, "predict_proteins", fake)
+    rows = {r["mode"]: r for r in B.label_agreement(tmp_path / "clf", fasta)}
+    assert rows["bf16"]["labels_identical_percent"] == 99.5 and rows["bf16"]["meets_guard"]
+    assert rows["bf16-weights"]["labels_identical_percent"] == 99.0 and not rows["bf16-weights"]["meets_guard"]
+    assert rows["bf16"]["max_probability_change"] == pytest.approx(0.6) and rows["bf16"]["n_proteins"] == 200
+    table = B.agreement_table(list(rows.values()), "clf")
+    assert "| bf16 | 99.50 | 0.6000 | yes |" in table and "| bf16-weights | 99.00 | 0.6000 | no |" in table

@@ -581,13 +581,17 @@ def bench_inference(
     quick: bool = Opt(False, "--quick", help="16 proteins cut to 200 residues, 90 s per row at most."),
     esm_cpp_python: Optional[str] = Opt(None, help="A Python with esm-cpp installed (scripts/esm_cpp_venv.sh) "
                                         "[$SCILM_ESM_CPP_PYTHON, else this Python if it has esm_cpp]."),
+    guard_model: Optional[str] = Opt(None, help="A trained classifier (e.g. the README demo's runs/membrane-demo/model): "
+                                     "its DeepLoc-1 validation labels in each mode against fp32's (guard: 99.5 %)."),
 ) -> None:
     """ESM-2 embedding residues/s and peak memory: plain transformers, scilm in each mode, esm.cpp."""
     from scilm.bench.inference import run_inference_bench
 
     command = " ".join(["scilm bench inference", f"--model {model}", f"--out {out}", *(["--quick"] if quick else []),
-                        *([f"--esm-cpp-python {esm_cpp_python}"] if esm_cpp_python else [])])
-    typer.echo(run_inference_bench(out, model=model, quick=quick, command=command, esm_cpp_interpreter=esm_cpp_python))
+                        *([f"--esm-cpp-python {esm_cpp_python}"] if esm_cpp_python else []),
+                        *([f"--guard-model {guard_model}"] if guard_model else [])])
+    typer.echo(run_inference_bench(out, model=model, quick=quick, command=command, esm_cpp_interpreter=esm_cpp_python,
+                                   guard_model=guard_model))
 @bench_app.command("textchem")
 def bench_textchem(
     out: Path = Opt(Path("bench/textchem"), help="Output directory."),

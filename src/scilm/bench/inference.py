@@ -145,6 +145,61 @@ def _run_child(engine: str, model_dir: Path, sequences: list[str], budget_s: flo
     return row
 
 
+AGREEMENT_GUARD = 99.5  # issue 16: predicted labels identical on >= 99.5 % of DeepLoc validation proteins
+
+
+def label_agreement(model_dir: str | Path, data: str | Path = DEEPLOC_VALID, batch_size: int = 32
+                    ) -> list[dict[str, Any]]:
+    """For a trained single-label classifier, each mode's predicted labels against fp32's on ``data``.
+
+    One row per mode of :data:`SCILM_MODES` that runs here: ``labels_identical_percent`` (proteins whose
+    argmax label equals fp32's), ``max_probability_change`` (largest absolute change of any class
+    probability), ``meets_guard`` (at least :data:`AGREEMENT_GUARD` percent). Proteins are fed under the
+    model's own policy and length, as ``scilm predict`` does. Raises ScilmError for a model that is not a
+    single-label classifier.
+    """
+    import copy
+
+    from scilm.data.protein import read_proteins
+    from scilm.errors import ScilmError
+    from scilm.inference.precision import apply_mode, fbgemm_available
+    from scilm.inference.predict import is_regression, multilabel_thresholds, predict_proteins
+    from scilm.models.protein import is_per_residue, load_trained_classifier
+
+    net, tokenizer = load_trained_classifier(str(model_dir))
+    if is_regression(net.config) or multilabel_thresholds(net.config) or is_per_residue(net.config):
+        raise ScilmError(f"guard model {model_dir}: label agreement needs a single-label classifier")
+    sequences = [r.sequence for r in read_proteins(data, task=None, label_column=None, unique_ids=False)]
+
+    def predicted(model) -> tuple[np.ndarray, np.ndarray]:
+        rows = predict_proteins(model, tokenizer, sequences, batch_size)
+        probabilities = np.array([list(r.values()) for r in rows], dtype=np.float64)
+        return probabilities.argmax(1), probabilities
+
+    labels, probabilities = predicted(net)
+    from importlib.util import find_spec
+
+    rows = []
+    for mode in SCILM_MODES[1:]:
+        if (mode == "int8" and not find_spec("torchao")) or (mode == "int8-fbgemm" and not fbgemm_available()):
+            continue
+        mode_labels, mode_probabilities = predicted(apply_mode(copy.deepcopy(net), mode))
+        percent = 100.0 * float((mode_labels == labels).mean())
+        rows.append({"mode": mode, "labels_identical_percent": percent, "n_proteins": len(sequences),
+                     "max_probability_change": float(np.abs(mode_probabilities - probabilities).max()),
+                     "meets_guard": percent >= AGREEMENT_GUARD})
+    return rows
+
+
+def agreement_table(rows: list[dict[str, Any]], model_dir: str | Path) -> str:
+    """Markdown table of :func:`label_agreement` rows."""
+    body = [[r["mode"], f"{r['labels_identical_percent']:.2f}", f"{r['max_probability_change']:.4f}",
+             "yes" if r["meets_guard"] else "no"] for r in rows]
+    return (f"Predicted labels against fp32, {rows[0]['n_proteins'] if rows else 0} DeepLoc-1 validation proteins, "
+            f"model {model_dir}:\n\n" + markdown_table(["mode", "labels identical (%)", "largest probability change",
+                                                          f">= {AGREEMENT_GUARD} %"], body) + "\n")
+
+
 def esm_cpp_python(given: str | None = None) -> str | None:
     """The interpreter for esm.cpp's rows: ``given``, else ``$SCILM_ESM_CPP_PYTHON``, else this Python when
     it can import ``esm_cpp``; None when none (the rows are then skipped, said so)."""
@@ -229,8 +284,9 @@ def machine_line() -> str:
 
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], model: str, command: str, proteins: int,
-                  residues: int) -> str:
-    """``results.json`` (the rows), ``table.md`` (machine, command, table) and ``inference.png``; returns the table."""
+                  residues: int, agreement: list[dict[str, Any]] | None = None, guard_model: str | None = None) -> str:
+    """``results.json`` (the rows, and ``label_agreement`` rows when a guard model was given), ``table.md``
+    (machine, command, table(s)) and ``inference.png``; returns the table."""
     out.mkdir(parents=True, exist_ok=True)
     base = next((r["residues_per_s"] for r in rows if r["engine"] == "hf-eager-fp32" and r.get("residues_per_s")), None)
     header = ["engine", "residues/s", "x hf-eager-fp32", "residues/s after load", "load + prepare (s)",
@@ -251,8 +307,13 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], model: str, command: st
                        f"Model: {model} shape, random weights; {proteins} DeepLoc-1 validation proteins, "
                        f"{residues:,} residues. residues/s: the whole process (Python start-up, imports, "
                        "loading, any probe); after load: from the model ready to the last embedding.", "", markdown_table(header, table_rows), ""])
+    if agreement is not None:
+        table += "\n" + agreement_table(agreement, guard_model)
     clean = [{k: v for k, v in r.items() if not k.startswith("_") and k != "done"} for r in rows]
-    write_json_atomic(out / "results.json", {"machine": machine, "command": command, "model": model, "rows": clean})
+    results = {"machine": machine, "command": command, "model": model, "rows": clean}
+    if agreement is not None:
+        results["label_agreement"] = {"model": str(guard_model), "rows": agreement}
+    write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "table.md", table)
     _chart(out / "inference.png", rows, model)
     return table
@@ -281,13 +342,15 @@ def _chart(path: Path, rows: list[dict[str, Any]], model: str) -> None:
 
 def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False, command: str = "",
                         n_proteins: int | None = None, truncate: int | None = None,
-                        budget_s: float | None = None, esm_cpp_interpreter: str | None = None) -> str:
+                        budget_s: float | None = None, esm_cpp_interpreter: str | None = None,
+                        guard_model: str | None = None) -> str:
     """Build the model, run every row in its own process, write the outputs; returns the Markdown table.
 
     ``model``: a preset shape; ``n_proteins`` DeepLoc-1 validation proteins cut to ``truncate`` residues
     (defaults 64 x 512, ``quick`` 16 x 200); ``budget_s``: seconds per row before it stops early;
-    ``esm_cpp_interpreter``: a Python with ``esm_cpp`` (:func:`esm_cpp_python`). Raises ScilmError for an
-    unknown shape.
+    ``esm_cpp_interpreter``: a Python with ``esm_cpp`` (:func:`esm_cpp_python`); ``guard_model``: a trained
+    classifier whose labels in each mode are compared with fp32's (:func:`label_agreement`). Raises
+    ScilmError for an unknown shape or a guard model that is not a single-label classifier.
     """
     import torch
     from transformers import EsmForMaskedLM
@@ -337,7 +400,9 @@ def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False,
             mine = r["_embeddings"] if r.get("_guard_only") else r["_embeddings"][common]
             if common:
                 r["guard_cosine"] = float(cosine_rows(mine[: len(common)], reference["_embeddings"][common]).min())
-    table = write_outputs(Path(out), rows, model, command, len(sequences), sum(map(len, sequences)))
+    agreement = label_agreement(guard_model) if guard_model else None
+    table = write_outputs(Path(out), rows, model, command, len(sequences), sum(map(len, sequences)), agreement,
+                          guard_model)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)  # the bench's own scratch: model, per-row embeddings, cache
