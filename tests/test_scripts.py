@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 COVERED = {
     "scripts/install.sh": "tests/test_scripts.py::test_install_script_*",
     "scripts/textchem_demo.sh": "tests/test_scripts.py::test_textchem_demo_runs_from_a_fresh_clone",
+    "scripts/esm_cpp_venv.sh": "tests/test_scripts.py::test_esm_cpp_venv_script_pins_what_esm_cpp_needs",
     "examples/sifting/": "tests/test_sifting_examples.py::test_example_runs",
     "examples/sifting/plain_pytorch.py": "tests/test_sifting_examples.py::test_example_runs",
     "examples/sifting/hf_trainer.py": "tests/test_sifting_examples.py::test_example_runs",
@@ -137,3 +138,24 @@ def test_install_script_without_torch_takes_the_cpu_build_first(tmp_path):
     done, pip_calls = run_install(tmp_path, torch_installed=False)
     assert done.returncode == 0, done.stderr
     assert pip_calls == ["-m pip install -q torch==2.13.0+cpu", "-m pip install -q -e .[all]"]
+
+
+def test_esm_cpp_venv_script_pins_what_esm_cpp_needs(tmp_path):
+    """The esm.cpp venv script makes its own venv and installs esm-cpp 0.2.1 with numpy<2 there, never in
+    scilm's environment (a PYTHON that records what it is asked instead of doing it)."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$0 $*" >> "{log}"\n'
+        'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin"; cp "$0" "$3/bin/python"; fi\n'
+        "exit 0\n")
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    done = subprocess.run(["bash", str(REPO / "scripts" / "esm_cpp_venv.sh"), str(venv)], cwd=tmp_path,
+                          env={**os.environ, "PYTHON": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == f"{fake} -m venv {venv}"
+    assert calls[1] == f"{venv}/bin/python -m pip install -q esm-cpp==0.2.1 numpy<2"
+    assert calls[2].startswith(f"{venv}/bin/python -c import esm_cpp")
