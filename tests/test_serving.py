@@ -674,3 +674,31 @@ def test_served_answers_are_predicts_for_regression_and_multilabel_models(classi
     assert {a["label"]: a["score"] for a in answer} == pytest.approx(dict(zip(multi.labels, probabilities)))
     assert {a["label"]: a["predicted"] for a in answer} == {"soluble": True, "membrane": False}
     assert multi.info()["thresholds"] == thresholds and multi.info()["task"] == "multi-label"
+
+
+def test_served_in_a_precision_mode_answers_what_predict_answers_in_it(classifier_dir, monkeypatch):
+    """``scilm serve --precision/--quantize``: the mode is chosen by predict's probe and guard, and a served
+    protein's logits are exactly ``predict``'s in that mode (the same weights, kernels and batching)."""
+    import copy
+
+    from scilm.inference import precision as P
+    from scilm.inference.predict import policy_logits
+    from scilm.models.protein import load_trained_classifier
+
+    monkeypatch.setattr(P, "_time_forward", lambda mode, run, repeats: {"fp32": 1.0}.get(mode, 0.5))
+    monkeypatch.setattr(P, "ABANDON_FACTOR", float("inf"))
+    monkeypatch.setenv("SCILM_CACHE_DIR", str(classifier_dir.parent / "cache"))
+    served = load_served_model(classifier_dir, precision="bf16-weights")
+    net, tokenizer = load_trained_classifier(str(classifier_dir))
+    mode = getattr(served.model, "scilm_inference_mode", "fp32")  # fp32 only if the guard refused bf16 here
+    expected = policy_logits(P.apply_mode(copy.deepcopy(net), mode), tokenizer, [PROTEIN], served.policy)
+    assert served.run_batch(None, [PROTEIN]) == expected.tolist()
+    if mode == "bf16-weights":
+        assert next(served.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ScilmError, match="precision must be one of"):
+        load_served_model(classifier_dir, precision="fp16")
+
+
+def test_a_seq2seq_model_is_served_in_fp32_only(t5_dir):
+    with pytest.raises(ScilmError, match="seq2seq model is served in fp32"):
+        load_served_model(t5_dir, precision="bf16")

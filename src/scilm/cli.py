@@ -461,6 +461,9 @@ def serve(
     header_timeout: float = Opt(10.0, help="Seconds for a request's headers."),
     body_timeout: float = Opt(30.0, help="Seconds for a request's body."),
     per_client_connections: int = Opt(64, help="Open connections per client address."),
+    precision: str = Opt("fp32", help="Protein models: fp32 | bf16 | bf16-weights | auto (probed at start on "
+                         "bundled proteins, with predict's quality guard)."),
+    quantize: str = Opt("none", help="Protein models: none | int8 (CPU; kept only if faster and within the guard)."),
 ) -> None:
     """A real-time HTTP endpoint (Hugging Face inference payloads) and a web page at /."""
     from scilm.serving.bounds import ServerLimits
@@ -471,7 +474,7 @@ def serve(
                           body_timeout=body_timeout, per_client_connections=per_client_connections)
     run_server(model=model, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                max_queue=max_queue, batching=batching, api_key_env=api_key_env, limits=limits,
-               allowed_host=tuple(allowed_host or ()))
+               allowed_host=tuple(allowed_host or ()), precision=precision, quantize=quantize)
 
 
 def pretrain(**options) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import secrets
 import threading
@@ -43,6 +44,8 @@ from scilm.serving.schema import (
     TokenClassificationParameters,
     parameters_schema,
 )
+
+log = logging.getLogger(__name__)
 
 _HUGE = 1_000_000  # tokenizers without a real limit report model_max_length ~1e30
 
@@ -78,12 +81,20 @@ def _require_safetensors(path: Path) -> None:
         raise ScilmError(f"--model {path}: no *.safetensors weights (scilm serves safetensors only, never pickles)")
 
 
-def load_served_model(path: str | Path) -> ServedClassifier | ServedResidueClassifier | ServedSeq2Seq:
+PROBE_PROTEINS = 64  # bundled DeepLoc-1 validation proteins the serving precision probe picks its batch from
+
+
+def load_served_model(path: str | Path, precision: str = "fp32", quantize: str = "none"
+                      ) -> ServedClassifier | ServedResidueClassifier | ServedSeq2Seq:
     """The model saved in directory ``path`` (by ``scilm train``), ready to serve, of the kind :func:`model_kind` reads.
 
-    Weights load from ``*.safetensors`` only. Raises ScilmError naming ``--model`` when the directory
-    is missing, its ``config.json`` is missing, invalid or of an architecture not served, or it has
-    no safetensors weights.
+    ``precision`` / ``quantize``: a protein model runs in the mode :func:`scilm.inference.precision
+    .prepare_for_inference` chooses (probed on bundled DeepLoc-1 validation proteins cut to the served
+    length, as no request has arrived yet; the same quality guard as predict's), so served answers are
+    predict's in that mode. Weights load from ``*.safetensors`` only. Raises ScilmError naming
+    ``--model`` when the directory is missing, its ``config.json`` is missing, invalid or of an
+    architecture not served, or it has no safetensors weights; naming ``precision`` for a mode other
+    than fp32 on a seq2seq model (its generation is not guarded).
     """
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -94,11 +105,32 @@ def load_served_model(path: str | Path) -> ServedClassifier | ServedResidueClass
         from scilm.models.protein import load_trained_classifier
 
         model, tokenizer = load_trained_classifier(str(path))  # a token classifier when config.json says so
+        model = _fast_path(model, tokenizer, precision, quantize)
         return (ServedClassifier if kind == "classifier" else ServedResidueClassifier)(model, tokenizer, path)
+    if precision != "fp32" or quantize != "none":
+        raise ScilmError("precision/quantize: a seq2seq model is served in fp32 (the quality guard compares "
+                         "protein embeddings and labels, not generated text)")
     from scilm.inference.generate import load_seq2seq
 
     model, tokenizer = load_seq2seq(str(path))
     return ServedSeq2Seq(model.eval(), tokenizer, path)
+
+
+def _fast_path(model, tokenizer, precision: str, quantize: str):
+    """``model`` in the chosen precision / int8 mode (:func:`load_served_model`); the choice logged."""
+    if precision == "fp32" and quantize == "none":
+        return model
+    from scilm.data.protein import read_proteins
+    from scilm.inference.precision import prepare_for_inference
+    from scilm.models.protein import max_residues
+
+    bundled = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1" / "valid.fasta"
+    length = max_residues(model.config, tokenizer)
+    sample = [r.sequence[:length] for r in read_proteins(bundled, task=None, label_column=None,
+                                                         unique_ids=False)[:PROBE_PROTEINS]]
+    model, plan = prepare_for_inference(model, tokenizer, sample, precision, quantize)
+    log.info("serving in %s", plan.summary())
+    return model
 
 
 # -- classifier -------------------------------------------------------------------------------

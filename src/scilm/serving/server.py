@@ -617,11 +617,12 @@ def uvicorn_server(app: FastAPI, host: str, port: int, log_level: str = "info") 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32,
           max_wait_ms: float = 5.0, max_queue: int = 256, batching: bool = True,
           api_key_env: str | None = None, limits: ServerLimits | None = None,
-          allowed_host: tuple[str, ...] = ()) -> None:
+          allowed_host: tuple[str, ...] = (), precision: str = "fp32", quantize: str = "none") -> None:
     """Load ``model`` and serve it until SIGINT/SIGTERM (bounded shutdown, see the module docstring).
 
+    ``precision`` / ``quantize``: the protein model's mode (:func:`scilm.serving.models.load_served_model`).
     Raises ScilmError naming the setting for bad sizes or limits, an unset ``api_key_env`` variable,
-    a bad ``allowed_host`` entry or a model directory that cannot be served.
+    a bad ``allowed_host`` entry, a bad precision/quantize or a model directory that cannot be served.
     """
     from scilm.serving.models import load_served_model
 
@@ -637,7 +638,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size:
         log.warning("WARNING: serving on %s without an API key: anyone who can reach this address can use "
                     "the model. Set --api-key-env VAR, or bind 127.0.0.1.", host)
     hosts, origins = allowed_hosts(host, allowed_host), allowed_origins(allowed_host)
-    served = load_served_model(model)
+    served = load_served_model(model, precision, quantize)
     app = create_app(served, max_batch_size, max_wait_ms, max_queue, batching, api_key, limits=limits, hosts=hosts,
                      origins=origins)
     log.info("serving the %s in %s at http://%s:%d/ (batching %s)", served.kind, model, host, port,
