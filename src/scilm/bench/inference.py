@@ -384,6 +384,9 @@ def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False,
             rows.append({"engine": engine, "residues_per_s": None, "note": "skipped: no FBGEMM in this torch"})
         else:
             rows.append(_run_child(engine, model_dir, sequences, budget_s, work))
+    rows.append({"engine": "scilm-packed", "residues_per_s": None,
+                 "note": "not available: this transformers' ESM lets packed proteins attend to one another "
+                         "(tests/test_precision.py canary); length-sorted batches instead"})
     # the first run on this machine (empty cache: the probe runs), then the same command again (cached)
     rows += [_run_embed_cli(e, model_dir, sequences, truncate, work) for e in ("scilm-embed-auto", "scilm-embed-auto-cached")]
     python = esm_cpp_python(esm_cpp_interpreter)
