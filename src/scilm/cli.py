@@ -587,7 +587,7 @@ def bench_throughput(
     out: Path = Opt(Path("bench/throughput"), help="Output directory."),
     quick: bool = Opt(False, "--quick", help="64 training proteins cut to 256 residues (a few minutes)."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence, both rows [512; --quick 256]."),
-    train_proteins: Optional[int] = Opt(None, help="Speed runs: train on the first N bundled proteins (class "
+    train_proteins: Optional[int] = Opt(None, help="Speed runs: train on N bundled proteins (a seeded sample, class "
                                         "shares kept) [all; --quick 64]."),
     threads: Optional[int] = Opt(None, help="Torch threads of both rows [PyTorch's default: one per core]."),
 ) -> None:

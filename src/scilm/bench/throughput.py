@@ -12,20 +12,26 @@ Two rows, each run in its own Python process on the same data, model and hyperpa
   the recipe keeps, are no warm-up and no weight decay), the loss ``sum_i w_i CE_i / N`` of
   :mod:`scilm.training.losses` (the recipe's is ``sum_i w_i CE_i / sum_i w_i`` per batch).
 
-Data: the bundled DeepLoc-1 membrane/soluble files (training and validation sets as shipped; ``--quick``:
-the first proteins of each), every sequence cut to the same ``truncate`` residues for both rows (the
-recipe's tokenizer truncates at ``truncate + 2`` tokens, scilm's ``--truncate`` cuts residues: the same
-token ids). Both rows load the same starting weights from the same directory.
+Data: the bundled DeepLoc-1 membrane/soluble files (the proteins with a membrane label; 'U' skipped),
+written once as FASTA for scilm and as the recipe's CSV (``Sequence``, ``Membrane``), every sequence cut
+to the same ``truncate`` residues for both rows (512 by default: the recipe's cut; the recipe's tokenizer
+truncates at ``truncate + 2`` tokens, scilm's ``--truncate`` cuts residues: the same token ids). Both rows
+load the same starting weights from the same directory.
 
 Each row trains twice, because no model here is both a realistic shape and learnable in one epoch on a
 CPU:
 
 * **speed** on the ``--model`` shape (``esm2-8m`` by default, random weights built offline and saved
   once): useful tokens/s, the process's wall time and peak RSS, and its validation accuracy (from
-  random weights, one epoch learns little more than amino-acid composition);
+  random weights one epoch learns little more than amino-acid composition, so this accuracy is a
+  sanity check, not the comparison). ``--train-proteins N`` trains these runs on N training proteins
+  (a seeded random sample, each class in its file share) to fit a time budget: the length distribution,
+  hence the padding of random batches, is kept; scilm's length grouping then works within smaller
+  mega-batches (the Trainer's ``LengthGroupedSampler``: ``min(N // 32, 50)`` batches each), which only
+  makes its figure conservative;
 * **accuracy** from ``esm2-tiny-mlm``, the tiny ESM-2 that ``scilm pretrain`` pre-trained on the bundled
-  training sequences (the recipe fine-tunes a pre-trained model): validation accuracy after the epoch
-  says whether scilm's speed costs any answer quality.
+  training sequences (the recipe fine-tunes a pre-trained model), on the whole training file: validation
+  accuracy after the epoch says whether scilm's speed costs any answer quality.
 
 Measurement, identical for both rows (:class:`TrainingMeter`, global PyTorch hooks installed by the
 bench around the row's code, which neither row knows about):
@@ -175,16 +181,21 @@ class TrainingMeter:
 
 # -- data and models ----------------------------------------------------------------------------------
 
-def bench_records(path: Path, n: int | None) -> list[ProteinRecord]:
-    """The membrane/soluble records of a bundled file in file order; with ``n``, about ``n`` of them, each
-    class in its share of the file (the first of each class, so both classes are always present)."""
+def bench_records(path: Path, n: int | None, seed: int = 0) -> list[ProteinRecord]:
+    """The membrane/soluble records of a bundled file, in file order; with ``n``, a seeded random sample of about
+    ``n`` of them, each class in its share of the file (at least one of each). A random sample keeps the
+    file's length distribution, hence the padding of random batches (the file's first proteins are shorter)."""
+    import numpy as np
+
     records = read_proteins(path, task="membrane")
     if n is None or n >= len(records):
         return records
-    chosen: set[int] = set()
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
     for label in ("membrane", "soluble"):
         of_label = [i for i, r in enumerate(records) if r.label == label]
-        chosen.update(of_label[: max(1, round(n * len(of_label) / len(records)))])
+        take = max(1, round(n * len(of_label) / len(records)))
+        chosen += rng.choice(of_label, size=min(take, len(of_label)), replace=False).tolist()
     return [records[i] for i in sorted(chosen)]
 
 
@@ -203,14 +214,17 @@ def shape_model(preset: str, directory: Path, seed: int) -> Path:
     tokenizer into ``directory``: the starting weights both rows load."""
     from transformers import EsmForMaskedLM
 
+    from scilm.io import replace_dir_atomic
     from scilm.models.protein import esm2_config, esm2_tokenizer
     from scilm.models.saving import save_model
 
-    if (directory / "config.json").is_file():
+    if (directory / "config.json").is_file():  # written whole by an earlier run (moved in at the end)
         return directory
     torch.manual_seed(seed)
-    save_model(EsmForMaskedLM(esm2_config(preset)), directory)
-    esm2_tokenizer().save_pretrained(str(directory))
+    partial = directory.with_name(directory.name + ".partial")
+    save_model(EsmForMaskedLM(esm2_config(preset)), partial)
+    esm2_tokenizer().save_pretrained(str(partial))
+    replace_dir_atomic(partial, directory)
     return directory
 
 
@@ -308,12 +322,12 @@ def run_throughput_bench(out: str | Path, model: str = "esm2-8m", quick: bool = 
         raise ScilmError(f"--model must be one of {', '.join(MODELS)} (got {model!r})")
     settings = settings or ThroughputSettings.for_mode(quick)
     out = Path(out)
-    valid = bench_records(BUNDLED / "valid.fasta", settings.valid)
+    valid = bench_records(BUNDLED / "valid.fasta", settings.valid, settings.seed)
     runs: dict[tuple[str, str], dict[str, Any]] = {}
     sets: dict[str, dict[str, Any]] = {}
     for kind, n_train, model_dir in (("speed", settings.speed_train, None), ("accuracy", settings.accuracy_train,
                                                                            Path(resolve_source(settings.warm_model)))):
-        train = bench_records(BUNDLED / "train.fasta", n_train)
+        train = bench_records(BUNDLED / "train.fasta", n_train, settings.seed)
         folder = out / "data" / kind
         folder.mkdir(parents=True, exist_ok=True)
         data = {"train_fasta": write_fasta(folder / "train.fasta", train),
