@@ -94,10 +94,12 @@ def test_meter_counts_training_tokens_and_clocks_to_the_last_step():
 def _fake_rows():
     common = {"model": "esm2-8m", "warm_model": "esm2-tiny-mlm", "useful_tokens": 1000, "optimizer_steps": 5,
               "load_average": [1.0, 1.5], "warm_useful_tokens": 1000}
-    recipe = {**common, "row": "published-recipe", "useful_tokens_per_s": 100.0, "speedup": 1.0, "computed_per_useful": 1.386,
+    recipe = {**common, "row": "published-recipe", "useful_tokens_per_s": 100.0, "speedup": 1.0, "speedup_cpu": 1.0,
+              "computed_per_useful": 1.386,
               "train_seconds": 10.0, "process_seconds": 20.0, "peak_rss_mb": 900.0, "eval_accuracy": 0.70,
               "warm_eval_accuracy": 0.80, "accuracy_vs_recipe_points": 0.0, "warm_accuracy_vs_recipe_points": 0.0}
-    scilm = {**common, "row": "scilm-train", "useful_tokens_per_s": 170.0, "speedup": 1.7, "computed_per_useful": 1.013,
+    scilm = {**common, "row": "scilm-train", "useful_tokens_per_s": 170.0, "speedup": 1.7, "speedup_cpu": 1.65,
+             "computed_per_useful": 1.013,
              "train_seconds": 10 / 1.7, "process_seconds": 15.0, "peak_rss_mb": 950.0, "eval_accuracy": 0.705,
              "warm_eval_accuracy": 0.795, "accuracy_vs_recipe_points": 0.5, "warm_accuracy_vs_recipe_points": -0.5}
     return [recipe, scilm]
@@ -107,15 +109,17 @@ def test_table_and_json_from_fake_rows(tmp_path):
     settings = B.ThroughputSettings.for_mode(False)
     rows = _fake_rows()
     text = B.write_outputs(tmp_path, rows, settings, "scilm bench throughput --out x", False, speed_train=1746,
-                           accuracy_train=1746, n_valid=1021)
+                           accuracy_train=1746, n_valid=1021, baseline=0.5712)
     lines = text.splitlines()
     assert lines[0].startswith("Machine: ") and "cores" in lines[0] and lines[1] == "Command: `scilm bench throughput --out x`."
-    assert "| published-recipe | 100 | 1.00 | 1.386 | 10.0 | 20.0 | 900 | 0.700 | 0.800 | +0.0 / +0.0 |" in text
-    assert "| scilm-train | 170 | 1.70 | 1.013 | 5.9 | 15.0 | 950 | 0.705 | 0.795 | +0.5 / -0.5 |" in text
-    assert "1.70x the published recipe's useful tokens/s (target >= 1.6x: met)" in text and "within 1: yes" in text
+    assert "| published-recipe | 100 | 1.00 | 1.00 | 1.386 | 10.0 | 20.0 | 900 | 0.700 | 0.800 | +0.0 / +0.0 |" in text
+    assert "| scilm-train | 170 | 1.70 | 1.65 | 1.013 | 5.9 | 15.0 | 950 | 0.705 | 0.795 | +0.5 / -0.5 |" in text
+    assert "1.70x the published recipe's useful tokens/s by the wall clock, 1.65x by CPU time (target >= 1.6x both: met)" in text
+    assert "within 1: yes" in text and "training majority class scores 0.571" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["row"] for r in saved["rows"]] == ["published-recipe", "scilm-train"]
     assert saved["settings"]["truncate"] == 512 and saved["settings"]["batch_size"] == 8 and saved["n_valid"] == 1021
+    assert saved["majority_baseline"] == 0.5712
     assert (tmp_path / "table.md").read_text() == text and (tmp_path / "throughput.png").stat().st_size > 1000
 
 
@@ -124,6 +128,17 @@ def test_verdict_says_when_the_target_or_the_accuracy_is_missed():
     rows[1].update(speedup=1.41, warm_accuracy_vs_recipe_points=-1.5)
     line = B.verdict(rows)
     assert "1.41x" in line and "**not met**" in line and "within 1: **no**" in line
+    rows[1].update(speedup=1.7, speedup_cpu=1.5, warm_accuracy_vs_recipe_points=0.9, accuracy_vs_recipe_points=-9.0)
+    line = B.verdict(rows)  # a wall-clock win that CPU time does not confirm is not the target met
+    assert "**not met**" in line and "within 1: yes" in line  # the random-init accuracy is not judged
+
+
+def test_majority_share_against_counts():
+    from scilm.data.protein import ProteinRecord
+
+    train = [ProteinRecord(id=f"t{i}", sequence="MK", label=lab) for i, lab in enumerate(["soluble"] * 3 + ["membrane"])]
+    valid = [ProteinRecord(id=f"v{i}", sequence="MK", label=lab) for i, lab in enumerate(["membrane", "soluble", "membrane"])]
+    assert B.majority_share(train, valid) == pytest.approx(1 / 3)
 
 
 def test_unknown_model_is_refused(tmp_path):
@@ -154,6 +169,8 @@ def test_real_run_on_the_tiny_shape(tmp_path):
     assert rows["published-recipe"]["speedup"] == 1.0
     assert rows["scilm-train"]["speedup"] == pytest.approx(rows["published-recipe"]["train_seconds"]
                                                            / rows["scilm-train"]["train_seconds"])
+    assert rows["scilm-train"]["speedup_cpu"] == pytest.approx(rows["published-recipe"]["train_cpu_seconds"]
+                                                               / rows["scilm-train"]["train_cpu_seconds"])
     valid = B.bench_records(BUNDLED / "valid.fasta", 16)
     truth = [r.label for r in valid]
     for kind, key in (("speed", "eval_accuracy"), ("accuracy", "warm_eval_accuracy")):

@@ -84,9 +84,9 @@ SPECIAL_TOKENS = 2  # <cls> and <eos> around every ESM-2 sequence
 class ThroughputSettings:
     """What both rows train on and with; ``quick`` is a smoke run of a few minutes on 2 CPU cores.
 
-    The speed runs (``--model`` shape) may train on a prefix of the training file (``speed_train``) to fit a
-    time budget; the accuracy runs (``warm_model``) train on ``accuracy_train`` proteins. Both validate on
-    ``valid`` proteins. None means the whole bundled file.
+    The speed runs (``--model`` shape) may train on a seeded sample of ``speed_train`` training proteins to
+    fit a time budget; the accuracy runs (``warm_model``) train on ``accuracy_train`` proteins. Both
+    validate on ``valid`` proteins. None means the whole bundled file.
     """
 
     truncate: int  # residues kept per sequence
@@ -125,7 +125,8 @@ class TrainingMeter:
     ``nn.Embedding`` of ``vocab_size`` rows, input ids (B, T)) and an optimizer step post-hook. In
     training mode each batch adds its ids other than ``pad_id`` to ``useful_tokens`` and all of them to
     ``computed_tokens``; the clock runs from the first training forward to the end of the last
-    optimizer step. Evaluation forwards (eval mode) are only timed, to tell whether one fell inside the
+    optimizer step, in wall time and in the process's CPU time (``time.process_time``: with one torch
+    thread, the compute the row got, however other jobs on the machine took turns). Evaluation forwards (eval mode) are only timed, to tell whether one fell inside the
     clock's window. Use as a context manager (installs, then removes the hooks).
     """
 
@@ -134,6 +135,7 @@ class TrainingMeter:
         self.useful_tokens = self.computed_tokens = self.batches = self.steps = 0
         self.first_forward: float | None = None
         self.last_step: float | None = None
+        self.cpu_first = self.cpu_last = 0.0
         self.eval_forwards: list[float] = []
         self._handles: list = []
 
@@ -158,14 +160,14 @@ class TrainingMeter:
             self.eval_forwards.append(now)
             return
         if self.first_forward is None:
-            self.first_forward = now
+            self.first_forward, self.cpu_first = now, time.process_time()
         ids = args[0]
         self.useful_tokens += int(ids.ne(self.pad_id).sum())
         self.computed_tokens += ids.numel()
         self.batches += 1
 
     def _step(self, optimizer, args, kwargs) -> None:
-        self.last_step = time.perf_counter()
+        self.last_step, self.cpu_last = time.perf_counter(), time.process_time()
         self.steps += 1
 
     def summary(self) -> dict[str, Any]:
@@ -176,7 +178,8 @@ class TrainingMeter:
         inside = sum(self.first_forward <= t <= self.last_step for t in self.eval_forwards)
         return {"meter_useful_tokens": self.useful_tokens, "computed_tokens": self.computed_tokens,
                 "train_batches": self.batches, "optimizer_steps": self.steps,
-                "train_seconds": self.last_step - self.first_forward, "eval_forwards_in_window": inside}
+                "train_seconds": self.last_step - self.first_forward, "train_cpu_seconds": self.cpu_last - self.cpu_first,
+                "eval_forwards_in_window": inside}
 
 
 # -- data and models ----------------------------------------------------------------------------------
@@ -197,6 +200,13 @@ def bench_records(path: Path, n: int | None, seed: int = 0) -> list[ProteinRecor
         take = max(1, round(n * len(of_label) / len(records)))
         chosen += rng.choice(of_label, size=min(take, len(of_label)), replace=False).tolist()
     return [records[i] for i in sorted(chosen)]
+
+
+def majority_share(train: list[ProteinRecord], valid: list[ProteinRecord]) -> float:
+    """Validation accuracy of always answering the training set's most frequent label."""
+    labels = [r.label for r in train]
+    majority = max(sorted(set(labels)), key=labels.count)
+    return sum(r.label == majority for r in valid) / len(valid)
 
 
 def write_csv(path: Path, records: list[ProteinRecord]) -> Path:
@@ -334,7 +344,7 @@ def run_throughput_bench(out: str | Path, model: str = "esm2-8m", quick: bool = 
                 "valid_fasta": write_fasta(folder / "valid.fasta", valid),
                 "train_csv": write_csv(folder / "train.csv", train), "valid_csv": write_csv(folder / "valid.csv", valid)}
         tokens = useful_tokens([r.sequence for r in train], settings.truncate)
-        sets[kind] = {"n_train": len(train), "useful_tokens": tokens}
+        sets[kind] = {"n_train": len(train), "useful_tokens": tokens, "baseline": majority_share(train, valid)}
         model_dir = model_dir or shape_model(model, out / "models" / model, settings.seed)
         for row in ROWS:
             result = run_row(row, model_dir, out / "runs" / f"{kind}-{row}", data, settings, isolate)
@@ -349,6 +359,8 @@ def run_throughput_bench(out: str | Path, model: str = "esm2-8m", quick: bool = 
             "computed_per_useful": speed["computed_tokens"] / tokens, "train_seconds": speed["train_seconds"],
             "useful_tokens_per_s": tokens / speed["train_seconds"],
             "speedup": base["train_seconds"] / speed["train_seconds"],
+            "train_cpu_seconds": speed["train_cpu_seconds"],
+            "speedup_cpu": base["train_cpu_seconds"] / speed["train_cpu_seconds"],
             "process_seconds": speed["process_seconds"], "peak_rss_mb": speed["peak_rss_mb"],
             "optimizer_steps": speed["optimizer_steps"], "eval_accuracy": speed["eval_accuracy"],
             "load_average": [speed["load_before"], speed["load_after"]],
@@ -360,30 +372,34 @@ def run_throughput_bench(out: str | Path, model: str = "esm2-8m", quick: bool = 
         r["accuracy_vs_recipe_points"] = 100 * (r["eval_accuracy"] - rows[0]["eval_accuracy"])
         r["warm_accuracy_vs_recipe_points"] = 100 * (r["warm_eval_accuracy"] - rows[0]["warm_eval_accuracy"])
     return write_outputs(out, rows, settings, command, quick, speed_train=sets["speed"]["n_train"],
-                         accuracy_train=sets["accuracy"]["n_train"], n_valid=len(valid))
+                         accuracy_train=sets["accuracy"]["n_train"], n_valid=len(valid),
+                         baseline=sets["accuracy"]["baseline"])
 
 
 def verdict(rows: list[dict[str, Any]], target: float = 1.6, points: float = 1.0) -> str:
-    """One sentence: does ``scilm-train`` reach ``target`` x the recipe's useful tokens/s with both accuracies
-    within ``points`` of the recipe's?"""
+    """One sentence: does ``scilm-train`` reach ``target`` x the recipe's useful tokens/s, by the wall clock and by
+    CPU time both (so that other jobs slowing one row cannot make the target), with the pre-trained model's
+    accuracy within ``points`` of the recipe's? (The random-init accuracy is a sanity check, not judged.)"""
     scilm = next(r for r in rows if r["row"] == SCILM)
-    fast = scilm["speedup"] >= target
-    close = all(abs(scilm[k]) <= points for k in ("accuracy_vs_recipe_points", "warm_accuracy_vs_recipe_points"))
-    return (f"scilm-train: {scilm['speedup']:.2f}x the published recipe's useful tokens/s (target >= {target:g}x: "
-            f"{'met' if fast else '**not met**'}); accuracy {scilm['accuracy_vs_recipe_points']:+.1f} points "
-            f"({scilm['model']}) and {scilm['warm_accuracy_vs_recipe_points']:+.1f} points ({scilm['warm_model']}) "
-            f"against the recipe's (within {points:g}: {'yes' if close else '**no**'}).")
+    fast = min(scilm["speedup"], scilm["speedup_cpu"]) >= target
+    close = abs(scilm["warm_accuracy_vs_recipe_points"]) <= points
+    return (f"scilm-train: {scilm['speedup']:.2f}x the published recipe's useful tokens/s by the wall clock, "
+            f"{scilm['speedup_cpu']:.2f}x by CPU time (target >= {target:g}x both: "
+            f"{'met' if fast else '**not met**'}); accuracy from {scilm['warm_model']} "
+            f"{scilm['warm_accuracy_vs_recipe_points']:+.1f} points against the recipe's "
+            f"(within {points:g}: {'yes' if close else '**no**'}).")
 
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], settings: ThroughputSettings, command: str, quick: bool,
-                  speed_train: int, accuracy_train: int, n_valid: int) -> str:
+                  speed_train: int, accuracy_train: int, n_valid: int, baseline: float) -> str:
     """``results.json`` (settings, rows), ``table.md`` (machine, command, what was measured, the table, the
     verdict) and ``throughput.png``; returns the table.md text."""
     model, warm = rows[0]["model"], rows[0]["warm_model"]
-    header = ["row", "useful tokens/s", "x published-recipe", "tokens computed / useful", "training clock (s)",
+    header = ["row", "useful tokens/s", "x published-recipe", "x by CPU time", "tokens computed / useful",
+              "training clock (s)",
               "process wall (s)", "peak RSS (MB)", f"accuracy, {model} random init", f"accuracy, {warm}",
               "Δ accuracy (points)"]
-    table_rows = [[r["row"], f"{r['useful_tokens_per_s']:,.0f}", f"{r['speedup']:.2f}",
+    table_rows = [[r["row"], f"{r['useful_tokens_per_s']:,.0f}", f"{r['speedup']:.2f}", f"{r['speedup_cpu']:.2f}",
                    f"{r['computed_per_useful']:.3f}", f"{r['train_seconds']:.1f}", f"{r['process_seconds']:.1f}",
                    f"{r['peak_rss_mb']:,.0f}", f"{r['eval_accuracy']:.3f}", f"{r['warm_eval_accuracy']:.3f}",
                    f"{r['accuracy_vs_recipe_points']:+.1f} / {r['warm_accuracy_vs_recipe_points']:+.1f}"]
@@ -397,15 +413,18 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], settings: ThroughputSet
         f"for both rows), {speed_train:,} training proteins: {rows[0]['useful_tokens']:,} useful tokens (residues + "
         "<cls> + <eos>, no padding; counted from the data and checked against what each row's training forwards "
         "saw). Training clock: first training forward to the end of the last optimizer step (model loading, "
-        "tokenization and validation excluded); process wall: the whole child process; tokens computed / useful: "
-        f"the padding overhead of the row's batches. Accuracy: validation accuracy (argmax) on {n_valid:,} "
-        f"validation proteins after the epoch, of the {model} run (random init) and of a run of each row from "
-        f"{warm} (pre-trained) on {accuracy_train:,} training proteins. 1-minute load average before -> after the "
-        f"speed runs: {loads}.", "",
+        "tokenization and validation excluded); x by CPU time: the same ratio from the process's CPU time in that "
+        "window (robust to other jobs taking turns on the cores); process wall: the whole child process; tokens "
+        "computed / useful: the padding overhead of the row's batches. Accuracy: validation accuracy (argmax) on "
+        f"{n_valid:,} validation proteins after the epoch, of a run of each row from {warm} (pre-trained) on "
+        f"{accuracy_train:,} training proteins, and of the {model} run (random init: a sanity check; always "
+        f"answering the training majority class scores {baseline:.3f}). 1-minute load average before -> after "
+        f"the speed runs: {loads}.", "",
         markdown_table(header, table_rows), "", verdict(rows), ""])
     write_json_atomic(out / "results.json", {"machine": machine_name(), "command": command, "quick": quick,
                                              "settings": asdict(settings), "speed_train": speed_train,
-                                             "accuracy_train": accuracy_train, "n_valid": n_valid, "rows": rows})
+                                             "accuracy_train": accuracy_train, "n_valid": n_valid,
+                                             "majority_baseline": baseline, "rows": rows})
     write_text_atomic(out / "table.md", text)
     _chart(out / "throughput.png", rows)
     return text
@@ -426,7 +445,8 @@ def _chart(path: Path, rows: list[dict[str, Any]]) -> None:
     for i, (v, r) in enumerate(zip(speeds, rows)):
         axes[0].text(i, v, f"{v:,.0f} ({r['speedup']:.2f}x)", ha="center", va="bottom", fontsize=8)
     width = 0.38
-    for j, (key, label) in enumerate((("eval_accuracy", rows[0]["model"]), ("warm_eval_accuracy", rows[0]["warm_model"]))):
+    for j, (key, label) in enumerate((("eval_accuracy", f"{rows[0]['model']} (random init)"),
+                                      ("warm_eval_accuracy", f"{rows[0]['warm_model']} (pre-trained)"))):
         values = [r[key] for r in rows]
         xs = [i + (j - 0.5) * width for i in range(len(rows))]
         axes[1].bar(xs, values, width, label=label, color=["#9bbbe8", "#3b7dd8"][j])
