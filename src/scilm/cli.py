@@ -595,6 +595,34 @@ def bench_inference(
                         *([f"--guard-model {guard_model}"] if guard_model else [])])
     typer.echo(run_inference_bench(out, model=model, quick=quick, command=command, esm_cpp_interpreter=esm_cpp_python,
                                    guard_model=guard_model))
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    model: str = Opt("esm2-8m", help="Model shape of the speed runs: esm2-8m | esm2-35m (random weights)."),
+    out: Path = Opt(Path("bench/throughput"), help="Output directory."),
+    quick: bool = Opt(False, "--quick", help="64 training proteins cut to 256 residues (a few minutes)."),
+    truncate: Optional[int] = Opt(None, help="Residues kept per sequence, both rows [512; --quick 256]."),
+    train_proteins: Optional[int] = Opt(None, help="Speed runs: train on N bundled proteins (a seeded sample, class "
+                                        "shares kept) [all; --quick 64]."),
+    threads: Optional[int] = Opt(None, help="Torch threads of both rows [PyTorch's default: one per core]."),
+) -> None:
+    """scilm train against the published recipe (HF Trainer, padding, random order): useful tokens/s, accuracy."""
+    from scilm.bench.throughput import MODELS, ThroughputSettings, run_throughput_bench
+
+    if model not in MODELS:
+        raise ScilmError(f"--model must be one of {', '.join(MODELS)} (got {model!r})")
+    for flag, value in (("truncate", truncate), ("train-proteins", train_proteins), ("threads", threads)):
+        if value is not None and value < 1:
+            raise ScilmError(f"--{flag} must be at least 1 (got {value})")
+    command = " ".join(["scilm bench throughput", f"--model {model}", f"--out {out}", *(["--quick"] if quick else []),
+                        *([f"--truncate {truncate}"] if truncate else []),
+                        *([f"--train-proteins {train_proteins}"] if train_proteins else []),
+                        *([f"--threads {threads}"] if threads else [])])
+    settings = ThroughputSettings.for_mode(quick, truncate=truncate, speed_train=train_proteins, threads=threads)
+    typer.echo(run_throughput_bench(out, model=model, quick=quick, settings=settings, command=command))
+
+
 @bench_app.command("textchem")
 def bench_textchem(
     out: Path = Opt(Path("bench/textchem"), help="Output directory."),
