@@ -141,6 +141,18 @@ def test_majority_share_against_counts():
     assert B.majority_share(train, valid) == pytest.approx(1 / 3)
 
 
+def test_a_run_that_did_not_train_one_clean_epoch_is_refused():
+    from scilm.errors import ScilmError
+
+    good = {"meter_useful_tokens": 100, "n_train": 8, "n_eval": 4, "eval_forwards_in_window": 0}
+    assert B._checked("scilm-train", good, 100, 8, 4) is good
+    bad = {**good, "meter_useful_tokens": 90, "eval_forwards_in_window": 2}
+    with pytest.raises(ScilmError, match=r"saw 90 non-padding tokens, one epoch of the data holds 100; 2 validation"):
+        B._checked("scilm-train", bad, 100, 8, 4)
+    with pytest.raises(ScilmError, match="it read 8 training / 4 validation proteins, the bench wrote 8 / 5"):
+        B._checked("published-recipe", good, 100, 8, 5)
+
+
 def test_unknown_model_is_refused(tmp_path):
     from scilm.errors import ScilmError
 
