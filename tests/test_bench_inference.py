@@ -47,7 +47,7 @@ def test_real_run_on_the_tiny_shape(tmp_path, monkeypatch):
     for engine in ("hf-eager-fp32", "hf-sdpa-fp32"):
         assert rows[engine]["guard_cosine"] > 0.99999
     assert rows["scilm-bf16"]["guard_cosine"] >= 0.999
-    assert rows["scilm-embed-auto"]["note"].startswith("`scilm embed --truncate 60 --precision auto")
+    assert rows["scilm-embed-auto"]["note"].startswith("`scilm embed --batch-size 16 --truncate 60 --precision auto")
     assert "precision " in rows["scilm-embed-auto-cached"]["note"] and "cached" in rows["scilm-embed-auto-cached"]["note"]
     assert {"esm.cpp-fp32", "esm.cpp-int8"} <= set(rows)
     if rows["esm.cpp-fp32"]["residues_per_s"]:  # esm.cpp read scilm's saved file: the same model
