@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 
 from scilm.bench.report import machine_name, markdown_table
+from scilm.data.protein import BUNDLED_DEEPLOC1
 from scilm.io import write_json_atomic, write_text_atomic
 
-DEEPLOC_VALID = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1" / "valid.fasta"
+DEEPLOC_VALID = BUNDLED_DEEPLOC1 / "valid.fasta"
 MODELS = ("esm2-8m", "esm2-35m", "esm2-150m")
 SCILM_MODES = ("fp32", "bf16", "bf16-weights", "int8", "int8-fbgemm")
 ESM_CPP_MODES = ("fp32", "int8")

@@ -43,6 +43,8 @@ from scilm.errors import name as setting_name
 
 log = logging.getLogger(__name__)
 
+# the bundled DeepLoc-1 slices (train.fasta, valid.fasta): the one place that knows where they live
+BUNDLED_DEEPLOC1 = Path(__file__).resolve().parent / "bundled" / "deeploc1"
 STANDARD_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY")
 # X unknown, B = D/N, Z = E/Q, U selenocysteine, O pyrrolysine: all in the ESM-2 vocabulary.
 EXTRA_RESIDUES = frozenset("XBZUO")

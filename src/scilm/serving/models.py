@@ -120,11 +120,11 @@ def _fast_path(model, tokenizer, precision: str, quantize: str):
     """``model`` in the chosen precision / int8 mode (:func:`load_served_model`); the choice logged."""
     if precision == "fp32" and quantize == "none":
         return model
-    from scilm.data.protein import read_proteins
+    from scilm.data.protein import BUNDLED_DEEPLOC1, read_proteins
     from scilm.inference.precision import prepare_for_inference
     from scilm.models.protein import max_residues
 
-    bundled = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1" / "valid.fasta"
+    bundled = BUNDLED_DEEPLOC1 / "valid.fasta"
     length = max_residues(model.config, tokenizer)
     sample = [r.sequence[:length] for r in read_proteins(bundled, task=None, label_column=None,
                                                          unique_ids=False)[:PROBE_PROTEINS]]
