@@ -573,3 +573,65 @@ def test_regression_accumulation_changes_nothing(recorder, regression_tables, tm
         predicted = model_at_start(run)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     expected = torch.nn.functional.mse_loss(predicted.float().reshape(-1), batch["labels"].float())
     assert run.losses[1] == pytest.approx(float(expected), rel=1e-5)
+
+
+# -- the last layer at <cls> only (models/cls_only.py) ----------------------------------------------
+
+@pytest.fixture
+def cls_only_switch(monkeypatch):
+    """``switch(on)``: the Trainer computes the last layer at <cls> only (the default) or in full;
+    ``used`` lists (applied, training) for every forward through the Trainer."""
+    from scilm.models import cls_only
+    from scilm.training import trainer as trainer_module
+
+    used = []
+
+    @contextlib.contextmanager
+    def counting(model):
+        with cls_only.cls_only_last_layer(model) as applied:
+            used.append((applied, model.training))
+            yield applied
+
+    def switch(on: bool):
+        monkeypatch.setattr(trainer_module, "cls_only_last_layer", counting if on else contextlib.nullcontext)
+    return switch, used
+
+
+@pytest.mark.parametrize("setting", ["plain", "class-weights", "grad-checkpointing", "lora-no-dropout"])
+def test_cls_only_last_layer_changes_nothing_in_training(recorder, cls_only_switch, proteins, tmp_path, setting):
+    """Losses, gradients and weights with the last layer at <cls> only equal the full layer's; it was
+    used for every training forward (and not at all under LoRA dropout: see the next test)."""
+    switch, used = cls_only_switch
+    settings = {"class-weights": dict(class_weights=True), "grad-checkpointing": dict(grad_checkpointing=True),
+                "lora-no-dropout": dict(lora=True, lora_dropout=0.0)}.get(setting, {})
+    runs = []
+    for on in (False, True):
+        switch(on)
+        runs.append(classifier_run(recorder, proteins, tmp_path / f"cls{on}", 2, 2, **settings))
+    assert all(applied for applied, _ in used)  # evaluation forwards too
+    assert sum(training for _, training in used) == 3  # 6 proteins in micro-batches of 2, one epoch
+    assert_same_training(runs)
+
+
+def test_cls_only_last_layer_is_not_used_under_lora_dropout(recorder, cls_only_switch, proteins, tmp_path):
+    switch, used = cls_only_switch
+    switch(True)
+    classifier_run(recorder, proteins, tmp_path / "lora", 2, 2, lora=True, lora_dropout=0.1)
+    assert [applied for applied, training in used if training] == [False] * 3  # other dropout masks: not used
+    assert all(applied for applied, training in used if not training)  # evaluation has no dropout
+
+
+def test_cls_only_last_layer_changes_nothing_in_regression(recorder, cls_only_switch, regression_tables, tmp_path):
+    from scilm.training import train
+    from scilm.training.recipes.regression.config import Config
+
+    switch, used = cls_only_switch
+    runs = []
+    for on in (False, True):
+        switch(on)
+        config = Config(data=str(regression_tables[0]), valid=str(regression_tables[1]), out=str(tmp_path / f"r{on}"),
+                        sequence_column="sequence", batch_size=2, grad_accum=2, warmup_ratio=0.0, lr=1e-3,
+                        progress=False, model="esm2-tiny").validate()
+        runs.append(finish(recorder, train(config)))
+    assert all(applied for applied, _ in used) and sum(training for _, training in used) == 3
+    assert_same_training(runs)

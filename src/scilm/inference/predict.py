@@ -15,6 +15,7 @@ from scilm.inference.batching import chunked, encode_proteins, length_sorted_bat
 from scilm.inference.policy import ResiduePolicy, cuts, model_policy, split
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output
+from scilm.models.cls_only import cls_only_last_layer
 from scilm.models.protein import is_per_residue
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def policy_logits(model, tokenizer, sequences: list[str], policy: ResiduePolicy,
     count = torch.zeros(len(sequences), dtype=torch.float64)
     for batch in length_sorted_batches([len(s) for s in fed], batch_size):
         encoded = encode_proteins(tokenizer, [fed[i] for i in batch]).to(device)
-        logits = model(**encoded).logits.float().cpu()  # (B, num_labels)
+        with cls_only_last_layer(model):  # logits alone are read: the last layer at <cls> only
+            logits = model(**encoded).logits.float().cpu()  # (B, num_labels)
         index = torch.tensor([owners[i] for i in batch])
         total.index_add_(0, index, logits.double())
         count.index_add_(0, index, torch.ones(len(batch), dtype=torch.float64))

@@ -33,6 +33,7 @@ from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
 from scilm.inference.batching import encode_proteins, length_sorted_batches
 from scilm.inference.policy import WindowPolicy, split
+from scilm.models.cls_only import cls_only_last_layer
 from scilm.inference.predict import is_regression, multilabel_thresholds, output_function
 from scilm.serving.batching import Control
 from scilm.serving.limits import RequestError, clean_protein, clean_source
@@ -221,7 +222,8 @@ class ServedClassifier:
             if control is not None:
                 control.check()
             encoded = encode_proteins(self.tokenizer, [fed[i] for i in batch])  # as predict/embed do
-            out = self.model(**encoded).logits.float()  # (B, num_labels)
+            with cls_only_last_layer(self.model):  # as predict: the last layer at <cls> only
+                out = self.model(**encoded).logits.float()  # (B, num_labels)
             index = torch.tensor([owners[i] for i in batch])
             total.index_add_(0, index, out.double())
             count.index_add_(0, index, torch.ones(len(batch), dtype=torch.float64))

@@ -35,6 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from scilm.errors import ScilmError
 from scilm.io import write_json_atomic
+from scilm.models.cls_only import cls_only_last_layer
 from scilm.models.loading import quiet_transformers
 from scilm.training import checkpoints, rundir
 from scilm.training import trainer_internals as internals
@@ -235,7 +236,8 @@ class ScilmTrainer(Trainer):
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         if "decoder_input_ids" not in forward and getattr(config, "is_encoder_decoder", False):
             forward["labels"] = labels
-        outputs = model(**forward)
+        with cls_only_last_layer(model):  # a sequence classifier reads <cls> alone: same loss, less work
+            outputs = model(**forward)
         sums, items = self.item_loss(outputs, labels)
         return sums, items, outputs
 

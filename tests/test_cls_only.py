@@ -1,0 +1,119 @@
+"""The last ESM layer at <cls> only (scilm/models/cls_only.py): the same logits and gradients as the full
+layer, with and without padding, in both attention implementations, and never where it would change them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import EsmForMaskedLM, EsmForSequenceClassification, EsmForTokenClassification
+from transformers.models.esm.modeling_esm import EsmLayer
+
+from scilm.models.cls_only import ClsOnlyEsmLayer, cls_only_last_layer, last_layer_if_applicable
+from scilm.models.protein import esm2_config, esm2_tokenizer
+
+SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ" * 3, "MLLAVLYCLAVFALSSRA", "ACDEFGHIKLMNPQRSTVWY" * 2]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return esm2_tokenizer()(SEQUENCES, return_tensors="pt", padding=True)  # padded: a mask in every layer
+
+
+def classifier(num_labels=3, problem_type=None, attn="sdpa", seed=0):
+    torch.manual_seed(seed)
+    extra = {"problem_type": problem_type} if problem_type else {}
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=num_labels, **extra))
+    model.config._attn_implementation = attn
+    return model
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_logits_and_gradients_equal_the_full_layers(batch, attn, training):
+    model = classifier(attn=attn).train(training)
+    params = [p for n, p in model.named_parameters() if "contact_head" not in n]  # the head no logit reads
+    full = model(**batch).logits
+    full_grads = torch.autograd.grad(full.square().sum(), params)
+    with cls_only_last_layer(model) as applied:
+        assert applied and type(model.esm.encoder.layer[-1]) is ClsOnlyEsmLayer
+        short = model(**batch).logits
+        short_grads = torch.autograd.grad(short.square().sum(), params)
+    assert type(model.esm.encoder.layer[-1]) is EsmLayer  # restored
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+    scale = max(float(g.abs().max()) for g in full_grads)
+    names = [n for n, _ in model.named_parameters() if "contact_head" not in n]
+    for name, got, expected in zip(names, short_grads, full_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6 * scale, msg=lambda m, n=name: f"{n}: {m}")
+    # the work skipped is real: the last hidden state inside is <cls>'s alone
+    with cls_only_last_layer(model):
+        assert model.esm(**batch).last_hidden_state.shape == (len(SEQUENCES), 1, model.config.hidden_size)
+
+
+def test_without_padding_too():
+    encoded = esm2_tokenizer()(["MKTAYIAKQRQ", "MLLAVLYCLAV"], return_tensors="pt")  # equal lengths: no mask
+    model = classifier(num_labels=1, problem_type="regression").eval()
+    expected = model(**encoded).logits
+    with cls_only_last_layer(model):
+        torch.testing.assert_close(model(**encoded).logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_restored_when_the_forward_fails(batch):
+    model = classifier().eval()
+    with pytest.raises(RuntimeError):
+        with cls_only_last_layer(model):
+            raise RuntimeError("boom")
+    assert type(model.esm.encoder.layer[-1]) is EsmLayer
+
+
+def test_through_a_peft_wrapper(batch):
+    from peft import TaskType
+
+    from scilm.models.adapters import apply_peft
+
+    model = apply_peft(classifier(), "lora", TaskType.SEQ_CLS, dropout=0.0).eval()
+    for name, param in model.named_parameters():  # LoRA's B starts at 0: make the adapters matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    expected = model(**batch).logits
+    with cls_only_last_layer(model) as applied:
+        assert applied
+        torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def _not_applicable():
+    torch.manual_seed(0)
+    config = esm2_config("esm2-tiny", num_labels=3)
+    yield "per-residue", EsmForTokenClassification(config).eval()
+    yield "masked LM", EsmForMaskedLM(esm2_config("esm2-tiny")).eval()
+    dropout = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=3, hidden_dropout_prob=0.1)).train()
+    yield "dropout while training", dropout
+    from scilm.inference.precision import apply_mode, fbgemm_available
+
+    if fbgemm_available():
+        yield "dynamic int8 (per-tensor activation scales)", apply_mode(classifier().eval(), "int8-fbgemm")
+
+
+@pytest.mark.parametrize("case", list(_not_applicable()), ids=lambda case: case[0])
+def test_not_used_where_it_would_change_the_answer(batch, case):
+    _, model = case
+    with cls_only_last_layer(model) as applied:
+        assert not applied
+        assert all(type(layer) is EsmLayer for layer in model.base_model.encoder.layer)
+    assert last_layer_if_applicable(model) is None
+
+
+def test_predict_reports_the_full_layers_logits(monkeypatch):
+    """``predict``'s logits (batched, padded, with windows) equal those with the context turned off."""
+    import contextlib
+
+    from scilm.inference import predict as predict_module
+    from scilm.inference.policy import WindowPolicy
+
+    model = classifier().eval()
+    tokenizer = esm2_tokenizer()
+    for policy in (predict_module.model_policy(model.config, tokenizer), WindowPolicy(max_residues=20, stride=10)):
+        with_it = predict_module.policy_logits(model, tokenizer, SEQUENCES, policy, batch_size=2)
+        with monkeypatch.context() as patched:
+            patched.setattr(predict_module, "cls_only_last_layer", contextlib.nullcontext)
+            without = predict_module.policy_logits(model, tokenizer, SEQUENCES, policy, batch_size=2)
+        torch.testing.assert_close(with_it, without, rtol=1e-5, atol=1e-6)
