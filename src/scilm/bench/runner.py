@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from scilm.data.protein import ProteinRecord
+from scilm.data.protein import BUNDLED_DEEPLOC1, ProteinRecord
 from scilm.errors import ScilmError
 
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1"
+BUNDLED = BUNDLED_DEEPLOC1  # the bundled DeepLoc-1 slice (train.fasta, valid.fasta)
 
 
 def run_train(config: dict[str, Any], workdir: Path, isolate: bool = True) -> dict[str, Any]:

@@ -25,10 +25,11 @@ import httpx
 import psutil
 
 from scilm.bench.report import machine_name, markdown_table
+from scilm.data.protein import BUNDLED_DEEPLOC1
 
 LEVELS = (1, 8, 32)
 MAX_RESIDUES = 512  # the published recipe keeps proteins up to 512 residues
-BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "deeploc1" / "train.fasta"
+BUNDLED = BUNDLED_DEEPLOC1 / "train.fasta"
 
 
 def save_random_classifier(out: Path, preset: str = "esm2-8m", labels=("soluble", "membrane"), seed: int = 0) -> Path:
