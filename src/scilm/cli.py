@@ -649,8 +649,12 @@ def bench_serve(
     quick: bool = Opt(False, "--quick", help="Fewer requests per level."),
     abuse: bool = Opt(False, "--abuse", help="Instead: replay each kind of abuse (issue 12) for ~2 minutes "
                       "against a seq2seq model [t5-tiny shape built on the spot]; writes OUT/abuse."),
+    precision: str = Opt("fp32", help="Also run a server with scilm serve --precision (e.g. auto), batching on, "
+                         "and compare it with fp32."),
+    quantize: str = Opt("none", help="Also run a server with scilm serve --quantize (e.g. int8), as --precision."),
 ) -> None:
-    """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off."""
+    """Load test on loopback: throughput and p50/p99 latency at 1, 8, 32 clients, batching on vs off
+    (and the fast path against fp32 with --precision/--quantize)."""
     if abuse:
         from scilm.bench.serve_abuse import run_abuse_bench
 
@@ -658,7 +662,10 @@ def bench_serve(
         return
     from scilm.bench.serve import run_serve_bench
 
-    typer.echo(run_serve_bench(out, model=model, quick=quick))
+    from scilm.inference.precision import check_modes
+
+    check_modes(precision, quantize)  # a bad mode fails here, before three servers start
+    typer.echo(run_serve_bench(out, model=model, quick=quick, precision=precision, quantize=quantize))
 
 
 # Warnings some libraries log merely on import, which a user cannot act on: torchao (a dependency of

@@ -8,6 +8,10 @@ runs open-ended: every level sends a fixed request count, each request has a tim
 
 Without ``--model`` a classifier with the esm2-8m shape (random weights) is saved first: the
 per-forward cost of the smallest released ESM-2, so the numbers mean something.
+
+With ``precision`` / ``quantize`` (``scilm serve --precision auto --quantize int8``), a third server,
+batching on, runs in the fast path; the mode it chose (its log's ``serving in ...`` line) is in its
+rows, and the table gives its throughput and p50/p99 against fp32's at each level.
 """
 
 from __future__ import annotations
@@ -136,13 +140,32 @@ def _memory_summary(warm: float, samples: list[float]) -> dict:
             "rss_flat": last - warm <= max(0.10 * warm, 64.0), "rss_samples": len(samples)}
 
 
-def _bench_mode(model: Path, batching: bool, quick: bool, sequences: list[str], out: Path) -> list[dict]:
+FP32 = "fp32"  # the server's mode without --precision/--quantize
+
+
+def served_mode(log_text: str) -> tuple[str, str]:
+    """(mode, the whole choice) from a server log's ``serving in precision <mode> (...)`` line, written
+    by :func:`scilm.serving.models.load_served_model` from :meth:`InferencePlan.summary`; fp32 without one.
+
+    >>> served_mode("INFO serving in precision int8-fbgemm (probe s/pass: fp32 0.5, int8-fbgemm 0.3)")
+    ('int8-fbgemm', 'precision int8-fbgemm (probe s/pass: fp32 0.5, int8-fbgemm 0.3)')
+    """
+    found = re.findall(r"serving in (precision (\S+).*)", log_text)
+    return (found[-1][1], found[-1][0].strip()) if found else (FP32, FP32)
+
+
+def _bench_mode(model: Path, batching: bool, quick: bool, sequences: list[str], out: Path,
+                fast: tuple[str, str] | None = None) -> list[dict]:
+    """Rows of one server: batching on/off; ``fast`` = (precision, quantize) for the fast-path server."""
     from scilm.serving.local import server_process
 
     mode = "on" if batching else "off"
     args = ("--max-batch-size", "32", "--max-wait-ms", "5") if batching else ("--no-batching",)
+    if fast:
+        args += ("--precision", fast[0], "--quantize", fast[1])
+    log = out / f"server-batching-{mode}{'-fast' if fast else ''}.log"
     rows = []
-    with server_process(model, args=args, log=out / f"server-batching-{mode}.log") as (url, process):
+    with server_process(model, args=args, log=log) as (url, process):
         with RssSampler(process.pid) as warm_up:  # the largest level once, not measured
             asyncio.run(_load(url, LEVELS[-1], _requests_at(LEVELS[-1], True), sequences))
         with RssSampler(process.pid) as sampler:
@@ -154,8 +177,9 @@ def _bench_mode(model: Path, batching: bool, quick: bool, sequences: list[str], 
                            mean_batch=round((inputs - inputs_before) / max(1.0, calls - calls_before), 2))
                 rows.append(row)
         memory = _memory_summary(max(warm_up.samples), sampler.samples)
+    mode_name, detail = served_mode(log.read_text(encoding="utf-8", errors="replace")) if fast else (FP32, FP32)
     for row in rows:
-        row.update(memory)
+        row.update(memory, server_mode=mode_name, server_mode_detail=detail, server_args=" ".join(args))
     return rows
 
 
@@ -163,7 +187,7 @@ def save_chart(path: Path, rows: list[dict]) -> None:
     """A PNG at ``path``: throughput (requests/s) and p99 latency (ms) against concurrent clients, batching on/off.
 
     ``rows`` are the benchmark's, each with ``batching`` (``"on"``/``"off"``), ``clients``,
-    ``throughput_rps`` and ``p99_ms``.
+    ``throughput_rps`` and ``p99_ms`` (and ``server_mode``, fp32 when absent: one line per server).
     """
     import matplotlib
 
@@ -171,11 +195,15 @@ def save_chart(path: Path, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode, color in (("on", "#3b7dd8"), ("off", "#777")):
-        picked = [r for r in rows if r["batching"] == mode]
+    servers = sorted({(r["batching"], r.get("server_mode", FP32)) for r in rows}, key=lambda s: (s[1] != FP32, s))
+    colors = {("on", FP32): "#3b7dd8", ("off", FP32): "#777"}
+    for server in servers:
+        picked = [r for r in rows if (r["batching"], r.get("server_mode", FP32)) == server]
         clients = [r["clients"] for r in picked]
-        axes[0].plot(clients, [r["throughput_rps"] for r in picked], "o-", color=color, label=f"batching {mode}")
-        axes[1].plot(clients, [r["p99_ms"] for r in picked], "o-", color=color, label=f"batching {mode}")
+        label = f"batching {server[0]}" + ("" if server[1] == FP32 else f", {server[1]}")
+        color = colors.get(server, "#d8673b")
+        axes[0].plot(clients, [r["throughput_rps"] for r in picked], "o-", color=color, label=label)
+        axes[1].plot(clients, [r["p99_ms"] for r in picked], "o-", color=color, label=label)
     for ax, title in zip(axes, ("throughput (requests/s)", "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(LEVELS), [str(c) for c in LEVELS])
@@ -212,8 +240,24 @@ def forward_ceiling(model_path: Path, residues: int, batch: int = 16, seconds: f
             f"batch{batch}_seq_per_s": round(rates[batch], 2), "ratio": round(rates[batch] / rates[1], 2)}
 
 
-def run_serve_bench(out: Path, model: str | None = None, quick: bool = False) -> str:
-    """Run the load test; write results.json, table.md and serve.png into ``out``; return the table."""
+def _fast_path_lines(fast_rows: list[dict], fp32: dict, precision: str, quantize: str) -> list[str]:
+    """Sentences comparing the fast-path server with the fp32 server (both batching on), level by level."""
+    lines = ["", f"Fast path (`scilm serve --precision {precision} --quantize {quantize}`): the server chose "
+                 f"{fast_rows[0]['server_mode_detail']}."]
+    for row in fast_rows:
+        base = fp32[("on", row["clients"])]
+        lines.append(f"- {row['clients']} clients: {row['throughput_rps'] / base['throughput_rps']:.2f}x fp32's "
+                     f"throughput; p50 {row['p50_ms']:.0f} vs {base['p50_ms']:.0f} ms, "
+                     f"p99 {row['p99_ms']:.0f} vs {base['p99_ms']:.0f} ms")
+    return lines
+
+
+def run_serve_bench(out: Path, model: str | None = None, quick: bool = False, precision: str = "fp32",
+                    quantize: str = "none") -> str:
+    """Run the load test; write results.json, table.md and serve.png into ``out``; return the table.
+
+    ``precision`` / ``quantize`` other than fp32 / none add the fast-path server (batching on).
+    """
     import logging
 
     import torch
@@ -226,23 +270,29 @@ def run_serve_bench(out: Path, model: str | None = None, quick: bool = False) ->
     sequences = bench_sequences(256)
     load_cpu = psutil.cpu_percent(interval=1.0)  # how busy the machine was before we started
     rows = _bench_mode(model_path, True, quick, sequences, out) + _bench_mode(model_path, False, quick, sequences, out)
+    fast = (precision, quantize) if (precision, quantize) != ("fp32", "none") else None
+    if fast:
+        rows += _bench_mode(model_path, True, quick, sequences, out, fast=fast)
     median = int(statistics.median(len(s) for s in sequences))
     ceilings = [forward_ceiling(model_path, n) for n in (median, 50)]  # the bench's proteins; a short peptide
 
-    by = {(r["batching"], r["clients"]): r for r in rows}
+    by = {(r["batching"], r["clients"]): r for r in rows if r["server_args"].find("--precision") < 0}
+    fast_rows = [r for r in rows if "--precision" in r["server_args"]]
     speedup = by[("on", 32)]["throughput_rps"] / by[("off", 32)]["throughput_rps"]
     errors = sum(r["errors"] for r in rows)
     results = {"machine": machine_name(), "model": str(model) if model else "esm2-8m shape, random weights",
                "quick": quick, "cpu_busy_before_percent": load_cpu, "torch_threads": threads,
                "median_residues": statistics.median(len(s) for s in sequences),
                "speedup_at_32_clients": round(speedup, 2), "errors": errors, "rows": rows,
-               "forward_ceiling": ceilings}
+               "forward_ceiling": ceilings,
+               "fast_path": {"precision": precision, "quantize": quantize,
+                             "chosen": fast_rows[0]["server_mode_detail"] if fast_rows else None}}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     save_chart(out / "serve.png", rows)
 
-    header = ["batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
+    header = ["server mode", "batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
               "mean batch", "server RSS after warm-up -> end (MiB)"]
-    table_rows = [[r["batching"], r["clients"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
+    table_rows = [[r["server_mode"], r["batching"], r["clients"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
                    f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['mean_batch']:.1f}",
                    f"{r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} ({'flat' if r['rss_flat'] else 'GROWING'})"]
                   for r in rows]
@@ -255,6 +305,7 @@ def run_serve_bench(out: Path, model: str | None = None, quick: bool = False) ->
         markdown_table(header, table_rows),
         "",
         f"Batching at 32 clients: {speedup:.2f}x the unbatched throughput; {errors} errors in all.",
+        *(_fast_path_lines(fast_rows, by, precision, quantize) if fast_rows else []),
         "",
         "The ceiling: the bare model forward (no server) at batch 16 vs batch 1, equal lengths:",
         *[f"- {c['residues']} residues: {c['batch1_seq_per_s']:.1f} -> {c['batch16_seq_per_s']:.1f} sequences/s "

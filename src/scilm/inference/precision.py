@@ -343,6 +343,15 @@ def choose(seconds: dict[str, float | None], ok: dict[str, bool]) -> str:
     return min(fine, key=lambda m: seconds[m]) if fine else "fp32"
 
 
+def check_modes(precision: str, quantize: str) -> None:
+    """Raise :class:`ScilmError` naming the setting unless ``precision`` is one of :data:`PRECISIONS`
+    and ``quantize`` one of :data:`QUANTIZE`."""
+    if precision not in PRECISIONS:
+        raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if quantize not in QUANTIZE:
+        raise ScilmError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
+
+
 def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision: str = "fp32",
                           quantize: str = "none", use_cache: bool = True) -> tuple[Any, InferencePlan]:
     """The model to use for ``embed``/``predict`` in the chosen mode, and an :class:`InferencePlan`.
@@ -354,10 +363,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     best precision mode on the probe and within the guard, else the precision mode with a note. Raises ScilmError for an unknown setting,
     for int8 off CPU and for int8 without torchao.
     """
-    if precision not in PRECISIONS:
-        raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    if quantize not in QUANTIZE:
-        raise ScilmError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
+    check_modes(precision, quantize)
     device = next(model.parameters()).device
     if quantize == "int8" and device.type != "cpu":
         raise ScilmError("quantize int8 runs on CPU only (dynamic int8 Linear kernels); use precision on a GPU")
