@@ -117,3 +117,20 @@ def test_predict_reports_the_full_layers_logits(monkeypatch):
             patched.setattr(predict_module, "cls_only_last_layer", contextlib.nullcontext)
             without = predict_module.policy_logits(model, tokenizer, SEQUENCES, policy, batch_size=2)
         torch.testing.assert_close(with_it, without, rtol=1e-5, atol=1e-6)
+
+
+def test_sifting_scores_are_the_full_layers(batch, monkeypatch):
+    """The relative policy's scoring pass (training/sifting.py) uses it: same per-sample losses."""
+    from scilm.sifting import SequenceClassificationLoss
+    from scilm.training.sifting import ClsOnlyScoring
+
+    model = classifier().eval()
+    labelled = {**batch, "labels": torch.tensor([0, 2, 1])}
+    seen = []
+    forward = ClsOnlyEsmLayer.forward
+    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: seen.append(1) or forward(self, *a, **k))
+    expected = SequenceClassificationLoss().loss(model, labelled)
+    assert not seen
+    got = ClsOnlyScoring(SequenceClassificationLoss()).loss(model, labelled)
+    assert seen  # the last layer ran at <cls> only
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -31,6 +31,7 @@ from scilm.sifting import (
     SiftingBaseConfig,
     SiftingDataloader,
 )
+from scilm.models.cls_only import cls_only_last_layer
 from scilm.sifting.loss import Loss
 from scilm.training import trainer_internals as internals
 from scilm.training.sift_policies import SiftPolicy, sift_policy
@@ -66,6 +67,18 @@ class _StopAfterEpochs(TrainerCallback):
         self.trainer.reuse_read = 0
 
 
+class ClsOnlyScoring(Loss):
+    """``inner``'s per-sample losses (B,), scored with a sequence classifier's last ESM layer at <cls>
+    only (:func:`scilm.models.cls_only.cls_only_last_layer`): the scoring loss reads logits alone."""
+
+    def __init__(self, inner: Loss):
+        self.inner = inner
+
+    def loss(self, model, transformed_batch, original_batch=None):
+        with cls_only_last_layer(model):
+            return self.inner.loss(model, transformed_batch, original_batch)
+
+
 class SiftingTrainer(ScilmTrainer):
     """A Trainer whose training data goes through smart sifting; everything else is unchanged."""
 
@@ -97,7 +110,7 @@ class SiftingTrainer(ScilmTrainer):
         precision = {"bf16": "bf16-mixed", "fp16": "16-mixed"}.get(self.sift.precision, "32")
         self.sifting_loader = SiftingDataloader(
             sift_config=config, orig_dataloader=loader, model=self.model,
-            loss_impl=self.sift.policy.scoring_loss(self.sift_loss, self.sift.seed),
+            loss_impl=self.sift.policy.scoring_loss(ClsOnlyScoring(self.sift_loss), self.sift.seed),
             seed=self.sift.seed, precision=precision,
             pad_values={"input_ids": getattr(self.processing_class, "pad_token_id", 0) or 0})
         if self._saved_sift_state is not None:  # a resumed run continues the same selection
