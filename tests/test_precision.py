@@ -336,3 +336,48 @@ def test_the_guard_compares_what_predict_reports_for_regression_and_multilabel_m
     assert precision.guard(reference, (pooled, precision._answers(multi, logits)))[1]
     assert not precision.guard(reference, (pooled, precision._answers(multi, moved)))[1]
     assert moved.argmax(-1).tolist() == logits.argmax(-1).tolist()
+
+
+def test_int8_within_the_margin_of_the_precision_mode_is_not_kept(monkeypatch, proteins):
+    """int8 changes the numbers: 1.05x faster (timing noise) keeps fp32; 1.25x faster takes int8."""
+    pytest.importorskip("torchao")
+    model, tokenizer = tiny()
+    monkeypatch.setattr(P, "fbgemm_available", lambda: False)  # one int8 kernel: the margin alone decides
+    monkeypatch.setattr(P, "guard", lambda reference, result: (1.0, True))  # the margin, not the guard, is tested
+    fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 1 / 1.05})
+    _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, quantize="int8")
+    assert plan.mode == "fp32" and any("int8 is not 1.1x faster than fp32" in n for n in plan.notes)
+    fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 0.8})
+    monkeypatch.setenv("SCILM_CACHE_DIR", str(P.cache_dir()) + "-2")
+    _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, quantize="int8")
+    assert plan.mode == "int8"
+
+
+def test_a_classifier_is_timed_as_predict_runs_it(monkeypatch, proteins):
+    """The timed passes of a sequence classifier run its last layer at <cls> only in the modes where
+    predict does (fp32), and the full layer where predict cannot (int8): each mode timed at its real cost."""
+    from transformers import EsmForSequenceClassification
+
+    from scilm.models.cls_only import ClsOnlyEsmLayer
+
+    torch.manual_seed(0)
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=2)).eval()
+    calls, current = [], {}
+    forward = ClsOnlyEsmLayer.forward
+    monkeypatch.setattr(ClsOnlyEsmLayer, "forward",
+                        lambda self, *a, **k: calls.append(current["mode"]) or forward(self, *a, **k))
+
+    def run_once(mode, run, repeats):
+        current["mode"] = mode
+        run()
+        return {"fp32": 1.0, "int8": 3.0, "int8-fbgemm": 2.0}[mode]
+
+    monkeypatch.setattr(P, "_time_forward", run_once)
+    monkeypatch.setattr(P, "ABANDON_FACTOR", float("inf"))
+    if not P.fbgemm_available():
+        pytest.skip("no FBGEMM int8 kernels in this torch build")
+    pytest.importorskip("torchao")
+    monkeypatch.setattr(P, "guard", lambda reference, result: (1.0, True))  # every mode reaches its timed pass
+    _, plan = P.prepare_for_inference(model, esm2_tokenizer(), proteins, quantize="int8")
+    assert calls == ["fp32"]  # fp32's timed pass used it; neither int8 kernel's could
+    assert plan.mode == "fp32"

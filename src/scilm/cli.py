@@ -152,7 +152,7 @@ def predict(
     progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar with proteins/s on stderr (a terminal only)."),
     precision: str = Opt("fp32", help="fp32 | bf16 | bf16-weights | auto (auto: the fastest mode on a short probe "
                          "of this model that keeps embeddings within cosine 0.999 of fp32; cached per machine)."),
-    quantize: str = Opt("none", help="none | int8 (CPU: torchao's or PyTorch's FBGEMM int8 Linear, the faster; kept only if faster than the precision mode "
+    quantize: str = Opt("none", help="none | int8 (CPU: torchao's or PyTorch's FBGEMM int8 Linear, the faster; kept only if 1.1x faster than the precision mode "
                         "and within the same guard)."),
 ) -> None:
     """Class probabilities per protein, one row per input record in input order: id, predicted_label, prob_<label>..."""
@@ -264,7 +264,7 @@ def embed(
     progress: bool = Opt(True, "--progress/--no-progress", help="Progress bar with proteins/s on stderr (a terminal only)."),
     precision: str = Opt("fp32", help="fp32 | bf16 | bf16-weights | auto (auto: the fastest mode on a short probe "
                          "of this model that keeps embeddings within cosine 0.999 of fp32; cached per machine)."),
-    quantize: str = Opt("none", help="none | int8 (CPU: torchao's or PyTorch's FBGEMM int8 Linear, the faster; kept only if faster than the precision mode "
+    quantize: str = Opt("none", help="none | int8 (CPU: torchao's or PyTorch's FBGEMM int8 Linear, the faster; kept only if 1.1x faster than the precision mode "
                         "and within the same guard)."),
 ) -> None:
     """Per-protein (mean, cls) or per-residue embeddings with ids, one row per input record in input order.
@@ -463,7 +463,7 @@ def serve(
     per_client_connections: int = Opt(64, help="Open connections per client address."),
     precision: str = Opt("fp32", help="Protein models: fp32 | bf16 | bf16-weights | auto (probed at start on "
                          "bundled proteins, with predict's quality guard)."),
-    quantize: str = Opt("none", help="Protein models: none | int8 (CPU; kept only if faster and within the guard)."),
+    quantize: str = Opt("none", help="Protein models: none | int8 (CPU; kept only if 1.1x faster than fp32 and within the guard)."),
 ) -> None:
     """A real-time HTTP endpoint (Hugging Face inference payloads) and a web page at /."""
     from scilm.serving.bounds import ServerLimits

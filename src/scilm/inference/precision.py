@@ -53,7 +53,8 @@ PROBE_REPEATS = 2
 ABANDON_FACTOR = 3.0  # a mode whose first pass is this much slower than the best so far is not timed further
 CANARY_RESIDUES = 32  # a one-protein pass that finds a hopeless mode in a fraction of a second
 # (bf16 on a CPU without bf16 units, torchao's int8 on one without its kernels: 10-500x fp32)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a classifier's passes timed as predict runs them (the last layer at <cls> only)
+INT8_MIN_GAIN = 1.10  # int8 changes the numbers: kept only when clearly faster, not within timing noise
 
 _clock = time.perf_counter
 
@@ -308,6 +309,17 @@ def _forward(model, context, encoded) -> tuple[torch.Tensor, torch.Tensor | None
     return _pooled(output, encoded["attention_mask"]), _answers(model, getattr(output, "logits", None))
 
 
+@torch.inference_mode()
+def _timed_forward(model, context, encoded) -> None:
+    """One forward as the commands run it: no hidden states asked for, and a sequence classifier's
+    last layer at <cls> only where that applies (predict, serve; :mod:`scilm.models.cls_only`), so a
+    mode that cannot use it (int8) is timed against what fp32 really costs."""
+    from scilm.models.cls_only import cls_only_last_layer
+
+    with context(), cls_only_last_layer(model):
+        model(**encoded)
+
+
 def _time_forward(mode: str, run: Callable[[], Any], repeats: int) -> float:
     """Best-of-``repeats`` seconds of ``run()`` (tests replace this with a fixed table per mode)."""
     best = float("inf")
@@ -359,7 +371,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     ``precision``: ``fp32`` (nothing probed, the model returned as is), ``bf16``/``bf16-weights`` (checked by
     the guard on a probe batch; if it fails, fp32 with a note), or ``auto`` (every usable mode probed
     on :func:`probe_sequences` of ``sequences``, the fastest that meets the guard). ``quantize="int8"``
-    adds the int8 kernels of :data:`INT8_MODES` (CPU only), the fastest kept only when faster than the
+    adds the int8 kernels of :data:`INT8_MODES` (CPU only), the fastest kept only when :data:`INT8_MIN_GAIN` x faster than the
     best precision mode on the probe and within the guard, else the precision mode with a note. Raises ScilmError for an unknown setting,
     for int8 off CPU and for int8 without torchao.
     """
@@ -433,7 +445,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
             if not timed or (best is not None and first > ABANDON_FACTOR * best):
                 seconds[mode] = first  # an explicit mode needs only the guard; or clearly slower than the best
             else:
-                seconds[mode] = _time_forward(mode, lambda: _forward(runner, context, encoded), PROBE_REPEATS)
+                seconds[mode] = _time_forward(mode, lambda: _timed_forward(runner, context, encoded), PROBE_REPEATS)
             best = seconds[mode] if best is None else min(best, seconds[mode])
             del runner
         if precision == "auto" and use_cache:
@@ -468,9 +480,9 @@ def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str
         int8_time = seconds.get(mode)
         if mode in cosine and not ok[mode]:
             notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}); not used")
-        elif not ok.get(mode, False) or int8_time is None or best is None or int8_time >= best:
-            notes.append(f"{mode} is not faster than {winner} on this machine ({_seconds(int8_time)} vs "
-                         f"{_seconds(best)} per probe pass); not used")
+        elif not ok.get(mode, False) or int8_time is None or best is None or int8_time * INT8_MIN_GAIN > best:
+            notes.append(f"{mode} is not {INT8_MIN_GAIN:g}x faster than {winner} on this machine "
+                         f"({_seconds(int8_time)} vs {_seconds(best)} per probe pass); not used")
         else:
             winner, best = mode, int8_time
     return winner, notes
