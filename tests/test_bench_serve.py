@@ -30,7 +30,7 @@ def test_the_mode_is_read_from_the_line_the_server_logs(tmp_path, caplog):
 def _rows(batching: str, mode: str, throughput: dict[int, float], args: str) -> list[dict]:
     return [dict(batching=batching, clients=c, requests=64, errors=0, throughput_rps=t, p50_ms=1000 / t,
                  p99_ms=2000 / t, mean_batch=1.0, rss_start_mb=500.0, rss_end_mb=510.0, rss_flat=True,
-                 server_mode=mode, server_mode_detail=f"precision {mode} (probe s/pass: fp32 1)" if mode != "fp32"
+                 server=mode if mode == "fp32" else f"auto+int8 -> {mode}", server_mode=mode, server_mode_detail=f"precision {mode} (probe s/pass: fp32 1)" if mode != "fp32"
                  else "fp32", server_args=args) for c, t in throughput.items()]
 
 
@@ -57,7 +57,7 @@ def test_fast_server_is_compared_with_fp32_level_by_level(tmp_path, monkeypatch)
     assert "1 clients: 2.00x fp32's throughput; p50 50 vs 100 ms, p99 100 vs 200 ms" in table
     assert "32 clients: 3.00x fp32's throughput" in table  # against fp32 batching on (12), not off (10)
     assert "Batching at 32 clients: 1.20x the unbatched throughput" in table  # fp32 rows only
-    assert "| int8-fbgemm | on | 32 |" in table
+    assert "| auto+int8 -> int8-fbgemm | on | 32 |" in table
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["fast_path"]["chosen"].startswith("precision int8-fbgemm")
     assert (tmp_path / "out" / "serve.png").stat().st_size > 0
@@ -90,3 +90,14 @@ def test_end_to_end_with_the_fast_path(tmp_path):
     assert len(fast) == 3 and results["errors"] == 0
     assert fast[0]["server_mode"] in ("fp32", "bf16", "bf16-weights")
     assert "Fast path (`scilm serve --precision auto --quantize none`)" in table
+
+
+def test_a_fast_server_that_chose_fp32_is_its_own_line_and_row(tmp_path, monkeypatch):
+    """The first committed chart drew such a server and fp32's as one zig-zag line: keyed by mode, not server."""
+    fp32 = _rows("on", "fp32", {1: 9.0, 8: 9.0, 32: 9.0}, "--max-batch-size 32")
+    fast = _rows("on", "fp32", {1: 9.5, 8: 8.3, 32: 8.9}, "--max-batch-size 32 --precision auto --quantize int8")
+    for row in fast:
+        row["server"] = "auto+int8 -> fp32"
+    series = bench_serve.chart_series(fp32 + fast)
+    assert [label for label, _ in series.values()] == ["batching on", "batching on, auto+int8 -> fp32"]
+    assert all([r["clients"] for r in picked] == [1, 8, 32] for _, picked in series.values())

@@ -121,6 +121,20 @@ def test_table_and_json_from_fake_rows(tmp_path):
     assert saved["settings"]["truncate"] == 512 and saved["settings"]["batch_size"] == 8 and saved["n_valid"] == 1021
     assert saved["majority_baseline"] == 0.5712
     assert (tmp_path / "table.md").read_text() == text and (tmp_path / "throughput.png").stat().st_size > 1000
+    assert "Ablation" not in text and saved["ablation"] is None
+
+
+def test_the_ablation_says_what_the_cls_only_layer_is_worth(tmp_path):
+    rows = _fake_rows()
+    ablation = {"row": B.ABLATION, "train_seconds": 7.0, "train_cpu_seconds": 7.0, "useful_tokens_per_s": 1000 / 7,
+                "eval_accuracy": 0.705, "cls_only_speedup": 7.0 / (10 / 1.7), "cls_only_speedup_cpu": 1.1,
+                "load_average": [1.0, 1.0]}
+    text = B.write_outputs(tmp_path, rows, B.ThroughputSettings.for_mode(False), "c", False, speed_train=1,
+                           accuracy_train=1, n_valid=1, baseline=0.5, ablation=ablation)
+    assert ("makes scilm-train 1.19x faster (1.10x by CPU time), accuracy after the epoch 0.7050 vs 0.7050 "
+            "(the same)") in text
+    assert "**different**" in B.ablation_sentence({**ablation, "eval_accuracy": 0.70}, rows[1])
+    assert json.loads((tmp_path / "results.json").read_text())["ablation"]["cls_only_speedup_cpu"] == 1.1
 
 
 def test_verdict_says_when_the_target_or_the_accuracy_is_missed():
@@ -196,5 +210,8 @@ def test_real_run_on_the_tiny_shape(tmp_path):
                 predicted = [names[int(model(**tokenizer(r.sequence[:48], return_tensors="pt")).logits.argmax())]
                              for r in valid]
             assert rows[row][key] == pytest.approx(accuracy_score(truth, predicted)), (kind, row)
+    ablation = saved["ablation"]  # the same training with the last layer in full: the same accuracy
+    assert ablation["eval_accuracy"] == pytest.approx(rows["scilm-train"]["eval_accuracy"], abs=1e-12)
+    assert ablation["cls_only_speedup"] == pytest.approx(ablation["train_seconds"] / rows["scilm-train"]["train_seconds"])
     assert "| scilm-train |" in text and sorted(p.name for p in tmp_path.iterdir()) == [
         "data", "models", "results.json", "runs", "table.md", "throughput.png"]

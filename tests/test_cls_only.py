@@ -57,27 +57,87 @@ def test_without_padding_too():
         torch.testing.assert_close(model(**encoded).logits, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_restored_when_the_forward_fails(batch):
+def test_restored_when_the_forward_fails(batch, monkeypatch):
     model = classifier().eval()
-    with pytest.raises(RuntimeError):
+
+    def broken(self, attention_output):
+        raise RuntimeError("boom inside the <cls>-only layer")
+
+    monkeypatch.setattr(ClsOnlyEsmLayer, "feed_forward_chunk", broken)
+    with pytest.raises(RuntimeError, match="boom inside"):
         with cls_only_last_layer(model):
-            raise RuntimeError("boom")
-    assert type(model.esm.encoder.layer[-1]) is EsmLayer
+            model(**batch)
+    layer = model.esm.encoder.layer[-1]
+    assert type(layer) is EsmLayer and not hasattr(layer, "_scilm_cls_only_thread")
+    model(**batch)  # the full layer again (the broken method is ClsOnlyEsmLayer's only)
 
 
-def test_through_a_peft_wrapper(batch):
+def test_hidden_states_asked_for_inside_are_the_full_layers(batch):
+    """A caller that asks for hidden states or attentions inside the block gets the full layer's, not a
+    (B, 1, H) last state that broadcasting would silently turn into wrong pooled values."""
+    model = classifier().eval()
+    expected = model(**batch, output_hidden_states=True, output_attentions=True)
+    with cls_only_last_layer(model) as applied:
+        assert applied
+        got = model(**batch, output_hidden_states=True, output_attentions=True)
+    assert len(got.hidden_states) == len(expected.hidden_states) and len(got.attentions) == len(expected.attentions)
+    for mine, theirs in zip(got.hidden_states + got.attentions, expected.hidden_states + expected.attentions):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    model.config.output_hidden_states = True  # asked for by the config (a saved config.json): not used at all
+    with cls_only_last_layer(model) as applied:
+        assert not applied
+
+
+def test_another_threads_inference_runs_the_full_layer(batch):
+    import threading
+
+    model = classifier().eval()
+    shapes = []
+    with cls_only_last_layer(model):
+        with torch.inference_mode():
+            def serve_one():  # a server's worker: its own inference forward (grad mode is per thread)
+                with torch.inference_mode():
+                    shapes.append(model.esm(**batch).last_hidden_state.shape)
+
+            worker = threading.Thread(target=serve_one)
+            worker.start()
+            worker.join()
+            shapes.append(model.esm(**batch).last_hidden_state.shape)  # this thread's: <cls> only
+    assert shapes == [batch["input_ids"].shape + (model.config.hidden_size,), (len(SEQUENCES), 1, model.config.hidden_size)]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_through_a_peft_wrapper(batch, method):
     from peft import TaskType
 
     from scilm.models.adapters import apply_peft
 
-    model = apply_peft(classifier(), "lora", TaskType.SEQ_CLS, dropout=0.0).eval()
-    for name, param in model.named_parameters():  # LoRA's B starts at 0: make the adapters matter
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.05)
+    model = apply_peft(classifier(), method, TaskType.SEQ_CLS, dropout=0.0).eval()
+    for name, param in model.named_parameters():  # adapters start as the identity: make them matter
+        if any(key in name for key in ("lora_B", "ia3_l", "lora_magnitude")):
+            torch.nn.init.normal_(param, mean=1.0 if "lora_B" not in name else 0.0, std=0.05)
     expected = model(**batch).logits
     with cls_only_last_layer(model) as applied:
         assert applied
         torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_served_logits_equal_the_full_layers(monkeypatch, tmp_path):
+    import contextlib
+
+    from scilm.serving import models as served_models
+
+    model = classifier().eval()
+    served = served_models.ServedClassifier(model, esm2_tokenizer(), tmp_path)
+    used = []
+    forward = ClsOnlyEsmLayer.forward
+    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: used.append(1) or forward(self, *a, **k))
+    with_it = served.run_batch(None, SEQUENCES)
+    assert used
+    monkeypatch.setattr(served_models, "cls_only_last_layer", contextlib.nullcontext)
+    without = served.run_batch(None, SEQUENCES)
+    torch.testing.assert_close(torch.tensor(with_it), torch.tensor(without), rtol=1e-5, atol=1e-6)
 
 
 def _not_applicable():
@@ -111,8 +171,13 @@ def test_predict_reports_the_full_layers_logits(monkeypatch):
 
     model = classifier().eval()
     tokenizer = esm2_tokenizer()
+    used = []
+    forward = ClsOnlyEsmLayer.forward
+    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: used.append(1) or forward(self, *a, **k))
     for policy in (predict_module.model_policy(model.config, tokenizer), WindowPolicy(max_residues=20, stride=10)):
+        used.clear()
         with_it = predict_module.policy_logits(model, tokenizer, SEQUENCES, policy, batch_size=2)
+        assert used  # predict ran the <cls>-only layer
         with monkeypatch.context() as patched:
             patched.setattr(predict_module, "cls_only_last_layer", contextlib.nullcontext)
             without = predict_module.policy_logits(model, tokenizer, SEQUENCES, policy, batch_size=2)

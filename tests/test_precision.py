@@ -364,12 +364,14 @@ def test_a_classifier_is_timed_as_predict_runs_it(monkeypatch, proteins):
     model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=2)).eval()
     calls, current = [], {}
     forward = ClsOnlyEsmLayer.forward
-    monkeypatch.setattr(ClsOnlyEsmLayer, "forward",
-                        lambda self, *a, **k: calls.append(current["mode"]) or forward(self, *a, **k))
+    monkeypatch.setattr(ClsOnlyEsmLayer, "forward",  # recorded during timed passes only (the guard's are not)
+                        lambda self, *a, **k: (current.get("mode") and calls.append(current["mode"]))
+                        or forward(self, *a, **k))
 
     def run_once(mode, run, repeats):
         current["mode"] = mode
         run()
+        current["mode"] = None
         return {"fp32": 1.0, "int8": 3.0, "int8-fbgemm": 2.0}[mode]
 
     monkeypatch.setattr(P, "_time_forward", run_once)
@@ -381,3 +383,23 @@ def test_a_classifier_is_timed_as_predict_runs_it(monkeypatch, proteins):
     _, plan = P.prepare_for_inference(model, esm2_tokenizer(), proteins, quantize="int8")
     assert calls == ["fp32"]  # fp32's timed pass used it; neither int8 kernel's could
     assert plan.mode == "fp32"
+
+
+def test_the_guard_judges_the_labels_predict_reports(monkeypatch, proteins):
+    """A classifier's guard answers come from the forward predict runs (last layer at <cls> only)."""
+    from transformers import EsmForSequenceClassification
+
+    from scilm.models.cls_only import ClsOnlyEsmLayer
+
+    torch.manual_seed(0)
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=2)).eval()
+    encoded = esm2_tokenizer()(proteins[:3], padding=True, return_tensors="pt")
+    used = []
+    forward = ClsOnlyEsmLayer.forward
+    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: used.append(1) or forward(self, *a, **k))
+    pooled, answers = P._forward(model, contextlib.nullcontext, encoded)
+    assert used and answers.shape == (3,)
+    with torch.no_grad():
+        assert torch.equal(answers, model(**encoded).logits.argmax(-1))
+        hidden = model.esm(**encoded).last_hidden_state  # the embeddings: the full layer's (B, T, H)
+    assert pooled.shape == (3, hidden.shape[-1])

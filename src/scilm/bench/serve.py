@@ -154,6 +154,11 @@ def served_mode(log_text: str) -> tuple[str, str]:
     return (found[-1][1], found[-1][0].strip()) if found else (FP32, FP32)
 
 
+def _server_label(fast: tuple[str, str] | None, mode: str) -> str:
+    """The table's and chart's name of a server: fp32, or its flags and the mode they chose."""
+    return FP32 if fast is None else f"{fast[0]}+{fast[1]} -> {mode}"
+
+
 def _bench_mode(model: Path, batching: bool, quick: bool, sequences: list[str], out: Path,
                 fast: tuple[str, str] | None = None) -> list[dict]:
     """Rows of one server: batching on/off; ``fast`` = (precision, quantize) for the fast-path server."""
@@ -177,17 +182,29 @@ def _bench_mode(model: Path, batching: bool, quick: bool, sequences: list[str], 
                            mean_batch=round((inputs - inputs_before) / max(1.0, calls - calls_before), 2))
                 rows.append(row)
         memory = _memory_summary(max(warm_up.samples), sampler.samples)
-    mode_name, detail = served_mode(log.read_text(encoding="utf-8", errors="replace")) if fast else (FP32, FP32)
+    mode_name, detail = FP32, FP32
+    if fast:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        mode_name, detail = served_mode(text) if "serving in precision" in text else (
+            "unknown", f"unknown: no 'serving in precision' line in {log}")
     for row in rows:
-        row.update(memory, server_mode=mode_name, server_mode_detail=detail, server_args=" ".join(args))
+        row.update(memory, server=_server_label(fast, mode_name), server_mode=mode_name, server_mode_detail=detail,
+                   server_args=" ".join(args))
     return rows
+
+
+def chart_series(rows: list[dict]) -> dict[tuple[str, str], tuple[str, list[dict]]]:
+    """One line per server: (batching, server) -> (legend label, its rows in order); fp32 servers first."""
+    servers = sorted({(r["batching"], r.get("server", FP32)) for r in rows}, key=lambda s: (s[1] != FP32, s))
+    return {s: (f"batching {s[0]}" + ("" if s[1] == FP32 else f", {s[1]}"),
+                [r for r in rows if (r["batching"], r.get("server", FP32)) == s]) for s in servers}
 
 
 def save_chart(path: Path, rows: list[dict]) -> None:
     """A PNG at ``path``: throughput (requests/s) and p99 latency (ms) against concurrent clients, batching on/off.
 
     ``rows`` are the benchmark's, each with ``batching`` (``"on"``/``"off"``), ``clients``,
-    ``throughput_rps`` and ``p99_ms`` (and ``server_mode``, fp32 when absent: one line per server).
+    ``throughput_rps`` and ``p99_ms`` (and ``server``, fp32 when absent: one line per server).
     """
     import matplotlib
 
@@ -195,12 +212,9 @@ def save_chart(path: Path, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    servers = sorted({(r["batching"], r.get("server_mode", FP32)) for r in rows}, key=lambda s: (s[1] != FP32, s))
     colors = {("on", FP32): "#3b7dd8", ("off", FP32): "#777"}
-    for server in servers:
-        picked = [r for r in rows if (r["batching"], r.get("server_mode", FP32)) == server]
+    for server, (label, picked) in chart_series(rows).items():
         clients = [r["clients"] for r in picked]
-        label = f"batching {server[0]}" + ("" if server[1] == FP32 else f", {server[1]}")
         color = colors.get(server, "#d8673b")
         axes[0].plot(clients, [r["throughput_rps"] for r in picked], "o-", color=color, label=label)
         axes[1].plot(clients, [r["p99_ms"] for r in picked], "o-", color=color, label=label)
@@ -290,9 +304,9 @@ def run_serve_bench(out: Path, model: str | None = None, quick: bool = False, pr
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     save_chart(out / "serve.png", rows)
 
-    header = ["server mode", "batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
+    header = ["server", "batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
               "mean batch", "server RSS after warm-up -> end (MiB)"]
-    table_rows = [[r["server_mode"], r["batching"], r["clients"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
+    table_rows = [[r["server"], r["batching"], r["clients"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
                    f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['mean_batch']:.1f}",
                    f"{r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} ({'flat' if r['rss_flat'] else 'GROWING'})"]
                   for r in rows]

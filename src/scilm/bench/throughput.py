@@ -76,6 +76,7 @@ from scilm.io import write_json_atomic, write_text_atomic
 RECIPE = "published-recipe"
 SCILM = "scilm-train"
 ROWS = (RECIPE, SCILM)
+ABLATION = "scilm-train-full-last-layer"  # scilm-train without the <cls>-only last layer (models/cls_only.py)
 MODELS = ("esm2-8m", "esm2-35m")
 SPECIAL_TOKENS = 2  # <cls> and <eos> around every ESM-2 sequence
 
@@ -99,6 +100,7 @@ class ThroughputSettings:
     seed: int = 0
     warm_model: str = "esm2-tiny-mlm"  # the pre-trained model of the accuracy runs
     threads: int | None = None  # torch threads of both rows (None: PyTorch's default, one per core)
+    ablation: bool = True  # also time scilm-train with the classifier's last layer in full (speed data only)
 
     @classmethod
     def for_mode(cls, quick: bool, truncate: int | None = None, speed_train: int | None = None,
@@ -244,6 +246,12 @@ def _child(args: dict[str, Any]) -> None:
     """Run one row's training under the meter, then write the measurements to ``args['result']``."""
     if args.get("threads"):
         torch.set_num_threads(args["threads"])
+    if args.get("ablation") == "full-last-layer":  # the same training, the last layer computed everywhere
+        import contextlib
+
+        from scilm.training import trainer
+
+        trainer.cls_only_last_layer = contextlib.nullcontext
     with TrainingMeter(args["vocab_size"], args["pad_id"]) as meter:
         if args["row"] == RECIPE:
             from scilm.bench import published_recipe
@@ -260,15 +268,16 @@ def _child(args: dict[str, Any]) -> None:
 
 
 def run_row(row: str, model_dir: Path, work: Path, data: dict[str, Path], settings: ThroughputSettings,
-            isolate: bool = True) -> dict[str, Any]:
+            isolate: bool = True, full_last_layer: bool = False) -> dict[str, Any]:
     """Train ``row`` from ``model_dir`` in a fresh Python process (``isolate``; in-process for tests) and return
     its measurements (:meth:`TrainingMeter.summary`, accuracy, ``process_seconds``, ``peak_rss_mb``, load
-    averages). Raises ScilmError (naming the log file) when the run fails."""
+    averages); ``full_last_layer``: scilm-train without its <cls>-only last layer (:data:`ABLATION`).
+    Raises ScilmError (naming the log file) when the run fails."""
     import yaml
 
     work.mkdir(parents=True, exist_ok=True)
     args: dict[str, Any] = {"row": row, "result": str(work / "result.json"), "vocab_size": 33, "pad_id": 1,
-                            "threads": settings.threads}
+                            "threads": settings.threads, "ablation": "full-last-layer" if full_last_layer else None}
     if row == RECIPE:
         args["recipe"] = {"train_csv": str(data["train_csv"]), "valid_csv": str(data["valid_csv"]),
                           "model_dir": str(model_dir), "out": str(work / "run"), "max_residues": settings.truncate,
@@ -349,6 +358,10 @@ def run_throughput_bench(out: str | Path, model: str = "esm2-8m", quick: bool = 
         for row in ROWS:
             result = run_row(row, model_dir, out / "runs" / f"{kind}-{row}", data, settings, isolate)
             runs[kind, row] = _checked(row, result, tokens, len(train), len(valid))
+        if kind == "speed" and settings.ablation:
+            result = run_row(SCILM, model_dir, out / "runs" / f"speed-{ABLATION}", data, settings, isolate,
+                             full_last_layer=True)
+            runs[kind, ABLATION] = _checked(ABLATION, result, tokens, len(train), len(valid))
     rows = []
     base = runs["speed", RECIPE]
     for row in ROWS:
@@ -371,9 +384,19 @@ def run_throughput_bench(out: str | Path, model: str = "esm2-8m", quick: bool = 
     for r in rows:
         r["accuracy_vs_recipe_points"] = 100 * (r["eval_accuracy"] - rows[0]["eval_accuracy"])
         r["warm_accuracy_vs_recipe_points"] = 100 * (r["warm_eval_accuracy"] - rows[0]["warm_eval_accuracy"])
+    ablation = None
+    if ("speed", ABLATION) in runs:
+        full, cls = runs["speed", ABLATION], runs["speed", SCILM]
+        ablation = {"row": ABLATION, "train_seconds": full["train_seconds"],
+                    "train_cpu_seconds": full["train_cpu_seconds"],
+                    "useful_tokens_per_s": sets["speed"]["useful_tokens"] / full["train_seconds"],
+                    "eval_accuracy": full["eval_accuracy"],
+                    "cls_only_speedup": full["train_seconds"] / cls["train_seconds"],
+                    "cls_only_speedup_cpu": full["train_cpu_seconds"] / cls["train_cpu_seconds"],
+                    "load_average": [full["load_before"], full["load_after"]]}
     return write_outputs(out, rows, settings, command, quick, speed_train=sets["speed"]["n_train"],
                          accuracy_train=sets["accuracy"]["n_train"], n_valid=len(valid),
-                         baseline=sets["accuracy"]["baseline"])
+                         baseline=sets["accuracy"]["baseline"], ablation=ablation)
 
 
 def verdict(rows: list[dict[str, Any]], target: float = 1.6, points: float = 1.0) -> str:
@@ -390,10 +413,23 @@ def verdict(rows: list[dict[str, Any]], target: float = 1.6, points: float = 1.0
             f"(within {points:g}: {'yes' if close else '**no**'}).")
 
 
+def ablation_sentence(ablation: dict[str, Any], scilm: dict[str, Any]) -> str:
+    """What the <cls>-only last layer is worth in this run: scilm-train against the same training with the
+    last layer in full (same process setup, same data), and whether their random-init accuracies agree."""
+    same = abs(ablation["eval_accuracy"] - scilm["eval_accuracy"]) < 1e-9
+    return (f"Ablation, same run: {ABLATION} (scilm-train with the classifier's last layer computed at every "
+            f"position) {ablation['useful_tokens_per_s']:,.0f} useful tokens/s, {ablation['train_seconds']:.1f} s; "
+            f"the <cls>-only last layer makes scilm-train {ablation['cls_only_speedup']:.2f}x faster "
+            f"({ablation['cls_only_speedup_cpu']:.2f}x by CPU time), accuracy after the epoch "
+            f"{ablation['eval_accuracy']:.4f} vs {scilm['eval_accuracy']:.4f} "
+            f"({'the same' if same else '**different**'}).")
+
+
 def write_outputs(out: Path, rows: list[dict[str, Any]], settings: ThroughputSettings, command: str, quick: bool,
-                  speed_train: int, accuracy_train: int, n_valid: int, baseline: float) -> str:
-    """``results.json`` (settings, rows), ``table.md`` (machine, command, what was measured, the table, the
-    verdict) and ``throughput.png``; returns the table.md text."""
+                  speed_train: int, accuracy_train: int, n_valid: int, baseline: float,
+                  ablation: dict[str, Any] | None = None) -> str:
+    """``results.json`` (settings, rows, ablation), ``table.md`` (machine, command, what was measured, the table,
+    the verdict, the ablation) and ``throughput.png``; returns the table.md text."""
     model, warm = rows[0]["model"], rows[0]["warm_model"]
     header = ["row", "useful tokens/s", "x published-recipe", "x by CPU time", "tokens computed / useful",
               "training clock (s)",
@@ -420,11 +456,12 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], settings: ThroughputSet
         f"{accuracy_train:,} training proteins, and of the {model} run (random init: a sanity check; always "
         f"answering the training majority class scores {baseline:.3f}). 1-minute load average before -> after "
         f"the speed runs: {loads}.", "",
-        markdown_table(header, table_rows), "", verdict(rows), ""])
+        markdown_table(header, table_rows), "", verdict(rows), "",
+        *([ablation_sentence(ablation, next(r for r in rows if r["row"] == SCILM)), ""] if ablation else [])])
     write_json_atomic(out / "results.json", {"machine": machine_name(), "command": command, "quick": quick,
                                              "settings": asdict(settings), "speed_train": speed_train,
                                              "accuracy_train": accuracy_train, "n_valid": n_valid,
-                                             "majority_baseline": baseline, "rows": rows})
+                                             "majority_baseline": baseline, "rows": rows, "ablation": ablation})
     write_text_atomic(out / "table.md", text)
     _chart(out / "throughput.png", rows)
     return text

@@ -304,9 +304,18 @@ def _answers(model, logits: torch.Tensor | None) -> torch.Tensor | None:
 
 @torch.inference_mode()
 def _forward(model, context, encoded) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pooled embeddings (B, H), answers) of one pass; a classifier's answers come from the forward predict
+    and serve run (its last layer at <cls> only where that applies), not from the hidden-states pass."""
+    from scilm.models.cls_only import cls_only_last_layer
+
     with context():
         output = model(**encoded, output_hidden_states=True)
-    return _pooled(output, encoded["attention_mask"]), _answers(model, getattr(output, "logits", None))
+        logits = getattr(output, "logits", None)
+        if logits is not None:
+            with cls_only_last_layer(model) as applied:
+                if applied:
+                    logits = model(**encoded).logits
+    return _pooled(output, encoded["attention_mask"]), _answers(model, logits)
 
 
 @torch.inference_mode()

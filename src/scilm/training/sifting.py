@@ -74,6 +74,12 @@ class ClsOnlyScoring(Loss):
     def __init__(self, inner: Loss):
         self.inner = inner
 
+    def __getattr__(self, name: str):
+        # the sifting loader saves and restores e.g. a loss's ``generator`` for exact resume: the inner one's
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def loss(self, model, transformed_batch, original_batch=None):
         with cls_only_last_layer(model):
             return self.inner.loss(model, transformed_batch, original_batch)
