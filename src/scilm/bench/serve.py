@@ -266,6 +266,38 @@ def _fast_path_lines(fast_rows: list[dict], fp32: dict, precision: str, quantize
     return lines
 
 
+def render(results: dict) -> str:
+    """table.md's text from results.json's content (so a table can be re-drawn from saved measurements)."""
+    rows = results["rows"]
+    by = {(r["batching"], r["clients"]): r for r in rows if "--precision" not in r.get("server_args", "")}
+    fast_rows = [r for r in rows if "--precision" in r.get("server_args", "")]
+    fast = results.get("fast_path") or {}
+    header = ["server", "batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
+              "mean batch", "server RSS after warm-up -> end (MiB)"]
+    table_rows = [[r.get("server", FP32), r["batching"], r["clients"], r["requests"], r["errors"],
+                   f"{r['throughput_rps']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['mean_batch']:.1f}",
+                   f"{r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} ({'flat' if r['rss_flat'] else 'GROWING'})"]
+                  for r in rows]
+    return "\n".join([
+        f"Machine: {results['machine']}; server torch threads: {results['torch_threads']}; "
+        f"CPU {results['cpu_busy_before_percent']:.0f}% busy before the run (other work on the machine).",
+        f"Model: {results['model']}; one protein per request, real DeepLoc-1 sequences cut to {MAX_RESIDUES} "
+        f"residues (median {results['median_residues']:.0f}).",
+        "",
+        markdown_table(header, table_rows),
+        "",
+        f"Batching at 32 clients: {results['speedup_at_32_clients']:.2f}x the unbatched throughput; "
+        f"{results['errors']} errors in all.",
+        *(_fast_path_lines(fast_rows, by, fast.get("precision"), fast.get("quantize")) if fast_rows else []),
+        "",
+        "The ceiling: the bare model forward (no server) at batch 16 vs batch 1, equal lengths:",
+        *[f"- {c['residues']} residues: {c['batch1_seq_per_s']:.1f} -> {c['batch16_seq_per_s']:.1f} sequences/s "
+          f"({c['ratio']:.2f}x)" for c in results["forward_ceiling"]],
+        "No micro-batcher can beat that ratio on this machine; where it is near 1 the cores are already "
+        "busy at batch 1 and batching only adds padding and waiting.",
+    ])
+
+
 def run_serve_bench(out: Path, model: str | None = None, quick: bool = False, precision: str = "fp32",
                     quantize: str = "none") -> str:
     """Run the load test; write results.json, table.md and serve.png into ``out``; return the table.
@@ -290,7 +322,7 @@ def run_serve_bench(out: Path, model: str | None = None, quick: bool = False, pr
     median = int(statistics.median(len(s) for s in sequences))
     ceilings = [forward_ceiling(model_path, n) for n in (median, 50)]  # the bench's proteins; a short peptide
 
-    by = {(r["batching"], r["clients"]): r for r in rows if r["server_args"].find("--precision") < 0}
+    by = {(r["batching"], r["clients"]): r for r in rows if "--precision" not in r["server_args"]}
     fast_rows = [r for r in rows if "--precision" in r["server_args"]]
     speedup = by[("on", 32)]["throughput_rps"] / by[("off", 32)]["throughput_rps"]
     errors = sum(r["errors"] for r in rows)
@@ -304,28 +336,6 @@ def run_serve_bench(out: Path, model: str | None = None, quick: bool = False, pr
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     save_chart(out / "serve.png", rows)
 
-    header = ["server", "batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
-              "mean batch", "server RSS after warm-up -> end (MiB)"]
-    table_rows = [[r["server"], r["batching"], r["clients"], r["requests"], r["errors"], f"{r['throughput_rps']:.1f}",
-                   f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", f"{r['mean_batch']:.1f}",
-                   f"{r['rss_start_mb']:.0f} -> {r['rss_end_mb']:.0f} ({'flat' if r['rss_flat'] else 'GROWING'})"]
-                  for r in rows]
-    table = "\n".join([
-        f"Machine: {results['machine']}; server torch threads: {threads}; "
-        f"CPU {load_cpu:.0f}% busy before the run (other work on the machine).",
-        f"Model: {results['model']}; one protein per request, real DeepLoc-1 sequences cut to {MAX_RESIDUES} "
-        f"residues (median {results['median_residues']:.0f}).",
-        "",
-        markdown_table(header, table_rows),
-        "",
-        f"Batching at 32 clients: {speedup:.2f}x the unbatched throughput; {errors} errors in all.",
-        *(_fast_path_lines(fast_rows, by, precision, quantize) if fast_rows else []),
-        "",
-        "The ceiling: the bare model forward (no server) at batch 16 vs batch 1, equal lengths:",
-        *[f"- {c['residues']} residues: {c['batch1_seq_per_s']:.1f} -> {c['batch16_seq_per_s']:.1f} sequences/s "
-          f"({c['ratio']:.2f}x)" for c in ceilings],
-        "No micro-batcher can beat that ratio on this machine; where it is near 1 the cores are already "
-        "busy at batch 1 and batching only adds padding and waiting.",
-    ])
+    table = render(results)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     return table
