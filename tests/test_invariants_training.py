@@ -516,7 +516,10 @@ def test_a_skipped_micro_batch_leaves_the_mean_over_the_rest_of_its_window(recor
     good = run.windows[1][0]  # the first micro-batch of the window, the one kept
     model = model_at_start(run).train()
     model.zero_grad()
-    logits = model(input_ids=good["input_ids"], attention_mask=good["attention_mask"]).logits
+    from scilm.models.cls_only import cls_only_last_layer
+
+    with cls_only_last_layer(model):  # the forward the Trainer ran (its equality to the full layer: test_cls_only)
+        logits = model(input_ids=good["input_ids"], attention_mask=good["attention_mask"]).logits
     torch.nn.functional.cross_entropy(logits.float(), good["labels"]).backward()
     expected = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     got = {n: g for n, g in after_rescale[1].items() if n in expected}
