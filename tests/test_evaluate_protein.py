@@ -63,6 +63,7 @@ def rows_of(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_classification_metrics_are_sklearns_on_the_predictions_file_and_the_runs_own(
         classifier, tiny_fastas, run_cli, tmp_path):
     from sklearn.metrics import (

@@ -114,6 +114,7 @@ def test_generate_needs_a_trained_model(run_cli, tmp_path):
     assert result.exit_code == 2 and "no such model directory" in result.stderr
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_evaluate_gives_every_metric_per_task(run_cli, model_dir, tmp_path):
     data = tmp_path / "test.jsonl"
     lines = (SAMPLE / "test.jsonl").read_text().splitlines()
@@ -150,6 +151,7 @@ def test_evaluate_gives_every_metric_per_task(run_cli, model_dir, tmp_path):
     assert rows[-2]["target"] == "C1CC((" and rows[-2]["exact_match"] == 0.0  # unparsable target: never a match
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_more_beam_candidates_never_change_the_first(model_dir):
     # issue 15: --top-k asks beam search for k candidates; the top-1 must be the one k=1 gives
     from scilm.inference.generate import load_seq2seq, predict_candidates

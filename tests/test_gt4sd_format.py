@@ -126,6 +126,7 @@ def test_outputs_are_repaired_to_the_smiles_the_model_meant(gt4sd_dir):
     assert decode(tokenizer, salt, smiles=False) == "[Na+]<unk>[OH-]"  # text outputs keep <unk> visible
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_generate_and_evaluate(gt4sd_dir, run_cli, tmp_path):
     out = tmp_path / "gen.jsonl"
     result = run_cli("generate", "--model", gt4sd_dir, "--task", "retrosynthesis", "CCO", "C/C=C\\C",

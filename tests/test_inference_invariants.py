@@ -245,6 +245,7 @@ def bare_copy(model_dir: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_esm2_directory_without_tokenizer_files_uses_the_shipped_vocabulary(run_cli, model_dir, tiny_fastas,
                                                                            tmp_path, caplog):
     from scilm.serving.models import load_served_model

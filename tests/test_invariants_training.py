@@ -314,6 +314,7 @@ def test_relative_sifting_path_changes_nothing_under_accumulation(recorder, prot
     assert runs[0].metrics["global_step"] == 4  # 2 epochs of a window of 4 and one of 2
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_cli_seq2seq_train_loss_under_accumulation_case_1(run_cli, tmp_path):
     """Case 1 as reported: 4 examples, one optimizer step, 4x1, 2x2, 1x4 gave 6.107 / 12.08 / 22.97."""
     data = tmp_path / "x.jsonl"

@@ -192,6 +192,7 @@ def test_metrics_json_and_predictions_are_sklearns_on_the_saved_models_outputs(t
 
 # -- efficiency switches change cost, never the answer --------------------------------------------
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_accumulation_changes_nothing(recorder, tmp_path):  # noqa: F811 (the imported fixture)
     """(4, 1), (2, 2), (1, 4) on 6 proteins of uneven length: same losses, gradients, weights; step 1's loss is
     PyTorch's mean BCE over the window's 4 x C (protein, label) pairs."""
@@ -237,6 +238,7 @@ def test_lora_run_saves_a_merged_model_with_its_thresholds(tables, run_cli, tmp_
     assert next(csv.reader(open(tmp_path / "p.csv")))[:2] == ["id", "predicted_labels"]
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_sifting_scores_with_the_multilabel_loss(tables, tmp_path):
     from scilm.training import load_config, train
 

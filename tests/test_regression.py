@@ -59,6 +59,7 @@ def trained(tables, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_metrics_are_scipy_and_sklearn_on_the_saved_models_predictions(trained, tables, run_cli, tmp_path):
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import mean_squared_error, r2_score

@@ -92,6 +92,7 @@ def scored(rows: list[dict], predicted: dict[str, str], classes: list[str]):
     return np.array(y_true), np.array(y_pred), proteins
 
 
+@pytest.mark.slow  # over ~10 s on 2 shared cores: CI runs it, the quick loop does not
 def test_predict_writes_one_label_per_residue_and_marks_the_cut_tail(trained, tables, run_cli, tmp_path):
     out, _ = trained
     rows = read_table(tables[1])

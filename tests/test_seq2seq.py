@@ -256,7 +256,7 @@ def test_lora_and_checkpointing_save_a_merged_model(run_cli, tmp_path, single_th
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
-@pytest.mark.parametrize("policy", ["relative", "reuse"])
+@pytest.mark.parametrize("policy", [pytest.param("relative", marks=pytest.mark.slow), "reuse"])
 def test_sifting_with_the_seq2seq_loss(run_cli, tmp_path, single_thread, policy):
     out = tmp_path / policy
     result = run_cli("train", "--data", TRAIN, "--valid", VALID, "--out", out, *FAST, "--batch-size", "2",
