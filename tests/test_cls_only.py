@@ -19,6 +19,14 @@ def batch():
     return esm2_tokenizer()(SEQUENCES, return_tensors="pt", padding=True)  # padded: a mask in every layer
 
 
+def cls_only_calls(monkeypatch) -> list:
+    """A list that gets one entry per call of the <cls>-only layer's forward (which still runs)."""
+    calls: list = []
+    forward = ClsOnlyEsmLayer.forward
+    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    return calls
+
+
 def classifier(num_labels=3, problem_type=None, attn="sdpa", seed=0):
     torch.manual_seed(seed)
     extra = {"problem_type": problem_type} if problem_type else {}
@@ -130,9 +138,7 @@ def test_served_logits_equal_the_full_layers(monkeypatch, tmp_path):
 
     model = classifier().eval()
     served = served_models.ServedClassifier(model, esm2_tokenizer(), tmp_path)
-    used = []
-    forward = ClsOnlyEsmLayer.forward
-    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: used.append(1) or forward(self, *a, **k))
+    used = cls_only_calls(monkeypatch)
     with_it = served.run_batch(None, SEQUENCES)
     assert used
     monkeypatch.setattr(served_models, "cls_only_last_layer", contextlib.nullcontext)
@@ -171,9 +177,7 @@ def test_predict_reports_the_full_layers_logits(monkeypatch):
 
     model = classifier().eval()
     tokenizer = esm2_tokenizer()
-    used = []
-    forward = ClsOnlyEsmLayer.forward
-    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: used.append(1) or forward(self, *a, **k))
+    used = cls_only_calls(monkeypatch)
     for policy in (predict_module.model_policy(model.config, tokenizer), WindowPolicy(max_residues=20, stride=10)):
         used.clear()
         with_it = predict_module.policy_logits(model, tokenizer, SEQUENCES, policy, batch_size=2)
@@ -191,9 +195,7 @@ def test_sifting_scores_are_the_full_layers(batch, monkeypatch):
 
     model = classifier().eval()
     labelled = {**batch, "labels": torch.tensor([0, 2, 1])}
-    seen = []
-    forward = ClsOnlyEsmLayer.forward
-    monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: seen.append(1) or forward(self, *a, **k))
+    seen = cls_only_calls(monkeypatch)
     expected = SequenceClassificationLoss().loss(model, labelled)
     assert not seen
     got = ClsOnlyScoring(SequenceClassificationLoss()).loss(model, labelled)

@@ -266,11 +266,18 @@ def _fast_path_lines(fast_rows: list[dict], fp32: dict, precision: str, quantize
     return lines
 
 
+def split_servers(rows: list[dict]) -> tuple[dict[tuple[str, int], dict], list[dict]]:
+    """(fp32 servers' rows by (batching, clients), the fast-path server's rows): the latter were started
+    with ``--precision``."""
+    is_fast = ["--precision" in r.get("server_args", "") for r in rows]
+    return ({(r["batching"], r["clients"]): r for r, fast in zip(rows, is_fast) if not fast},
+            [r for r, fast in zip(rows, is_fast) if fast])
+
+
 def render(results: dict) -> str:
     """table.md's text from results.json's content (so a table can be re-drawn from saved measurements)."""
     rows = results["rows"]
-    by = {(r["batching"], r["clients"]): r for r in rows if "--precision" not in r.get("server_args", "")}
-    fast_rows = [r for r in rows if "--precision" in r.get("server_args", "")]
+    by, fast_rows = split_servers(rows)
     fast = results.get("fast_path") or {}
     header = ["server", "batching", "clients", "requests", "errors", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
               "mean batch", "server RSS after warm-up -> end (MiB)"]
@@ -322,8 +329,7 @@ def run_serve_bench(out: Path, model: str | None = None, quick: bool = False, pr
     median = int(statistics.median(len(s) for s in sequences))
     ceilings = [forward_ceiling(model_path, n) for n in (median, 50)]  # the bench's proteins; a short peptide
 
-    by = {(r["batching"], r["clients"]): r for r in rows if "--precision" not in r["server_args"]}
-    fast_rows = [r for r in rows if "--precision" in r["server_args"]]
+    by, fast_rows = split_servers(rows)
     speedup = by[("on", 32)]["throughput_rps"] / by[("off", 32)]["throughput_rps"]
     errors = sum(r["errors"] for r in rows)
     results = {"machine": machine_name(), "model": str(model) if model else "esm2-8m shape, random weights",
