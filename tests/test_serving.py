@@ -78,7 +78,9 @@ class Hooked:
 
     ``started`` is set when a model call starts; while ``release`` is clear, calls wait for it (so
     a test can hold requests in flight, then let them go); ``calls`` holds each call's
-    ``(start, end)`` (``time.perf_counter``); ``prepare_threads`` the threads that validated requests.
+    ``(start, end)`` (``time.perf_counter``); ``controls`` each call's ``Control`` and ``ended`` its end
+    by ``time.monotonic`` (the clock of ``Control.deadline``); ``prepare_threads`` the threads that
+    validated requests.
     """
 
     def __init__(self, served):
@@ -86,6 +88,8 @@ class Hooked:
         self.started, self.release = threading.Event(), threading.Event()
         self.release.set()
         self.calls: list[tuple[float, float]] = []
+        self.controls: list = []
+        self.ended: list[float] = []
         self.prepare_threads: list[str] = []
 
     def __getattr__(self, name):
@@ -97,6 +101,7 @@ class Hooked:
 
     def run_batch(self, group, values, control=None):
         start = time.perf_counter()
+        self.controls.append(control)
         self.started.set()
         try:
             if not self.release.wait(60):
@@ -104,6 +109,7 @@ class Hooked:
             return self.served.run_batch(group, values, control)
         finally:
             self.calls.append((start, time.perf_counter()))
+            self.ended.append(time.monotonic())
 
 
 def wait_until(condition, seconds: float = 30.0, what: str = "condition") -> None:
