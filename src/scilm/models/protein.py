@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from scilm.errors import ScilmError
+from scilm.models.fused_gelu import use_fused_gelu
 from scilm.models.loading import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def load_protein_classifier(
         torch.manual_seed(seed)  # the random init is part of the run's seed
         esm_class = EsmForTokenClassification if per_residue else EsmForSequenceClassification
         model = esm_class(esm2_config(name_or_path, **_label_maps(labels), **extra))
+        use_fused_gelu(model)
         return model, esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path)  # first: a missing tokenizer fails before the weights load
@@ -231,6 +233,7 @@ def load_protein_classifier(
                                 **_label_maps(labels), **extra)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
+    use_fused_gelu(model)
     return model, tokenizer
 
 
@@ -245,6 +248,7 @@ def load_trained_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedToken
         model = load_pretrained(auto_class, path, use_safetensors=True)
     except OSError as exc:
         raise ScilmError(f"--model {path}: cannot load ({_first_line(exc)})") from None
+    use_fused_gelu(model)
     return model.eval(), tokenizer
 
 
@@ -256,7 +260,9 @@ def is_per_residue(config: PretrainedConfig) -> bool:
 def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The bare ESM encoder (no head) of a preset, a trained classifier directory or a hub id."""
     if is_preset(name_or_path):
-        return EsmModel(esm2_config(name_or_path), add_pooling_layer=False).eval(), esm2_tokenizer()
+        model = EsmModel(esm2_config(name_or_path), add_pooling_layer=False)
+        use_fused_gelu(model)
+        return model.eval(), esm2_tokenizer()
     name_or_path = resolve_source(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     try:
@@ -265,6 +271,7 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
                                 add_pooling_layer=False)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
+    use_fused_gelu(model)
     return model.eval(), tokenizer
 
 

@@ -25,6 +25,7 @@ from transformers import (
 
 from scilm.errors import ScilmError
 from scilm.models.adapters import trainable_parameters
+from scilm.models.fused_gelu import use_fused_gelu
 from scilm.models.loading import load_pretrained
 from scilm.models.protein import (
     _first_line,
@@ -98,13 +99,16 @@ class _MaskingEpoch(TrainerCallback):
 def load_model(source: str):
     """(masked-LM model, tokenizer) of a preset (random weights), a shipped model, a directory or a hub id."""
     if is_preset(source):
-        return EsmForMaskedLM(esm2_config(source)), esm2_tokenizer()
+        model, tokenizer = EsmForMaskedLM(esm2_config(source)), esm2_tokenizer()
+        use_fused_gelu(model)
+        return model, tokenizer
     source = resolve_source(source)
     tokenizer = load_tokenizer(source)
     try:
         model = load_pretrained(AutoModelForMaskedLM, source, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ScilmError(f"--model {source}: cannot load as a masked-LM model ({_first_line(exc)})") from None
+    use_fused_gelu(model)
     return model, tokenizer
 
 
