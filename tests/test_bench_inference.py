@@ -30,6 +30,24 @@ def test_table_from_fake_rows(tmp_path):
     assert (tmp_path / "table.md").read_text() == table and (tmp_path / "inference.png").stat().st_size > 1000
 
 
+def test_flops_per_residue_by_hand():
+    # esm2-8m: H 320, F 1280, 6 layers; one protein of 98 residues (100 tokens):
+    # per token 2 x 6 x (4 x 320^2 + 2 x 320 x 1280 + 2 x 100 x 320) = 15,513,600, x 100 tokens / 98 residues
+    assert B.flops_per_residue(320, 1280, 6, [100]) == pytest.approx(15_513_600 * 100 / 98)
+    # two proteins: the work of each at its own length, over all residues
+    two = B.flops_per_residue(320, 1280, 6, [100, 12])
+    assert two == pytest.approx((15_513_600 * 100 + 12 * 12 * (409_600 + 819_200 + 2 * 12 * 320)) / 108)
+
+
+def test_the_ceiling_is_written_with_its_ratio(tmp_path):
+    rows = [{"engine": "hf-eager-fp32", "residues_per_s": 200.0, "n_proteins": 2, "note": ""}]
+    ceiling = {"gemm_gflops": 110.0, "mflop_per_residue": 55.0, "residues_per_s": 2000.0}
+    table = B.write_outputs(tmp_path, rows, "esm2-35m", "c", 2, 100, ceiling=ceiling)
+    assert ("at 110 GFLOP/s; one residue costs 55.0 MFLOP" in table and "faster than 2,000 residues/s here "
+            "(10.0x hf-eager-fp32" in table)
+    assert json.loads((tmp_path / "results.json").read_text())["fp32_ceiling"] == ceiling
+
+
 def test_cosine_rows_against_numpy():
     a, b = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [0.0, 1.0]])
     np.testing.assert_allclose(B.cosine_rows(a, b), [1.0, 1 / np.sqrt(2)])
@@ -53,6 +71,9 @@ def test_real_run_on_the_tiny_shape(tmp_path, monkeypatch):
     if rows["esm.cpp-fp32"]["residues_per_s"]:  # esm.cpp read scilm's saved file: the same model
         assert rows["esm.cpp-fp32"]["guard_cosine"] > 0.9999
     assert "scilm-embed-auto" in table
+    ceiling = json.loads((tmp_path / "results.json").read_text())["fp32_ceiling"]
+    assert ceiling["residues_per_s"] == pytest.approx(ceiling["gemm_gflops"] * 1e3 / ceiling["mflop_per_residue"])
+    assert "fp32 ceiling (measured in this run)" in table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inference.png", "results.json", "table.md"]
 
 

@@ -41,6 +41,47 @@ def test_the_activation_is_transformers_gelu_to_float_rounding():
     torch.testing.assert_close(grad_mine, grad_theirs, rtol=0, atol=1e-5 * float(weights.abs().max()))
 
 
+def test_the_module_is_transformers_intermediate_to_float_rounding():
+    """The swapped module itself, on pre-activations over [-8, 8] (where the tanh approximation is off by
+    up to ~5e-4, so a wrong GELU cannot pass), and its gradients."""
+    torch.manual_seed(4)
+    config = esm2_config("esm2-tiny")
+    original = EsmIntermediate(config)
+    with torch.no_grad():
+        original.dense.weight.normal_(0, 8 / config.hidden_size ** 0.5)  # pre-activations of sd ~4.6
+    fused = copy.deepcopy(original)
+    assert use_fused_gelu(fused) == 1 and type(fused) is FusedGeluEsmIntermediate
+    x = torch.randn(3, 50, config.hidden_size, requires_grad=True)
+    expected, got = original(x), fused(x)
+    assert float(original.dense(x).abs().max()) > 8  # the range is covered
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    tanh = torch.nn.functional.gelu(original.dense(x), approximate="tanh")
+    assert float((tanh - expected).abs().max()) > 1e-4  # the inputs tell the two GELUs apart
+    weights = torch.randn_like(expected)
+    grads = [torch.autograd.grad((y * weights).sum(), [x, m.dense.weight]) for y, m in ((got, fused), (expected, original))]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_trained_model_gives_transformers_hidden_states(batch):
+    """The shipped pre-trained esm2-tiny-mlm (larger pre-activations than a random init), as scilm loads it
+    against the same weights with transformers' class put back."""
+    from scilm.inference.variants import load_masked_lm
+
+    model, _ = load_masked_lm("esm2-tiny-mlm")
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if type(module) is FusedGeluEsmIntermediate:
+            module.__class__ = EsmIntermediate
+    assert fused_count(reference) == (0, model.config.num_hidden_layers)
+    with torch.inference_mode():
+        got = model(**batch, output_hidden_states=True)
+        expected = reference(**batch, output_hidden_states=True)
+    for layer, (a, b) in enumerate(zip(got.hidden_states, expected.hidden_states)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, i=layer: f"hidden state {i}: {m}")
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_an_encoder_gives_transformers_hidden_states(batch, attn):
     torch.manual_seed(0)
@@ -106,15 +147,14 @@ def test_every_loader_of_scilm_returns_fused_models(tmp_path):
         "masked LM (shipped, mlm recipe)": load_model("esm2-tiny-mlm")[0],
     }
     for name, model in loaded.items():
-        assert fused_count(model)[1] == 0, name
-        assert fused_count(model)[0] == model.config.num_hidden_layers, name
-    assert fused_count(loaded["classifier (preset)"])[0] == layers
+        assert fused_count(model) == (model.config.num_hidden_layers, 0), name
+    assert fused_count(loaded["classifier (preset)"])[0] == layers  # the preset's own depth, not a shared count
 
 
-def test_peft_adapters_and_int8_modes_keep_it(batch):
+def test_peft_adapters_and_bf16_weights_keep_it(batch):
     from peft import LoraConfig, get_peft_model
 
-    from scilm.inference.precision import apply_mode, fbgemm_available
+    from scilm.inference.precision import apply_mode
 
     torch.manual_seed(2)
     reference = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=3)).eval()
@@ -128,12 +168,24 @@ def test_peft_adapters_and_int8_modes_keep_it(batch):
     assert fused_count(peft_model)[0] == reference.config.num_hidden_layers
     with torch.inference_mode():
         torch.testing.assert_close(peft_model(**batch).logits, peft_reference(**batch).logits, rtol=1e-5, atol=1e-5)
-    if fbgemm_available():
-        quantized = apply_mode(copy.deepcopy(model), "int8-fbgemm")
-        assert fused_count(quantized)[0] == reference.config.num_hidden_layers
-        with torch.inference_mode():
-            quantized(**batch)
     assert fused_count(apply_mode(copy.deepcopy(model), "bf16-weights"))[0] == reference.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("mode", ["int8-fbgemm", "int8"])
+def test_int8_modes_keep_it(batch, mode):
+    from scilm.inference.precision import apply_mode, fbgemm_available
+
+    if mode == "int8-fbgemm" and not fbgemm_available():
+        pytest.skip("this torch build has no FBGEMM int8 Linear")
+    if mode == "int8":
+        pytest.importorskip("torchao")
+    torch.manual_seed(2)
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=3)).eval()
+    use_fused_gelu(model)
+    quantized = apply_mode(copy.deepcopy(model), mode)
+    assert fused_count(quantized) == (model.config.num_hidden_layers, 0)
+    with torch.inference_mode():  # runs, and still computes the same classifier (int8's own guard is elsewhere)
+        assert quantized(**batch).logits.shape == (len(SEQUENCES), 3)
 
 
 def test_models_without_esm_layers_are_untouched():

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -284,10 +284,62 @@ def machine_line() -> str:
     return f"{name}; ISA flags: {', '.join(cpu['isa']) or 'none of those listed'}"
 
 
+def flops_per_residue(hidden: int, intermediate: int, layers: int, tokens: Sequence[int]) -> float:
+    """Floating-point operations of one ESM-2 encoder forward per residue, without padding.
+
+    Per token of a protein of T tokens (residues + ``<cls>`` + ``<eos>``), per layer: 2 x the Linear
+    weights' multiply-adds (query, key, value, output: 4 H^2; feed-forward: 2 H F) and 2 x attention's two
+    products (scores and weighted values: 2 T H), i.e. 2 (4 H^2 + 2 H F + 2 T H). Summed over
+    ``tokens`` (one T per protein) and divided by residues (T - 2 each). LayerNorm, softmax, GELU,
+    the rotary embedding and the embedding look-up are not counted: a lower bound of the work.
+    """
+    work = sum(t * 2.0 * layers * (4 * hidden * hidden + 2 * hidden * intermediate + 2 * t * hidden) for t in tokens)
+    return work / sum(t - 2 for t in tokens)
+
+
+def fp32_gemm_gflops(hidden: int, intermediate: int, seconds: float = 3.0) -> float:
+    """This machine's fp32 matrix-multiply rate (GFLOP/s) at the model's feed-forward shape,
+    (4096, H) @ (H, F), with this process's threads: the best of repeated products over ``seconds``."""
+    import torch
+
+    a, b = torch.randn(4096, hidden), torch.randn(hidden, intermediate)
+    a @ b  # warm-up: MKL's first call allocates
+    best, started = float("inf"), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        tick = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - tick)
+    return 2.0 * 4096 * hidden * intermediate / best / 1e9
+
+
+def fp32_ceiling(config, sequences: Sequence[str]) -> dict[str, float]:
+    """The fastest any fp32 engine could embed ``sequences`` on this machine if every operation ran at
+    the matrix-multiply rate of :func:`fp32_gemm_gflops`: ``gflops`` / :func:`flops_per_residue`
+    (residues/s; an upper bound: no padding, no elementwise work, no start-up)."""
+    gflops = fp32_gemm_gflops(config.hidden_size, config.intermediate_size)
+    per_residue = flops_per_residue(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                                    [len(s) + 2 for s in sequences])
+    return {"gemm_gflops": gflops, "mflop_per_residue": per_residue / 1e6,
+            "residues_per_s": gflops * 1e9 / per_residue}
+
+
+def ceiling_line(ceiling: dict[str, float], base: float | None) -> str:
+    """One sentence on :func:`fp32_ceiling` and how it compares with hf-eager-fp32's ``base`` residues/s."""
+    line = (f"fp32 ceiling (measured in this run): this CPU multiplies fp32 matrices of the model's feed-forward "
+            f"shape at {ceiling['gemm_gflops']:.0f} GFLOP/s; one residue costs {ceiling['mflop_per_residue']:.1f} "
+            f"MFLOP (Linear layers and attention products, elementwise work not counted), so no fp32 engine "
+            f"embeds these proteins faster than {ceiling['residues_per_s']:,.0f} residues/s here")
+    if base:
+        line += f" ({ceiling['residues_per_s'] / base:.1f}x hf-eager-fp32, start-up not counted)"
+    return line + "."
+
+
 def write_outputs(out: Path, rows: list[dict[str, Any]], model: str, command: str, proteins: int,
-                  residues: int, agreement: list[dict[str, Any]] | None = None, guard_model: str | None = None) -> str:
-    """``results.json`` (the rows, and ``label_agreement`` rows when a guard model was given), ``table.md``
-    (machine, command, table(s)) and ``inference.png``; returns the table."""
+                  residues: int, agreement: list[dict[str, Any]] | None = None, guard_model: str | None = None,
+                  ceiling: dict[str, float] | None = None) -> str:
+    """``results.json`` (the rows, ``label_agreement`` rows when a guard model was given, the
+    :func:`fp32_ceiling` when given), ``table.md`` (machine, command, table(s)) and ``inference.png``;
+    returns the table."""
     out.mkdir(parents=True, exist_ok=True)
     base = next((r["residues_per_s"] for r in rows if r["engine"] == "hf-eager-fp32" and r.get("residues_per_s")), None)
     header = ["engine", "residues/s", "x hf-eager-fp32", "residues/s after load", "load + prepare (s)",
@@ -308,12 +360,16 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], model: str, command: st
                        f"Model: {model} shape, random weights; {proteins} DeepLoc-1 validation proteins, "
                        f"{residues:,} residues. residues/s: the whole process (Python start-up, imports, "
                        "loading, any probe); after load: from the model ready to the last embedding.", "", markdown_table(header, table_rows), ""])
+    if ceiling is not None:
+        table += "\n" + ceiling_line(ceiling, base) + "\n"
     if agreement is not None:
         table += "\n" + agreement_table(agreement, guard_model)
     clean = [{k: v for k, v in r.items() if not k.startswith("_") and k != "done"} for r in rows]
     results = {"machine": machine, "command": command, "model": model, "rows": clean}
     if agreement is not None:
         results["label_agreement"] = {"model": str(guard_model), "rows": agreement}
+    if ceiling is not None:
+        results["fp32_ceiling"] = ceiling
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "table.md", table)
     _chart(out / "inference.png", rows, model)
@@ -405,8 +461,9 @@ def run_inference_bench(out: Path, model: str = "esm2-35m", quick: bool = False,
             if common:
                 r["guard_cosine"] = float(cosine_rows(mine[: len(common)], reference["_embeddings"][common]).min())
     agreement = label_agreement(guard_model) if guard_model else None
+    ceiling = fp32_ceiling(esm2_config(model), sequences)  # alone: every row's process has ended
     table = write_outputs(Path(out), rows, model, command, len(sequences), sum(map(len, sequences)), agreement,
-                          guard_model)
+                          guard_model, ceiling)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)  # the bench's own scratch: model, per-row embeddings, cache

@@ -53,7 +53,7 @@ PROBE_REPEATS = 2
 ABANDON_FACTOR = 3.0  # a mode whose first pass is this much slower than the best so far is not timed further
 CANARY_RESIDUES = 32  # a one-protein pass that finds a hopeless mode in a fraction of a second
 # (bf16 on a CPU without bf16 units, torchao's int8 on one without its kernels: 10-500x fp32)
-CACHE_VERSION = 2  # 2: a classifier's passes timed as predict runs them (the last layer at <cls> only)
+CACHE_VERSION = 3  # 2: a classifier's passes timed as predict runs them (the last layer at <cls> only); 3: one-kernel GELU
 INT8_MIN_GAIN = 1.10  # int8 changes the numbers: kept only when clearly faster, not within timing noise
 
 _clock = time.perf_counter
