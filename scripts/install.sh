@@ -17,5 +17,11 @@ else
   "$PY" -m pip install -q "torch==${TORCH_VERSION}+cpu" 2>/dev/null \
     || "$PY" -m pip install -q "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
 fi
-"$PY" -m pip install -q -e ".[all]" 2>&1 | grep -v -e "Running pip as the 'root' user" -e "^$" || true
+# pip's own status, not grep's (grep -v exits 1 when pip printed nothing): a failed install is said
+pip_status=0
+pip_out=$("$PY" -m pip install -q -e ".[all]" 2>&1) || pip_status=$?
+printf '%s\n' "$pip_out" | grep -v -e "Running pip as the 'root' user" -e "^$" || true
+if [ "$pip_status" -ne 0 ]; then
+  echo "scilm install: WARNING: 'pip install -e .[all]' exited $pip_status (see above); some extras may be missing" >&2
+fi
 "$PY" -c "import scilm, torch; print(f'scilm install: ok (torch {torch.__version__}, cuda={torch.cuda.is_available()})')"
