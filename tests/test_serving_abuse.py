@@ -152,6 +152,22 @@ def test_max_time_stops_generation_and_answers_503(t5):
     assert not probe.failures and probe.answered_between(call_start, call_end) >= 2, probe.answers
 
 
+def test_a_fast_wall_clock_never_cuts_a_text_short_silently(t5, monkeypatch):
+    """The time limit is the Control's monotonic deadline alone: a wall clock running 4x fast (which
+    transformers' ``max_time`` read) once ended generate early with no stop recorded, and the cut-short
+    text went out as an answer (CI: a 200 where the limit had to give 503)."""
+    from scilm.serving.schema import GenerationParameters
+
+    plan = GenerationParameters(**LONG).plan()
+    source = t5.prepare(_payload([PROMPT], LONG))[1][0]
+    wall, mono = time.time(), time.monotonic()
+    monkeypatch.setattr(time, "time", lambda: wall + 4 * (time.monotonic() - mono))
+    control = Control(1, 1.0)
+    with pytest.raises(TimeLimit, match="time limit of 1 s"):
+        t5.run_batch(plan, [source], control)
+    assert control.stop_reason == "time" and time.monotonic() >= control.deadline
+
+
 def _payload(inputs, parameters):
     from scilm.serving.schema import GenerationParameters, parse_payload
 

@@ -456,7 +456,7 @@ def serve(
     max_request_cost: Optional[int] = Opt(None, help="Token-steps one request may cost [classifier 65536, "
                                           "seq2seq 8192]."),
     max_pending_cost: Optional[int] = Opt(None, help="Token-steps queued and running, server-wide [4 requests]."),
-    max_batch_seconds: float = Opt(60.0, help="Wall time of one model call (generate's max_time); SIGTERM "
+    max_batch_seconds: float = Opt(60.0, help="Wall time of one model call (checked at every generation step); SIGTERM "
                                    "exits within this + 5 s."),
     header_timeout: float = Opt(10.0, help="Seconds for a request's headers."),
     body_timeout: float = Opt(30.0, help="Seconds for a request's body."),

@@ -6,7 +6,7 @@ its tokens (residues + 2), one forward each; a seq2seq input costs its source to
 for at most that many steps). Admission compares a request's cost with ``max_request_cost`` (over:
 422 naming the parameters) and the pending cost (queued + running) with ``max_pending_cost`` (over:
 503 with Retry-After). Whatever the estimate, no model call runs past ``max_batch_seconds``: it is
-passed to ``generate`` as ``max_time`` and checked between forwards.
+checked by ``generate``'s stopping criterion between forwards (``serving.models._bounded``).
 
 Defaults, sized on the 2-core x86_64 machine this was written on (no GPU, shared with other work):
 
@@ -39,7 +39,7 @@ class ServerLimits:
 
     max_request_cost: int | None = None  # token-steps per request
     max_pending_cost: int | None = None  # token-steps queued + running, server-wide
-    max_batch_seconds: float = BATCH_SECONDS  # wall time of one model call (generate's max_time)
+    max_batch_seconds: float = BATCH_SECONDS  # wall time of one model call (checked at every generation step)
     header_timeout: float = 10.0  # seconds for a request's headers (slow-header / slowloris defence)
     body_timeout: float = 30.0  # seconds for its body: 1 MiB at 35 kB/s at worst
     per_client_connections: int = 64  # open connections per client address (oldest idle ones make room)

@@ -359,11 +359,15 @@ class _StopOnControl(StoppingCriteria):
 
 
 def _bounded(control: Control, generate_sequences, *args, **generation):
-    """``generate_sequences`` with ``max_time`` and a stop on ``control``; raises if it was cut short."""
+    """``generate_sequences`` stopped at its next step by ``control``; raises if it was cut short.
+
+    The control's criterion is the only stop on time. transformers' ``max_time`` is not passed: it
+    reads another clock (``time.time``) from its own start, so it could end a generation a moment
+    before ``control``'s monotonic deadline without saying so, and the cut-short text would go out
+    as an answer (seen in CI). Stopped by ``control``, the reason is always recorded.
+    """
     control.check()
     criterion = _StopOnControl(control)
-    if math.isfinite(control.deadline):
-        generation["max_time"] = control.remaining()
     result = generate_sequences(*args, stopping_criteria=StoppingCriteriaList([criterion]), **generation)
     if control.stop_reason is not None or control.remaining() == 0:  # cut short: its text is not an answer
         control.stop_reason = control.stop_reason or "time"
@@ -462,8 +466,8 @@ class ServedSeq2Seq:
         """``plan.k`` texts per input. One generate call per task (tasks decode SMILES differently);
         sampled inputs run one by one, each from its own seed, so no other input changes its draw.
 
-        ``control`` bounds the calls: ``max_time`` (its time left) goes to every ``generate``, which
-        also stops at its next step once every input is abandoned; a stopped call raises TimeLimit
+        ``control`` bounds the calls: every ``generate`` stops at its next step once the control's
+        deadline passes or every input is abandoned; a stopped call raises TimeLimit
         or Cancelled, never returns its partial text. Abandoned inputs run one-by-one are skipped.
         """
         from scilm.inference import generate
