@@ -210,7 +210,7 @@ def _run_kinds(base: str, kinds: dict[str, Kind], probe: HealthProbe) -> None:
     # 7. compute: the request (refused up front), one that runs into the time limit, abandoned ones
     run("7 over-budget request (64 x 10 beams x 512 tokens)",
         lambda k: _requests(base, k, [{"inputs": ["CCO"] * 64, "parameters": long}] * 5, (422,)))
-    run("7 request past the time limit (max_time)",
+    run("7 request past the time limit (--max-batch-seconds)",
         lambda k: _requests(base, k, [{"inputs": PROMPT, "parameters": {**long, "num_beams": 2, "max_new_tokens": 300,
                                                                         "min_new_tokens": 300}}] * 2, (503,)))
     kind = kinds.setdefault("7 abandoned requests (client leaves after 1 s)", Kind("7 abandoned"))

@@ -172,6 +172,10 @@ def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         model = load_pretrained(T5ForConditionalGeneration, name_or_path, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load as a T5 seq2seq model ({_first_line(exc)})") from None
+    if getattr(model.generation_config, "max_time", None) is not None:  # generate would read it on every call
+        log.warning("--model %s: its generation_config sets max_time=%s s, ignored: generate would stop there "
+                    "with no sign that a text was cut short", name_or_path, model.generation_config.max_time)
+        model.generation_config.max_time = None
     missing = unrepresentable_smiles_characters(tokenizer)
     if missing:  # the released checkpoints' stock T5 vocabulary (module docstring)
         log.warning("--model %s: its tokenizer cannot write %s (read and written as <unk>); generated SMILES "
