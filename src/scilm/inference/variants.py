@@ -384,7 +384,6 @@ def load_masked_lm(name_or_path: str):
     """
     from transformers import AutoModelForMaskedLM
 
-    from scilm.models.fused_gelu import use_fused_gelu
     from scilm.models.loading import load_pretrained
     from scilm.models.protein import _first_line, _load_config, is_preset, load_tokenizer, resolve_source
 
@@ -407,7 +406,6 @@ def load_masked_lm(name_or_path: str):
         model = load_pretrained(AutoModelForMaskedLM, source, use_safetensors=True)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
-    use_fused_gelu(model)
     return model.eval(), tokenizer
 
 

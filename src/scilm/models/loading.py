@@ -97,6 +97,7 @@ def tied_keys(model) -> set[str]:
 def load_pretrained(model_class: Any, source: str, *, new_head: tuple[str, ...] = (), unused: tuple[str, ...] = (),
                     **kwargs: Any) -> Any:
     """``model_class.from_pretrained(source, **kwargs)`` without transformers' report; see :func:`summarize_loading`.
+    An ESM model comes back with its one-kernel GELU (:func:`scilm.models.fused_gelu.use_fused_gelu`).
 
     Raises ScilmError for damaged weights (a truncated or corrupt safetensors file, shapes that do not
     fit), OSError as ``from_pretrained`` does for a missing checkpoint.
@@ -104,6 +105,7 @@ def load_pretrained(model_class: Any, source: str, *, new_head: tuple[str, ...] 
     from safetensors import SafetensorError
 
     from scilm.errors import ScilmError
+    from scilm.models.fused_gelu import use_fused_gelu
 
     try:
         with quiet_transformers():
@@ -112,4 +114,5 @@ def load_pretrained(model_class: Any, source: str, *, new_head: tuple[str, ...] 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ScilmError(f"--model {source}: cannot load its weights ({first})") from None
     summarize_loading(str(source), info, new_head=new_head, unused=unused, tied=tied_keys(model))
+    use_fused_gelu(model)  # every checkpoint scilm loads; presets built in code call it themselves
     return model

@@ -233,7 +233,6 @@ def load_protein_classifier(
                                 **_label_maps(labels), **extra)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
-    use_fused_gelu(model)
     return model, tokenizer
 
 
@@ -248,7 +247,6 @@ def load_trained_classifier(path: str) -> tuple[PreTrainedModel, PreTrainedToken
         model = load_pretrained(auto_class, path, use_safetensors=True)
     except OSError as exc:
         raise ScilmError(f"--model {path}: cannot load ({_first_line(exc)})") from None
-    use_fused_gelu(model)
     return model.eval(), tokenizer
 
 
@@ -271,7 +269,6 @@ def load_protein_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrained
                                 add_pooling_layer=False)
     except OSError as exc:
         raise ScilmError(f"--model {name_or_path}: cannot load ({_first_line(exc)})") from None
-    use_fused_gelu(model)
     return model.eval(), tokenizer
 
 

@@ -364,7 +364,8 @@ def _bounded(control: Control, generate_sequences, *args, **generation):
     The control's criterion is the only stop on time. transformers' ``max_time`` is not passed: it
     reads another clock (``time.time``) from its own start, so it could end a generation a moment
     before ``control``'s monotonic deadline without saying so, and the cut-short text would go out
-    as an answer (seen in CI). Stopped by ``control``, the reason is always recorded.
+    as an answer (found while reading this path for a flaky test; tests/test_serving_abuse.py
+    reproduces it with a fast wall clock). Stopped by ``control``, the reason is always recorded.
     """
     control.check()
     criterion = _StopOnControl(control)

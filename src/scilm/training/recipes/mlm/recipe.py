@@ -108,7 +108,6 @@ def load_model(source: str):
         model = load_pretrained(AutoModelForMaskedLM, source, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ScilmError(f"--model {source}: cannot load as a masked-LM model ({_first_line(exc)})") from None
-    use_fused_gelu(model)
     return model, tokenizer
 
 
