@@ -27,7 +27,7 @@ from scilm.models.protein import esm2_config, esm2_tokenizer
 @pytest.fixture(autouse=True)
 def cache_here(tmp_path, monkeypatch):
     monkeypatch.setenv("SCILM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(P, "PROBE_RESIDUES", 32)  # a short probe: the choice logic is what is tested
+    monkeypatch.setattr(P, "PROBE_TOKENS", 128)  # a short probe (4 x 32 residues): the choice logic is tested
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -160,10 +160,70 @@ def test_fp32_is_untouched_and_bad_settings_are_errors(proteins):
         P.prepare_for_inference(model, tokenizer, proteins, quantize="int4")
 
 
-def test_probe_batch_is_representative():
+def test_probe_batch_is_representative(monkeypatch):
+    """The probe runs at the input's median length (rounded down to one of PROBE_LENGTHS, so rankings are
+    reused across inputs), PROBE_TOKENS residues a pass: int8's gain measured at 128 residues overstated
+    it for a job of 512-residue proteins (1.36x vs 1.10x at the 35M shape)."""
+    monkeypatch.setattr(P, "PROBE_TOKENS", 512)
     seqs = ["A" * n for n in (10, 500, 30, 40, 20, 60)]
-    assert [len(s) for s in P.probe_sequences(seqs, batch=2, residues=128)] == [30, 40]
+    assert P.probe_shape(seqs) == (16, 32)  # median 40 -> 32 residues, 16 of them
+    assert [len(s) for s in P.probe_sequences(seqs)] == [10, 20, 30, 32, 32, 32]  # fewer proteins than 16
+    assert [len(s) for s in P.probe_sequences(seqs, batch=2, residues=128)] == [40, 60]  # from the median up
     assert [len(s) for s in P.probe_sequences(seqs[:1], batch=4)] == [10]
+    long = ["A" * n for n in range(300, 1100, 50)]  # 16 proteins, median 700
+    assert P.probe_shape(long) == (1, 512) and [len(s) for s in P.probe_sequences(long)] == [512]
+    assert P.probe_shape(["A" * 1022] * 3) == (1, 512) and P.probe_shape(["A" * 1024] * 3) == (0 + 1, 1024)
+    assert P.probe_shape(["A" * 300] * 9) == (2, 256) and P.probe_shape(["A" * 20] * 9) == (25, 20)
+    with pytest.raises(ScilmError, match="no sequences"):
+        P.probe_shape([])
+
+
+def test_a_short_job_does_not_pay_for_a_quantised_copy(monkeypatch, proteins):
+    """With the job's size known, int8 is weighed with its build seconds: 2x faster a pass but 50 s to
+    quantise loses on a job of 1,000 residues and wins on 1,000,000; the model guarded is the one used
+    (quantised once), and a cache hit ranks with the cached build seconds."""
+    import time
+
+    if not P.fbgemm_available():
+        pytest.skip("no FBGEMM int8 kernels in this torch build")
+    pytest.importorskip("torchao")
+    offset = [0.0]
+    monkeypatch.setattr(P, "_clock", lambda: time.perf_counter() + offset[0])
+    builds = []
+    real = P.fbgemm_int8_variant
+
+    def slow_build(model):
+        builds.append(1)
+        offset[0] += 50.0
+        return real(model)
+
+    monkeypatch.setattr(P, "fbgemm_int8_variant", slow_build)
+    monkeypatch.setattr(P, "guard", lambda reference, result: (1.0, True))
+    fixed_timer(monkeypatch, {"fp32": 1.0, "bf16": 2.0, "bf16-weights": 2.0, "int8": 3.0, "int8-fbgemm": 0.5})
+    model, tokenizer = tiny()
+    per_pass = []
+    for job, expected in ((None, "int8-fbgemm"), (1000, "fp32"), (1_000_000, "int8-fbgemm")):
+        builds.clear()
+        prepared, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "fp32", "int8",
+                                                 job_residues=job)
+        assert plan.mode == expected and plan.job_residues == job and plan.probe_shape == (4, 32)
+        assert 50.0 <= plan.build_seconds["int8-fbgemm"] < 60.0 and plan.build_seconds["fp32"] == 0.0
+        assert builds == [1]  # built for the probe and, when chosen, that very copy is returned
+        assert getattr(prepared, "scilm_inference_mode", "fp32") == expected
+        per_pass.append(plan.seconds)
+    assert per_pass[0] == per_pass[1] == per_pass[2]  # the same speeds; the job's size changed the answer
+    assert any("estimated for the 1,000 residues of this job" in n for n in
+               P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "fp32", "int8",
+                                       job_residues=1000)[1].notes)
+    # auto: the ranking (speeds and build seconds) is cached; a hit decides by the cached build seconds
+    _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "auto", "int8", job_residues=1000)
+    assert not plan.cached and plan.mode != "int8-fbgemm"
+    stored = json.loads(next((P.cache_dir() / "precision").glob("*.json")).read_text())
+    assert stored["build"]["int8-fbgemm"] >= 50.0
+    builds.clear()
+    _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "auto", "int8",
+                                      job_residues=1_000_000)
+    assert plan.cached and plan.mode == "int8-fbgemm" and builds == [1]
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +261,23 @@ def test_cli_embed_and_predict_take_precision(run_cli, monkeypatch, tmp_path, ti
     assert bad.exit_code == 2 and "--precision must be one of" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_cli(*common, "--out", tmp_path / "x.npy", "--quantize", "int4")
     assert bad.exit_code == 2 and "--quantize must be one of" in bad.stderr
+
+
+def test_cli_tells_the_probe_the_size_of_the_job(run_cli, monkeypatch, tmp_path, tiny_fastas, classifier_dir):
+    """embed and predict pass the residues they will feed (every record, cut by the policy; windows
+    counted whole) so a short job is not handed a copy that costs more to build than it saves."""
+    fixed_timer(monkeypatch, {"fp32": 1.0, "bf16": 0.5, "bf16-weights": 0.7})
+    seen = []
+    real = P.prepare_for_inference
+    monkeypatch.setattr(P, "prepare_for_inference",
+                        lambda *a, **k: seen.append(k.get("job_residues")) or real(*a, **k))
+    lengths = [len(r.sequence) for r in read_proteins(tiny_fastas[1], task=None, label_column=None)]
+    common = ["--model", classifier_dir, "--data", tiny_fastas[1], "--truncate", "40", "--precision", "auto"]
+    assert run_cli("embed", *common, "--out", tmp_path / "a.npy").exit_code == 0
+    assert run_cli("predict", *common, "--out", tmp_path / "a.csv").exit_code == 0
+    assert run_cli("embed", *common, "--out", tmp_path / "w.npy", "--long-policy", "window").exit_code == 0
+    windows = sum(n if n <= 40 else 40 * (1 + -(-(n - 40) // 20)) for n in lengths)  # stride 20, last window at the end
+    assert seen == [sum(min(n, 40) for n in lengths)] * 2 + [windows] and max(lengths) > 80
 
 
 def test_int8_is_kept_only_when_faster_and_within_the_guard(monkeypatch, proteins):
@@ -424,3 +501,54 @@ def test_a_burst_of_load_does_not_pick_the_mode(monkeypatch, proteins):
     _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, precision="auto")
     assert calls == ["fp32", "bf16"] * P.PROBE_REPEATS
     assert plan.mode == "fp32" and plan.seconds == {"fp32": 1.0, "bf16": 1.2}
+
+
+@pytest.mark.parametrize("mode", P.INT8_MODES)
+def test_int8_answers_do_not_depend_on_batch_mates(mode, proteins):
+    """Dynamic int8 scales a Linear layer's input per tensor: in a padded batch a protein's embedding
+    moved with its batch-mates and padding (0.7 % on the demo model, batch 16 vs 1). Run one protein at a
+    time, the outputs are bitwise the same whatever the batch size or order, and each row is what the
+    protein alone gives (padded positions zero)."""
+    from transformers import EsmForSequenceClassification, EsmForTokenClassification
+
+    if mode == "int8":
+        pytest.importorskip("torchao")
+    elif not P.fbgemm_available():
+        pytest.skip("no FBGEMM int8 kernels in this torch build")
+    model, tokenizer = tiny()
+    quantized = P.apply_mode(copy.deepcopy(model), mode)
+    eight = embed_proteins(quantized, tokenizer, proteins, batch_size=8)
+    np.testing.assert_array_equal(eight, embed_proteins(quantized, tokenizer, proteins, batch_size=1))
+    np.testing.assert_array_equal(eight, embed_proteins(quantized, tokenizer, proteins[::-1], batch_size=3)[::-1])
+    assert not np.array_equal(eight, embed_proteins(model, tokenizer, proteins, batch_size=8))  # int8 ran
+    mixed = [proteins[0][:12], proteins[1], proteins[2][:25]]
+    encoded = tokenizer(mixed, padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    for net in (quantized, P.apply_mode(EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=3)).eval(), mode),
+                P.apply_mode(EsmForTokenClassification(esm2_config("esm2-tiny", num_labels=3)).eval(), mode)):
+        with torch.no_grad():
+            batch = net(**encoded, output_hidden_states=True)
+            for i, n in enumerate(encoded["attention_mask"].sum(1).tolist()):
+                alone = net(input_ids=encoded["input_ids"][i:i + 1, :n], output_hidden_states=True)
+                for key in [k for k in ("last_hidden_state", "logits") if k in alone]:
+                    got, want = batch[key][i], alone[key][0]
+                    if want.dim() == 2:  # per position: (n, H) then zeros
+                        assert torch.equal(got[:n], want) and not got[n:].any()
+                    else:  # per protein
+                        assert torch.equal(got, want)
+                for got, want in zip(batch.hidden_states, alone.hidden_states, strict=True):
+                    assert torch.equal(got[i, :n], want[0]) and not got[i, n:].any()
+
+
+def test_a_copy_of_a_wrapped_model_runs_its_own_weights(proteins):
+    """bf16 autocast and the one-protein int8 pass wrap ``forward``; a deepcopy's forward must use the
+    copy (a closure would still run the original's weights)."""
+    model, tokenizer = tiny()
+    wrapped = P.apply_mode(copy.deepcopy(model), "bf16")
+    twin = copy.deepcopy(wrapped)
+    before = embed_proteins(twin, tokenizer, proteins[:2], batch_size=2)
+    with torch.no_grad():
+        for p in wrapped.parameters():
+            p.zero_()
+    np.testing.assert_array_equal(embed_proteins(twin, tokenizer, proteins[:2], batch_size=2), before)
+    assert not np.array_equal(embed_proteins(wrapped, tokenizer, proteins[:2], batch_size=2), before)

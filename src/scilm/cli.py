@@ -168,7 +168,8 @@ def predict(
     scan = scan_input(data, sequence_column, id_column)  # every record checked before the model loads
     net, tokenizer = load_trained_classifier(model)
     policy = _policy(net, tokenizer, truncate, long_policy)
-    net = _fast_path(net, tokenizer, data, sequence_column, id_column, policy, precision, quantize)
+    net = _fast_path(net, tokenizer, data, sequence_column, id_column, policy, precision, quantize,
+                     scan.lengths)
     if is_per_residue(net.config):  # --task residue: a label per residue, aligned to the input residues
         n, cut = _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column)
         report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
@@ -220,12 +221,14 @@ def _cut_note(n_cut: int, n: int, policy, report=None) -> str:
 
 
 def _fast_path(net, tokenizer, data: str, sequence_column: str, id_column: Optional[str], policy,
-               precision: str, quantize: str):
+               precision: str, quantize: str, lengths=()):
     """The model in the --precision / --quantize mode (issue 16), probed on the first proteins of ``data``
-    (cut to the policy's N residues); the choice and any fallback on stderr."""
+    (cut to the policy's N residues) and chosen for the job's size (``lengths``: every record's residues;
+    this process's share under torchrun); the choice and any fallback on stderr."""
     import itertools
 
     from scilm.data.protein import iter_proteins
+    from scilm.inference.policy import fed_residues
     from scilm.inference.precision import PRECISIONS, PROBE_POOL, QUANTIZE, prepare_for_inference
 
     if precision not in PRECISIONS:
@@ -238,7 +241,8 @@ def _fast_path(net, tokenizer, data: str, sequence_column: str, id_column: Optio
     sample = [r.sequence[: policy.max_residues] for r in first]
     if not sample:
         return net
-    net, plan = prepare_for_inference(net, tokenizer, sample, precision, quantize)
+    job = fed_residues(policy, lengths) // max(1, int(os.environ.get("WORLD_SIZE", "1"))) if len(lengths) else None
+    net, plan = prepare_for_inference(net, tokenizer, sample, precision, quantize, job_residues=job)
     for note in plan.notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(plan.summary(), err=True)
@@ -296,7 +300,8 @@ def embed(
         raise ScilmError(f"--nproc must be at least 1 (got {nproc})")
     net, tokenizer = load_protein_encoder(model)
     policy = _policy(net, tokenizer, truncate, long_policy)
-    net = _fast_path(net, tokenizer, data, sequence_column, id_column, policy, precision, quantize)
+    net = _fast_path(net, tokenizer, data, sequence_column, id_column, policy, precision, quantize,
+                     scan.lengths)
     result = embed_file(net, tokenizer, data, out, policy=policy, layers=layer or [-1], pooling=pooling,
                         batch_size=batch_size, chunk_size=chunk_size, sequence_column=sequence_column,
                         id_column=id_column, progress=progress, scan=scan)

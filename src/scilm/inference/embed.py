@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from scilm.errors import ScilmError
-from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.inference.batching import encode_proteins, inference_batches
 from scilm.inference.policy import ResiduePolicy, average_pieces, model_policy, split
 from scilm.io import atomic_output
 
@@ -142,7 +142,7 @@ def embed_with_policy(model, tokenizer, sequences: list[str], policy, layers: li
 
 def _embed_all(model, tokenizer, fed: list[str], layers: list[int], pooling: str, batch_size: int) -> list[np.ndarray]:
     results: list[np.ndarray | None] = [None] * len(fed)
-    for batch in length_sorted_batches([len(s) for s in fed], batch_size):
+    for batch in inference_batches([len(s) for s in fed], batch_size, next(model.parameters()).device):
         for i, value in zip(batch, embed_batch(model, tokenizer, [fed[i] for i in batch], layers, pooling)):
             results[i] = value
     return results

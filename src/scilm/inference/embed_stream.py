@@ -19,6 +19,7 @@ and process 0 merges after all are done, so the file is the same as from one pro
 
 from __future__ import annotations
 
+import array
 import hashlib
 import itertools
 import json
@@ -51,11 +52,13 @@ MAX_CHUNK = 1024
 
 @dataclass(frozen=True)
 class InputScan:
-    """What the first pass over an input found: how many records, the longest id and sequence."""
+    """What the first pass over an input found: how many records, the longest id and sequence, and each
+    record's length in residues (``lengths``, input order; 4 bytes a record)."""
 
     n_records: int
     id_width: int
     max_length: int = 0
+    lengths: Sequence[int] = field(default=(), compare=False, repr=False)
 
 
 def scan_input(data: str | Path, sequence_column: str = "Sequence", id_column: str | None = None) -> InputScan:
@@ -64,10 +67,12 @@ def scan_input(data: str | Path, sequence_column: str = "Sequence", id_column: s
     Raises ScilmError naming the file and line of the first bad record, or for an empty file.
     """
     n, width, longest = 0, 0, 0
+    lengths = array.array("I")
     for record in iter_proteins(data, sequence_column, id_column):
         n += 1
         width, longest = max(width, len(record.id)), max(longest, len(record.sequence))
-    return InputScan(n, width, longest)
+        lengths.append(len(record.sequence))
+    return InputScan(n, width, longest, lengths)
 
 
 def default_chunk_size(hidden: int, n_layers: int, pooling: str, max_residues: int) -> int:

@@ -200,6 +200,16 @@ def cuts(policy, sequence: str) -> bool:
     return policy.cuts(sequence) if hasattr(policy, "cuts") else len(policy(sequence)) < len(sequence)
 
 
+def fed_residues(policy, lengths) -> int:
+    """Residues ``policy`` feeds the model for proteins of ``lengths`` (residues each), every piece counted:
+    the size of a job, e.g. to weigh a quantised copy's build seconds against the time it saves."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not isinstance(policy, WindowPolicy):
+        return int(np.minimum(lengths, policy.max_residues).sum())
+    short = lengths <= policy.max_residues
+    return int(lengths[short].sum()) + sum(sum(len(p) for p in policy.pieces(int(n))) for n in lengths[~short])
+
+
 def positions_fed(policy, length: int) -> np.ndarray:
     """The sorted distinct positions that ``policy`` feeds of a sequence of ``length`` residues: the
     rows of its per-residue outputs (head/ends: the residues fed; window: every residue)."""

@@ -16,7 +16,14 @@ scales). Which is fast depends on the CPU (``scilm bench inference`` lists both 
 are probed and an int8 mode is kept only where it beats the
 best precision mode and meets the guard. ``torch.ao.quantization.quantize_dynamic`` is deprecated in
 favour of torchao; once a torch release drops it, ``int8-fbgemm`` is simply not a candidate.
-Outputs are returned as float32 by ``embed``/``predict`` in every mode.
+Outputs are returned as float32 by ``embed``/``predict`` in every mode. Both int8 kernels quantise a
+Linear layer's input with scales taken from the whole tensor (or rounding that depends on its shape),
+so an int8 model runs one protein at a time, unpadded (:func:`one_protein_at_a_time`): a protein's
+numbers never depend on its batch-mates, the batch size or the input order.
+
+The probe batch is :data:`PROBE_TOKENS` residues of the input's own proteins at their median length
+(:func:`probe_shape`); given the job's size, the choice weighs each mode's build seconds (a quantised
+copy) against the time it saves on the job.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import logging
 import os
 import platform
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,13 +55,17 @@ QUANTIZE = ("none", "int8")
 INT8_MODES = ("int8", "int8-fbgemm")  # torchao's kernel, PyTorch's FBGEMM kernel
 GUARD_COSINE = 0.999  # issue 16: embeddings within cosine 0.999 of fp32
 PROBE_POOL = 256  # the first proteins of an input the probe batch is picked from (median length)
-PROBE_BATCH = 4
-PROBE_RESIDUES = 128  # long enough for attention to count, short enough to probe in seconds on 2 cores
+PROBE_TOKENS = 512  # residues per probe pass: seconds on 2 cores at the 35M shape, whatever the length
+PROBE_LENGTHS = (32, 64, 128, 256, 512, 1024)  # probe lengths: the input's median length rounded down to one
+# (attention's share of the time grows with length, so int8's gain, which is in the Linear layers, shrinks:
+# at the 35M shape FBGEMM int8 was 1.36x fp32 at 128 residues and 1.10x at 512); a few lengths keep the
+# cache useful across inputs
 PROBE_REPEATS = 2
 ABANDON_FACTOR = 3.0  # a mode whose first pass is this much slower than the best so far is not timed further
 CANARY_RESIDUES = 32  # a one-protein pass that finds a hopeless mode in a fraction of a second
 # (bf16 on a CPU without bf16 units, torchao's int8 on one without its kernels: 10-500x fp32)
-CACHE_VERSION = 3  # 2: a classifier's passes timed as predict runs them (the last layer at <cls> only); 3: one-kernel GELU
+CACHE_VERSION = 4  # 2: a classifier's passes timed as predict runs them (the last layer at <cls> only); 3: one-kernel
+# GELU; 4: probe length from the input's median, and each mode's build seconds
 INT8_MIN_GAIN = 1.10  # int8 changes the numbers: kept only when clearly faster, not within timing noise
 
 _clock = time.perf_counter
@@ -66,7 +78,10 @@ class InferencePlan:
     ``mode``: one of :data:`MODES` or :data:`INT8_MODES`; ``seconds``: probe seconds per forward pass by mode
     (None for a mode not timed); ``cosine``: the smallest per-protein embedding cosine to fp32 on the
     probe batch by mode; ``labels_agree``: for a classifier, whether every predicted label matched
-    fp32; ``cached``: the speed ranking came from the cache; ``notes``: plain lines for the user.
+    fp32; ``cached``: the speed ranking came from the cache; ``notes``: plain lines for the user;
+    ``build_seconds``: seconds to make the mode's model (a quantised or cast copy; 0 for fp32 and
+    autocast); ``probe_shape``: (proteins, residues each) of the probe batch; ``job_residues``: the
+    residues the job feeds, when known (the choice then weighs build seconds against the job's time).
     """
 
     mode: str
@@ -75,6 +90,9 @@ class InferencePlan:
     labels_agree: dict[str, bool] = field(default_factory=dict)
     cached: bool = False
     notes: list[str] = field(default_factory=list)
+    build_seconds: dict[str, float] = field(default_factory=dict)
+    probe_shape: tuple[int, int] | None = None
+    job_residues: int | None = None
 
     def summary(self) -> str:
         """One line, e.g. ``precision bf16 (probe s/pass: fp32 0.52, bf16 0.31; guard cosine 0.99997)``."""
@@ -131,8 +149,9 @@ def _cache_path(key: dict[str, Any]) -> Path:
     return cache_dir() / "precision" / f"{digest}.json"
 
 
-def read_cache(key: dict[str, Any]) -> dict[str, float | None] | None:
-    """The cached seconds per mode for ``key``, or None (absent; or unreadable, which is logged and ignored)."""
+def read_cache(key: dict[str, Any]) -> tuple[dict[str, float | None], dict[str, float]] | None:
+    """The cached (seconds per probe pass, build seconds) per mode for ``key``, or None (absent; or
+    unreadable, which is logged and ignored)."""
     path = _cache_path(key)
     if not path.exists():
         return None
@@ -141,19 +160,28 @@ def read_cache(key: dict[str, Any]) -> dict[str, float | None] | None:
         seconds = data["seconds"]
         if data["key"] != key or not isinstance(seconds, dict) or set(seconds) != set(key["candidates"]):
             raise ValueError("its key does not match this machine/model")
+        build = data["build"]
+        if not isinstance(build, dict) or not set(build) <= set(seconds):
+            raise ValueError("its build seconds do not match its modes")
         for value in seconds.values():
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"bad time {value!r}")
-        return {m: (None if v is None else float(v)) for m, v in seconds.items()}
+        for value in build.values():
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"bad build time {value!r}")
+        return ({m: (None if v is None else float(v)) for m, v in seconds.items()},
+                {m: float(v) for m, v in build.items()})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring the precision cache file %s (%s); probing again", path, exc)
         return None
 
 
-def write_cache(key: dict[str, Any], seconds: dict[str, float | None]) -> None:
-    """Store the probe's seconds per mode (atomically); a cache that cannot be written is only logged."""
+def write_cache(key: dict[str, Any], seconds: dict[str, float | None], build: dict[str, float] | None = None) -> None:
+    """Store the probe's seconds per pass and build seconds per mode (atomically); a cache that cannot be
+    written is only logged."""
     try:
-        write_json_atomic(_cache_path(key), {"key": key, "seconds": seconds, "written": time.time()})
+        write_json_atomic(_cache_path(key), {"key": key, "seconds": seconds, "build": build or {},
+                                             "written": time.time()})
     except OSError as exc:
         log.warning("cannot write the precision cache under %s (%s)", cache_dir(), exc)
 
@@ -186,7 +214,79 @@ def int8_variant(model):
         quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
     except Exception as exc:  # torchao raises many kinds for an unsupported build
         raise ScilmError(f"quantize int8: torchao cannot quantise this model here ({exc})") from None
-    return quantized
+    return one_protein_at_a_time(quantized)
+
+
+def _pad_to(tensor: torch.Tensor, dims: tuple[int, ...], length: int) -> torch.Tensor:
+    """``tensor`` zero-padded at the end of each of ``dims`` to ``length``."""
+    pad: list[int] = []
+    for dim in reversed(range(tensor.dim())):
+        pad += [0, length - tensor.shape[dim] if dim in dims else 0]
+    return torch.nn.functional.pad(tensor, pad)
+
+
+def one_protein_at_a_time(model):
+    """``model`` (in place) with a ``forward`` that runs each protein of a batch alone, without padding,
+    and returns the outputs stacked as the batched forward would: (B, T, ...) per-position outputs
+    zero-padded to T at padded positions, (B, ...) per-protein ones stacked.
+
+    Why: dynamic int8 Linear layers quantise their input with one scale per tensor (FBGEMM) or rounding
+    that depends on the matrix shape, so in a padded batch a protein's numbers depended on the other
+    proteins and on the padding (embeddings of the esm2-8m-shaped demo model moved by up to 0.7 % between
+    batch sizes 16 and 1; fp32: 1.5e-7). One protein per pass makes every output a function of that
+    protein alone: ``batch_size`` and input order change cost, never the answer. Raises ScilmError when
+    called with ``labels`` (inference only) or with an output it cannot restack.
+    """
+    def run(forward, input_ids=None, attention_mask=None, **kwargs):
+        if kwargs.get("labels") is not None:
+            raise ScilmError("an int8 model runs one protein at a time for inference only (no labels)")
+        if input_ids is None or input_ids.dim() != 2:
+            return forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        batch, length = input_ids.shape
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        lengths = mask.sum(dim=1).tolist()
+        if batch == 1 and lengths[0] == length:
+            return forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        rows = [forward(input_ids=input_ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n], **kwargs)
+                for i, n in enumerate(lengths)]
+        return _restack(rows, lengths, length)
+
+    return wrap_forward(model, run)
+
+
+def wrap_forward(model, wrapper: Callable[..., Any]):
+    """``model`` (in place) whose ``forward(*args, **kwargs)`` is ``wrapper(forward, *args, **kwargs)``,
+    ``forward`` being the forward it had. Bound to the instance, so ``copy.deepcopy(model)`` gives a copy
+    that runs its own weights (a plain closure would still call the original's)."""
+    inner = model.forward
+    inner_func = inner.__func__ if getattr(inner, "__self__", None) is model else None
+
+    def forward(self, *args, **kwargs):
+        call = inner_func.__get__(self) if inner_func is not None else inner
+        return wrapper(call, *args, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
+    return model
+
+
+def _restack(rows: list, lengths: list[int], length: int):
+    """One batched model output from per-protein outputs (see :func:`one_protein_at_a_time`)."""
+    def stack(key: str, values: list):
+        first = values[0]
+        if first is None:
+            return None
+        if isinstance(first, tuple):
+            return tuple(stack(key, [v[k] for v in values]) for k in range(len(first)))
+        if not isinstance(first, torch.Tensor):
+            raise ScilmError(f"int8 inference: cannot restack the model output {key!r}")
+        if key == "attentions" or (first.dim() == 4 and first.shape[-1] == first.shape[-2] == lengths[0]):
+            return torch.cat([_pad_to(v, (2, 3), length) for v in values])  # (1, heads, n, n)
+        if first.dim() >= 3 or key == "last_hidden_state":
+            return torch.cat([_pad_to(v, (1,), length) for v in values])  # (1, n, ...) per position
+        return torch.cat(values)  # (1, ...) per protein: pooled output, sequence-level logits
+
+    fields = {key: stack(key, [row[key] for row in rows]) for key in rows[0].keys()}
+    return type(rows[0])(**fields)
 
 
 def fbgemm_available() -> bool:
@@ -210,7 +310,8 @@ def fbgemm_int8_variant(model):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice pointing to torchao: both are probed
-        return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear: per_channel_dynamic_qconfig})
+        quantized = quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear: per_channel_dynamic_qconfig})
+    return one_protein_at_a_time(quantized)
 
 
 def variant(model, mode: str) -> tuple[Any, Callable[[], Any]]:
@@ -229,19 +330,28 @@ def variant(model, mode: str) -> tuple[Any, Callable[[], Any]]:
     raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
 
 
-def apply_mode(model, mode: str):
+def apply_mode(model, mode: str, prebuilt=None):
     """``model`` made to run in ``mode`` for good (in place where possible); returns the model to use.
 
     ``bf16`` wraps the instance's ``forward`` in ``torch.autocast`` (weights stay fp32), so callers such
     as :func:`scilm.inference.embed_proteins` need no change; ``bf16-weights`` casts the weights;
-    ``int8`` returns a quantised copy. The result carries ``scilm_inference_mode`` (embed's resume
-    fingerprint tells the modes apart: chunks of another mode are never reused).
+    ``int8`` returns a quantised copy. ``prebuilt``: the copy :func:`variant` already made for ``mode``
+    (the one the probe guarded), used instead of building another. The result carries
+    ``scilm_inference_mode`` (embed's resume fingerprint tells the modes apart: chunks of another mode
+    are never reused).
     """
     if mode == "fp32":
         return model
-    if mode == "bf16":
+    if prebuilt is not None and mode in ("bf16-weights", *INT8_MODES):
+        model = prebuilt
+    elif mode == "bf16":
         device = next(model.parameters()).device
-        model.forward = _autocast(device)(model.forward)
+
+        def autocast(forward, *args, **kwargs):
+            with _autocast(device):
+                return forward(*args, **kwargs)
+
+        wrap_forward(model, autocast)
     elif mode == "bf16-weights":
         model = model.to(torch.bfloat16)
     elif mode == "int8":
@@ -257,16 +367,33 @@ def apply_mode(model, mode: str):
 # ----------------------------------------------------------------------------------------------- probe
 
 
-def probe_sequences(sequences: Sequence[str], batch: int | None = None, residues: int | None = None) -> list[str]:
-    """``batch`` sequences around the median length, each cut to ``residues``: a representative batch
-    (defaults :data:`PROBE_BATCH`, :data:`PROBE_RESIDUES`)."""
-    batch = PROBE_BATCH if batch is None else batch
-    residues = PROBE_RESIDUES if residues is None else residues
+def probe_shape(sequences: Sequence[str]) -> tuple[int, int]:
+    """(batch, residues) of the probe for these proteins: ``residues`` the median length rounded down to
+    one of :data:`PROBE_LENGTHS` (the median itself below the shortest), ``batch`` enough proteins for
+    :data:`PROBE_TOKENS` residues (at least 1). ``sequences`` are as the job feeds them (cut to its length).
+
+    Raises ScilmError when ``sequences`` is empty.
+    """
     if not sequences:
         raise ScilmError("precision probe: no sequences to probe with")
+    median = sorted(len(s) for s in sequences)[len(sequences) // 2]
+    fitting = [n for n in PROBE_LENGTHS if n <= median]
+    residues = max(1, fitting[-1] if fitting else median)
+    return max(1, PROBE_TOKENS // residues), residues
+
+
+def probe_sequences(sequences: Sequence[str], batch: int | None = None, residues: int | None = None) -> list[str]:
+    """A representative probe batch: ``batch`` proteins from the median length up, each cut to
+    ``residues`` (defaults: :func:`probe_shape`), so every protein of the batch has about ``residues``
+    residues when the input has enough proteins that long. Fewer proteins when the input has fewer.
+
+    Raises ScilmError when ``sequences`` is empty.
+    """
+    default_batch, default_residues = probe_shape(sequences)
+    batch = default_batch if batch is None else batch
+    residues = default_residues if residues is None else residues
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    mid = len(order) // 2
-    start = max(0, min(mid - batch // 2, len(order) - batch))
+    start = max(0, min(len(order) // 2, len(order) - batch))
     return [sequences[i][:residues] for i in order[start:start + batch]]
 
 
@@ -374,15 +501,21 @@ def check_modes(precision: str, quantize: str) -> None:
 
 
 def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision: str = "fp32",
-                          quantize: str = "none", use_cache: bool = True) -> tuple[Any, InferencePlan]:
+                          quantize: str = "none", use_cache: bool = True, job_residues: int | None = None
+                          ) -> tuple[Any, InferencePlan]:
     """The model to use for ``embed``/``predict`` in the chosen mode, and an :class:`InferencePlan`.
 
     ``precision``: ``fp32`` (nothing probed, the model returned as is), ``bf16``/``bf16-weights`` (checked by
     the guard on a probe batch; if it fails, fp32 with a note), or ``auto`` (every usable mode probed
     on :func:`probe_sequences` of ``sequences``, the fastest that meets the guard). ``quantize="int8"``
-    adds the int8 kernels of :data:`INT8_MODES` (CPU only), the fastest kept only when :data:`INT8_MIN_GAIN` x faster than the
-    best precision mode on the probe and within the guard, else the precision mode with a note. Raises ScilmError for an unknown setting,
-    for int8 off CPU and for int8 without torchao.
+    adds the int8 kernels of :data:`INT8_MODES` (CPU only), the fastest kept only when :data:`INT8_MIN_GAIN` x
+    faster than the best precision mode and within the guard, else the precision mode with a note.
+
+    "Faster" is per probe pass, or, when ``job_residues`` (the residues the job will feed) is given, the
+    estimated seconds of the whole job: the mode's build seconds (quantising a 35M model: seconds) plus
+    ``job_residues`` at the probe's seconds per residue, so a short job does not pay for a copy that
+    saves less than it costs. ``sequences``: the proteins as the job feeds them (cut to its length).
+    Raises ScilmError for an unknown setting, for int8 off CPU and for int8 without torchao.
     """
     check_modes(precision, quantize)
     device = next(model.parameters()).device
@@ -403,25 +536,48 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         if fbgemm_available():
             candidates.append("int8-fbgemm")
     probe = probe_sequences(list(sequences))
+    probe_residues = max(1, sum(len(s) for s in probe))
     encoded = tokenizer(probe, padding=True, return_tensors="pt").to(device)
     batch, length = encoded["input_ids"].shape
     key = probe_key(model, device, batch, length, candidates)
     cached = read_cache(key) if use_cache and precision == "auto" else None
     seconds: dict[str, float | None] = {}
+    build: dict[str, float] = {}
+    built: dict[str, Any] = {}  # each mode's model as guarded: the chosen one is used, not built again
     cosine: dict[str, float] = {}
     agree: dict[str, bool] = {}
+
+    def cost(mode: str) -> float | None:
+        """Seconds per probe pass; or, for a job of known size, its estimated seconds with the build."""
+        if seconds.get(mode) is None:
+            return None
+        if job_residues is None:
+            return seconds[mode]
+        return build.get(mode, 0.0) + job_residues * seconds[mode] / probe_residues
+
+    def make(mode: str):
+        start = _clock()
+        runner, context = variant(model, mode)
+        build[mode] = 0.0 if mode in ("fp32", "bf16") else _clock() - start  # no copy made: nothing to build
+        built[mode] = runner
+        return runner, context
+
     model.eval()
     reference = _forward(model, contextlib.nullcontext, encoded)
     if cached is not None:
-        seconds = cached
-        order = sorted((m for m in candidates if seconds.get(m) is not None), key=lambda m: seconds[m])
+        seconds, build = cached[0], dict(cached[1])
+        order = sorted((m for m in candidates if cost(m) is not None), key=cost)
         for mode in order:  # check the guard on these weights, fastest first, until one passes
             if mode == "fp32":
                 break
-            runner, context = variant(model, mode)
+            cached_build = build.get(mode)
+            runner, context = make(mode)
+            if cached_build is not None:
+                build[mode] = cached_build  # the ranking's figure, as the ranking was made with it
             cosine[mode], agree[mode] = guard(reference, _forward(runner, context, encoded))
             if passes(cosine[mode], agree[mode]):
                 break
+            del built[mode], runner
     else:
         best = None
         timed = precision == "auto" or quantize == "int8"  # a speed comparison is asked for
@@ -430,7 +586,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         canary_fp32 = None
         pending: dict[str, Callable[[], Any]] = {}  # modes to time, timed round-robin below
         for mode in candidates:
-            runner, context = variant(model, mode)
+            runner, context = make(mode)
             if timed:  # a hopeless mode is dropped after one short pass, not a full probe pass
                 canary_start = _clock()
                 _forward(runner, context, canary)
@@ -440,7 +596,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
                     seconds[mode] = None
                     notes.append(f"{mode}: {canary_time / canary_fp32:.0f}x slower than fp32 on a short pass "
                                  "on this machine; not probed further")
-                    del runner
+                    del built[mode], runner
                     continue
             first_start = _clock()
             result = _forward(runner, context, encoded)  # warm-up, and the guard's output
@@ -451,6 +607,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
                     seconds[mode] = None
                     notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}"
                                  f"{'' if agree[mode] else ', a predicted label changed'}; needs >= {GUARD_COSINE})")
+                    del built[mode], runner
                     continue
             seconds[mode] = first  # an explicit mode needs only the guard; or clearly slower than the best
             if timed and (best is None or first <= ABANDON_FACTOR * best):
@@ -467,10 +624,10 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         seconds.update({mode: min(times) for mode, times in timings.items()})
         del pending
         if precision == "auto" and use_cache:
-            write_cache(key, {m: seconds.get(m) for m in candidates})
+            write_cache(key, {m: seconds.get(m) for m in candidates}, {m: build[m] for m in build if m in candidates})
     ok = {m: passes(cosine[m], agree[m]) for m in cosine}  # a mode not checked on these weights is not used
     ok["fp32"] = True
-    precision_modes = {m: s for m, s in seconds.items() if m not in INT8_MODES}
+    precision_modes = {m: cost(m) for m in seconds if m not in INT8_MODES}
     if precision != "auto" and precision in precision_modes and not ok.get(precision, False):
         notes.append(f"precision {precision} fails the quality guard here; using fp32")
         chosen = "fp32"
@@ -479,18 +636,22 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     else:
         chosen = choose(precision_modes, ok)
     if quantize == "int8":
-        chosen, int8_notes = _choose_int8(chosen, seconds, cosine, ok)
+        unit = ("per probe pass" if job_residues is None else
+                f"estimated for the {job_residues:,} residues of this job, making the model included")
+        chosen, int8_notes = _choose_int8(chosen, {m: cost(m) for m in seconds}, cosine, ok, unit)
         notes += int8_notes
-    plan = InferencePlan(chosen, seconds, cosine, {m: a for m, a in agree.items()}, cached is not None, notes)
+    plan = InferencePlan(chosen, seconds, cosine, {m: a for m, a in agree.items()}, cached is not None, notes,
+                         build, (len(probe), max(len(s) for s in probe)), job_residues)
     for note in notes:
         log.warning(note)
-    return apply_mode(model, chosen), plan
+    return apply_mode(model, chosen, built.get(chosen)), plan
 
 
 def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str, float],
-                 ok: dict[str, bool]) -> tuple[str, list[str]]:
+                 ok: dict[str, bool], unit: str = "per probe pass") -> tuple[str, list[str]]:
     """The fastest int8 mode that meets the guard and beats the ``chosen`` precision mode, else ``chosen``;
-    with a note for each int8 mode refused."""
+    with a note for each int8 mode refused. ``seconds``: what is compared (per probe pass, or a job's
+    estimate: ``unit`` says which)."""
     notes = []
     chosen_time = seconds.get(chosen)
     winner, best = chosen, chosen_time
@@ -500,14 +661,16 @@ def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str
             notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}); not used")
         elif not ok.get(mode, False) or int8_time is None or best is None or int8_time * INT8_MIN_GAIN > best:
             notes.append(f"{mode} is not {INT8_MIN_GAIN:g}x faster than {winner} on this machine "
-                         f"({_seconds(int8_time)} vs {_seconds(best)} per probe pass); not used")
+                         f"({_seconds(int8_time)} vs {_seconds(best)} {unit}); not used")
         else:
             winner, best = mode, int8_time
     return winner, notes
 
 
 def _seconds(value: float | None) -> str:
-    return "untimed" if value is None else f"{value:.3g} s"
+    if value is None:
+        return "untimed"
+    return f"{value:.3g} s" if value < 1000 else f"{value:,.0f} s"
 
 
 def plan_record(plan: InferencePlan) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch
 
 from scilm.data.protein import ProteinRecord, iter_proteins
 from scilm.errors import ScilmError
-from scilm.inference.batching import chunked, encode_proteins, length_sorted_batches
+from scilm.inference.batching import chunked, encode_proteins, inference_batches
 from scilm.inference.policy import ResiduePolicy, cuts, model_policy, split
 from scilm.inference.progress import progress_bar
 from scilm.io import atomic_output
@@ -66,7 +66,7 @@ def policy_logits(model, tokenizer, sequences: list[str], policy: ResiduePolicy,
         fed.extend(strings)
     total = torch.zeros(len(sequences), model.config.num_labels, dtype=torch.float64)
     count = torch.zeros(len(sequences), dtype=torch.float64)
-    for batch in length_sorted_batches([len(s) for s in fed], batch_size):
+    for batch in inference_batches([len(s) for s in fed], batch_size, device):
         encoded = encode_proteins(tokenizer, [fed[i] for i in batch]).to(device)
         with cls_only_last_layer(model):  # logits alone are read: the last layer at <cls> only
             logits = model(**encoded).logits.float().cpu()  # (B, num_labels)

@@ -10,7 +10,7 @@ import torch
 from scilm.data.protein import ProteinRecord
 from scilm.data.residue import NOT_PREDICTED
 from scilm.errors import ScilmError
-from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.inference.batching import encode_proteins, inference_batches
 from scilm.inference.policy import ResiduePolicy, head_policy
 from scilm.io import atomic_output
 from scilm.models.protein import max_residues
@@ -41,7 +41,7 @@ def predict_residues(model, tokenizer, sequences: list[str], batch_size: int = 3
         raise ScilmError(f"this per-residue model's labels are {', '.join(map(repr, labels))}; a label string "
                          f"needs one character per class, not {NOT_PREDICTED!r} (models of --task residue)")
     results = [""] * len(sequences)
-    for batch in length_sorted_batches([len(s) for s in kept], batch_size):
+    for batch in inference_batches([len(s) for s in kept], batch_size, device):
         encoded = encode_proteins(tokenizer, [kept[i] for i in batch]).to(device)
         ids = model(**encoded).logits.argmax(dim=-1).cpu()  # (B, T)
         for row, i in enumerate(batch):

@@ -31,7 +31,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
-from scilm.inference.batching import encode_proteins, length_sorted_batches
+from scilm.inference.batching import encode_proteins, forward_tokens, tight_batches
 from scilm.inference.policy import WindowPolicy, split
 from scilm.models.cls_only import cls_only_last_layer
 from scilm.inference.predict import is_regression, multilabel_thresholds, output_function
@@ -209,7 +209,7 @@ class ServedClassifier:
         """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward.
 
         Between forwards ``control`` is checked: past its deadline TimeLimit, all inputs abandoned
-        Cancelled (a forward itself is bounded by FORWARD_TOKENS).
+        Cancelled (a forward itself is bounded by :func:`scilm.inference.batching.forward_tokens`).
         """
         owners, fed = [], []
         for i, sequence in enumerate(sequences):  # one piece each, or a window policy's windows
@@ -218,7 +218,7 @@ class ServedClassifier:
             fed.extend(pieces)
         total = torch.zeros(len(sequences), len(self.labels), dtype=torch.float64)
         count = torch.zeros(len(sequences), dtype=torch.float64)
-        for batch in tight_batches([len(s) for s in fed]):
+        for batch in tight_batches([len(s) for s in fed], max_tokens=forward_tokens(self.model.device)):
             if control is not None:
                 control.check()
             encoded = encode_proteins(self.tokenizer, [fed[i] for i in batch])  # as predict/embed do
@@ -288,7 +288,7 @@ class ServedResidueClassifier(ServedClassifier):
         ``<cls>``), the argmax of the logits as :func:`scilm.inference.residue.predict_residues` takes it.
         ``control`` is checked between forwards (see :meth:`ServedClassifier.run_batch`)."""
         results: list[tuple[str, list[int], list[float]]] = [("", [], []) for _ in sequences]
-        for batch in tight_batches([len(s) for s in sequences]):
+        for batch in tight_batches([len(s) for s in sequences], max_tokens=forward_tokens(self.model.device)):
             if control is not None:
                 control.check()
             encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])
@@ -307,32 +307,6 @@ class ServedResidueClassifier(ServedClassifier):
             answers.append([{"entity": self.labels[c], "score": p, "index": i, "word": residues[i], "start": i,
                              "end": i + 1} for i, (c, p) in enumerate(zip(ids, scores))])
         return answers[0] if payload.single else answers
-
-
-# Tokens per forward. On the 2-core CPU, esm2-8m shape, sequences/s peak at ~1-2k tokens per batch and
-# fall beyond (441 residues: 9.8 at batch 1, 11.4 at 2-4, 8.0 at 16; 50 residues: 81 at batch 1,
-# 147 at 16, 119 at 64): the attention maps outgrow the caches. A GPU wants far larger batches.
-FORWARD_TOKENS = 16384 if torch.cuda.is_available() else 2048
-
-
-def tight_batches(lengths: list[int], max_padding: float = 0.1, max_tokens: int = FORWARD_TOKENS) -> list[list[int]]:
-    """Length-sorted batches with padding under ``max_padding`` of the real tokens, ``max_tokens`` at most.
-
-    On a CPU the forward is compute-bound, so padded positions are pure loss: a 1000-residue
-    protein padding 31 short ones would cost more than running them apart, and batches past
-    ``FORWARD_TOKENS`` are slower per sequence, not faster.
-    """
-    batches: list[list[int]] = []
-    for index in (i for batch in length_sorted_batches(lengths, len(lengths) or 1) for i in batch):
-        batch = batches[-1] if batches else None
-        if batch:
-            longest, real = lengths[batch[0]], sum(lengths[i] for i in batch) + lengths[index]
-            padded = longest * (len(batch) + 1)
-            if padded <= max_tokens and padded <= (1 + max_padding) * real:
-                batch.append(index)
-                continue
-        batches.append([index])
-    return batches
 
 
 def _apply(function: str, row: list[float]) -> list[float]:
