@@ -128,8 +128,10 @@ def test_cache_miss_then_hit_then_corrupt(monkeypatch, proteins, caplog, tmp_pat
     _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, precision="auto")
     assert plan.cached and timed == [] and plan.mode == "bf16" and plan.cosine["bf16"] >= P.GUARD_COSINE
 
-    for bad in ("{not json", json.dumps({"key": stored["key"], "seconds": {"fp32": -1, "bf16": 0.5,
-                                                                          "bf16-weights": 0.7}})):
+    good = {"fp32": 1.0, "bf16": 0.5, "bf16-weights": 0.7}
+    for bad in ("{not json", json.dumps({"key": stored["key"], "seconds": {**good, "fp32": -1}, "build": {}}),
+                json.dumps({"key": stored["key"], "seconds": good, "build": {"bf16-weights": "slow"}}),
+                json.dumps({"key": stored["key"], "seconds": good})):  # no build seconds
         files[0].write_text(bad)
         timed.clear()
         with caplog.at_level(logging.WARNING, logger="scilm.inference.precision"):
@@ -179,9 +181,10 @@ def test_probe_batch_is_representative(monkeypatch):
 
 
 def test_a_short_job_does_not_pay_for_a_quantised_copy(monkeypatch, proteins):
-    """With the job's size known, int8 is weighed with its build seconds: 2x faster a pass but 50 s to
-    quantise loses on a job of 1,000 residues and wins on 1,000,000; the model guarded is the one used
-    (quantised once), and a cache hit ranks with the cached build seconds."""
+    """With the job's size known and a cached ranking, int8 is weighed with its build seconds before it is
+    built: 2x faster a pass but 50 s to quantise loses on 1,000 residues (never built) and wins on
+    1,000,000 (built once: the guarded copy is the one used). On a cache miss every mode is built for
+    the probe, so the build is paid and only the job's time counts."""
     import time
 
     if not P.fbgemm_available():
@@ -201,29 +204,44 @@ def test_a_short_job_does_not_pay_for_a_quantised_copy(monkeypatch, proteins):
     monkeypatch.setattr(P, "guard", lambda reference, result: (1.0, True))
     fixed_timer(monkeypatch, {"fp32": 1.0, "bf16": 2.0, "bf16-weights": 2.0, "int8": 3.0, "int8-fbgemm": 0.5})
     model, tokenizer = tiny()
-    per_pass = []
-    for job, expected in ((None, "int8-fbgemm"), (1000, "fp32"), (1_000_000, "int8-fbgemm")):
+
+    def run(precision, job):
         builds.clear()
-        prepared, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "fp32", "int8",
+        prepared, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, precision, "int8",
                                                  job_residues=job)
-        assert plan.mode == expected and plan.job_residues == job and plan.probe_shape == (4, 32)
+        assert plan.job_residues == job and plan.probe_shape == (4, 32)
+        assert getattr(prepared, "scilm_inference_mode", "fp32") == plan.mode
+        return plan
+
+    for precision in ("fp32", "auto"):  # both cache their ranking (neither owes fp32 a guard)
+        plan = run(precision, 1000)  # miss: everything built for the probe, so int8-fbgemm's build is paid
+        assert not plan.cached and plan.mode == "int8-fbgemm" and builds == [1]
         assert 50.0 <= plan.build_seconds["int8-fbgemm"] < 60.0 and plan.build_seconds["fp32"] == 0.0
-        assert builds == [1]  # built for the probe and, when chosen, that very copy is returned
-        assert getattr(prepared, "scilm_inference_mode", "fp32") == expected
-        per_pass.append(plan.seconds)
-    assert per_pass[0] == per_pass[1] == per_pass[2]  # the same speeds; the job's size changed the answer
-    assert any("estimated for the 1,000 residues of this job" in n for n in
-               P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "fp32", "int8",
-                                       job_residues=1000)[1].notes)
-    # auto: the ranking (speeds and build seconds) is cached; a hit decides by the cached build seconds
-    _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "auto", "int8", job_residues=1000)
-    assert not plan.cached and plan.mode != "int8-fbgemm"
-    stored = json.loads(next((P.cache_dir() / "precision").glob("*.json")).read_text())
-    assert stored["build"]["int8-fbgemm"] >= 50.0
-    builds.clear()
-    _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "auto", "int8",
-                                      job_residues=1_000_000)
-    assert plan.cached and plan.mode == "int8-fbgemm" and builds == [1]
+        stored = [json.loads(f.read_text()) for f in (P.cache_dir() / "precision").glob("*.json")]
+        assert all(50.0 <= c["build"]["int8-fbgemm"] < 60.0 for c in stored)
+        plan = run(precision, 1000)  # hit: 7.8 s of fp32 against 50 + 3.9 s: not built at all
+        assert plan.cached and plan.mode == "fp32" and builds == []
+        assert any("estimated for the 1,000 residues of this job" in n for n in plan.notes)
+        plan = run(precision, 1_000_000)  # hit: 7,812 s against 50 + 3,906 s
+        assert plan.cached and plan.mode == "int8-fbgemm" and builds == [1]
+        plan = run(precision, None)  # per pass, as the server decides
+        assert plan.cached and plan.mode == "int8-fbgemm" and builds == [1]
+
+
+def test_a_cached_int8_mode_within_the_margin_is_not_built(monkeypatch, proteins):
+    """On a cache hit modes are built for the guard in order of cost, an int8 mode's cost counted with
+    its INT8_MIN_GAIN margin: 1.05x faster than fp32 would be refused after its build, so it is not built."""
+    pytest.importorskip("torchao")
+    monkeypatch.setattr(P, "fbgemm_available", lambda: False)
+    monkeypatch.setattr(P, "guard", lambda reference, result: (1.0, True))
+    fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 1 / 1.05})
+    model, tokenizer = tiny()
+    P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "fp32", "int8")
+    built = []
+    real = P.variant
+    monkeypatch.setattr(P, "variant", lambda m, mode: built.append(mode) or real(m, mode))
+    _, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, "fp32", "int8")
+    assert plan.cached and plan.mode == "fp32" and built == []
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +311,7 @@ def test_int8_is_kept_only_when_faster_and_within_the_guard(monkeypatch, protein
         assert plan.mode == "fp32" and any("int8: fails the quality guard" in n for n in plan.notes)
         np.testing.assert_array_equal(embed_proteins(prepared, tokenizer, proteins, batch_size=4), reference)
     fixed_timer(monkeypatch, {"fp32": 1.0, "int8": 3.0, "int8-fbgemm": 2.0})  # slower: refused whatever its guard
+    monkeypatch.setenv("SCILM_CACHE_DIR", str(P.cache_dir()) + "-slower")  # not the first call's cached ranking
     prepared, plan = P.prepare_for_inference(copy.deepcopy(model), tokenizer, proteins, quantize="int8")
     assert plan.mode == "fp32" and any("int8" in n for n in plan.notes)
     np.testing.assert_array_equal(embed_proteins(prepared, tokenizer, proteins, batch_size=4), reference)
@@ -517,10 +536,17 @@ def test_int8_answers_do_not_depend_on_batch_mates(mode, proteins):
         pytest.skip("no FBGEMM int8 kernels in this torch build")
     model, tokenizer = tiny()
     quantized = P.apply_mode(copy.deepcopy(model), mode)
-    eight = embed_proteins(quantized, tokenizer, proteins, batch_size=8)
-    np.testing.assert_array_equal(eight, embed_proteins(quantized, tokenizer, proteins, batch_size=1))
-    np.testing.assert_array_equal(eight, embed_proteins(quantized, tokenizer, proteins[::-1], batch_size=3)[::-1])
-    assert not np.array_equal(eight, embed_proteins(model, tokenizer, proteins, batch_size=8))  # int8 ran
+    varied = [p[: 12 + 4 * i] for i, p in enumerate(proteins)]  # 12..40 residues: padded batches
+    eight = embed_proteins(quantized, tokenizer, varied, batch_size=8)
+    np.testing.assert_array_equal(eight, embed_proteins(quantized, tokenizer, varied, batch_size=1))
+    np.testing.assert_array_equal(eight, embed_proteins(quantized, tokenizer, varied[::-1], batch_size=3)[::-1])
+    assert not np.array_equal(eight, embed_proteins(model, tokenizer, varied, batch_size=8))  # int8 ran
+    torch.manual_seed(0)
+    classifier = P.apply_mode(EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=3)).eval(), mode)
+    with torch.no_grad():  # the same protein among other batch-mates and other padding
+        one = classifier(**tokenizer(varied[:3], padding=True, return_tensors="pt")).logits
+        other = classifier(**tokenizer([varied[2], varied[7], varied[0]], padding=True, return_tensors="pt")).logits
+    assert torch.equal(one[0], other[2]) and torch.equal(one[2], other[0])
     mixed = [proteins[0][:12], proteins[1], proteins[2][:25]]
     encoded = tokenizer(mixed, padding=True, return_tensors="pt")
     torch.manual_seed(0)
@@ -540,15 +566,38 @@ def test_int8_answers_do_not_depend_on_batch_mates(mode, proteins):
                     assert torch.equal(got[i, :n], want[0]) and not got[i, n:].any()
 
 
-def test_a_copy_of_a_wrapped_model_runs_its_own_weights(proteins):
+@pytest.mark.parametrize("mode", ["bf16", "int8-fbgemm"])
+def test_a_copy_of_a_wrapped_model_runs_its_own_weights(mode, proteins):
     """bf16 autocast and the one-protein int8 pass wrap ``forward``; a deepcopy's forward must use the
     copy (a closure would still run the original's weights)."""
+    if mode == "int8-fbgemm" and not P.fbgemm_available():
+        pytest.skip("no FBGEMM int8 kernels in this torch build")
     model, tokenizer = tiny()
-    wrapped = P.apply_mode(copy.deepcopy(model), "bf16")
+    wrapped = P.apply_mode(copy.deepcopy(model), mode)
     twin = copy.deepcopy(wrapped)
     before = embed_proteins(twin, tokenizer, proteins[:2], batch_size=2)
     with torch.no_grad():
-        for p in wrapped.parameters():
+        for p in wrapped.parameters():  # int8: the LayerNorms and embeddings (the Linear weights are packed)
             p.zero_()
     np.testing.assert_array_equal(embed_proteins(twin, tokenizer, proteins[:2], batch_size=2), before)
     assert not np.array_equal(embed_proteins(wrapped, tokenizer, proteins[:2], batch_size=2), before)
+
+
+def test_the_one_protein_pass_refuses_what_it_cannot_split(proteins):
+    """Left padding, embeddings instead of ids and tuple outputs are refused in one line; a (B, T)
+    keyword such as position_ids is cut per protein like the ids."""
+    model, tokenizer = tiny()
+    wrapped = P.one_protein_at_a_time(copy.deepcopy(model))
+    encoded = tokenizer([proteins[0][:10], proteins[1][:20]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        positions = torch.arange(encoded["input_ids"].shape[1]).expand_as(encoded["input_ids"]) * 3
+        got = wrapped(**encoded, position_ids=positions).last_hidden_state
+        for i, n in enumerate(encoded["attention_mask"].sum(1).tolist()):
+            alone = model(input_ids=encoded["input_ids"][i:i + 1, :n], position_ids=positions[i:i + 1, :n])
+            assert torch.equal(got[i, :n], alone.last_hidden_state[0])
+        with pytest.raises(ScilmError, match="right-padded"):
+            wrapped(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"].flip(1))
+        with pytest.raises(ScilmError, match="input_ids"):
+            wrapped(inputs_embeds=torch.zeros(1, 4, 128))
+        with pytest.raises(ScilmError, match="return_dict"):
+            wrapped(**encoded, return_dict=False)

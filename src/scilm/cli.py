@@ -145,7 +145,7 @@ def predict(
     out: Path = Opt(Path("preds.csv"), help="Output CSV."),
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
-    batch_size: int = Opt(32, help="Sequences per batch."),
+    batch_size: int = Opt(32, help="Sequences per batch, at most (on a CPU also at most 2,048 residues)."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
     long_policy: Optional[str] = Opt(None, help="Longer sequences: head (the first N) | ends (both termini) | window "
                                      "(overlapping windows averaged) [the model's training policy, else head]."),
@@ -256,7 +256,7 @@ def embed(
     out: Path = Opt(Path("embeddings.npy"), help="Output: .npy (+ .ids.txt), .npz, .parquet, .h5/.hdf5."),
     sequence_column: str = Opt("Sequence", help="Table column with sequences."),
     id_column: Optional[str] = Opt(None, help="Table column with ids."),
-    batch_size: int = Opt(16, help="Sequences per batch."),
+    batch_size: int = Opt(16, help="Sequences per batch, at most (on a CPU also at most 2,048 residues)."),
     truncate: Optional[int] = Opt(None, help="Residues kept per sequence [the length the model was trained with]."),
     long_policy: Optional[str] = Opt(None, help="Longer sequences: head (the first N) | ends (both termini) | window "
                                      "(overlapping windows averaged) [the model's training policy, else head]."),

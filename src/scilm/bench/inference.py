@@ -108,7 +108,7 @@ def run_row(engine: str, model_dir: str, sequences: list[str], budget_s: float, 
         model = apply_mode(model, engine.removeprefix("scilm-"))
         ready = time.perf_counter()
         out = np.zeros((len(sequences), model.config.hidden_size), dtype=np.float32)
-        for batch in length_sorted_batches([len(s) for s in sequences], SCILM_BATCH):  # embed's own order
+        for batch in length_sorted_batches([len(s) for s in sequences], SCILM_BATCH):  # outer batches for the time budget; embed_proteins splits each as embed does
             out[batch] = embed_proteins(model, tokenizer, [sequences[i] for i in batch], len(batch))
             done += batch
             if time.perf_counter() - start > budget_s:

@@ -31,8 +31,8 @@ FORWARD_TOKENS = 16384 if torch.cuda.is_available() else 2048
 
 
 def forward_tokens(device) -> int:
-    """Tokens per forward for inference on ``device`` (a ``torch.device`` or its type name): 2,048 on a CPU,
-    16,384 on a GPU (:data:`FORWARD_TOKENS` says why)."""
+    """Padded residues per forward for inference on ``device`` (a ``torch.device`` or its type name): 2,048
+    on a CPU, 16,384 on a GPU (:data:`FORWARD_TOKENS` says why; <cls> and <eos> are not counted)."""
     return 2048 if torch.device(device).type == "cpu" else 16384
 
 
@@ -61,9 +61,12 @@ def tight_batches(lengths: Sequence[int], max_padding: float = 0.1, max_tokens: 
 
 
 def inference_batches(lengths: Sequence[int], batch_size: int, device) -> list[list[int]]:
-    """The batches ``embed``, ``predict`` and the server run: :func:`tight_batches` of at most
-    ``batch_size`` sequences and :func:`forward_tokens` of ``device``."""
-    return tight_batches(lengths, max_tokens=forward_tokens(device), max_size=batch_size)
+    """The batches ``embed`` and ``predict`` run: :func:`tight_batches` of at most ``batch_size``
+    sequences and :func:`forward_tokens` of ``device``; on a GPU without the padding bound (padding there
+    costs idle lanes, not the whole step, and the CPU's measurement says nothing about it)."""
+    cpu = torch.device(device).type == "cpu"
+    return tight_batches(lengths, max_padding=0.1 if cpu else float("inf"), max_tokens=forward_tokens(device),
+                         max_size=batch_size)
 
 
 def encode_proteins(tokenizer, sequences: list[str]):

@@ -45,7 +45,7 @@ from scilm.io import atomic_output, check_output, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-PARTS_VERSION = 1
+PARTS_VERSION = 2  # 2: int8 embeddings run one protein at a time (other numbers than batched int8)
 CHUNK_BUDGET_BYTES = 256 * 2**20  # embeddings held per chunk, at most (about)
 MAX_CHUNK = 1024
 

@@ -240,14 +240,21 @@ def one_protein_at_a_time(model):
     def run(forward, input_ids=None, attention_mask=None, **kwargs):
         if kwargs.get("labels") is not None:
             raise ScilmError("an int8 model runs one protein at a time for inference only (no labels)")
-        if input_ids is None or input_ids.dim() != 2:
-            return forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if kwargs.get("inputs_embeds") is not None or input_ids is None or input_ids.dim() != 2:
+            raise ScilmError("an int8 model runs one protein at a time from input_ids (B, T)")
+        if kwargs.get("return_dict") is False:
+            raise ScilmError("an int8 model runs one protein at a time and returns model outputs (return_dict)")
         batch, length = input_ids.shape
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        lengths = mask.sum(dim=1).tolist()
+        lengths = [int(n) for n in mask.bool().sum(dim=1).tolist()]
+        if any(not bool(mask[i, :n].bool().all()) for i, n in enumerate(lengths)):
+            raise ScilmError("an int8 model runs one protein at a time from right-padded batches "
+                             "(the attention mask must be ones, then zeros)")
         if batch == 1 and lengths[0] == length:
             return forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        rows = [forward(input_ids=input_ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n], **kwargs)
+        per_position = {k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.shape[:2] == (batch, length)}
+        rows = [forward(input_ids=input_ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n],
+                        **{k: (v[i:i + 1, :n] if k in per_position else v) for k, v in kwargs.items()})
                 for i, n in enumerate(lengths)]
         return _restack(rows, lengths, length)
 
@@ -257,7 +264,9 @@ def one_protein_at_a_time(model):
 def wrap_forward(model, wrapper: Callable[..., Any]):
     """``model`` (in place) whose ``forward(*args, **kwargs)`` is ``wrapper(forward, *args, **kwargs)``,
     ``forward`` being the forward it had. Bound to the instance, so ``copy.deepcopy(model)`` gives a copy
-    that runs its own weights (a plain closure would still call the original's)."""
+    that runs its own weights (a plain closure would still call the original's). Only when ``forward``
+    was the class's (or already bound to ``model``): a plain function set on the instance by another
+    library is called as it is, and a copy would still run it."""
     inner = model.forward
     inner_func = inner.__func__ if getattr(inner, "__self__", None) is model else None
 
@@ -285,6 +294,8 @@ def _restack(rows: list, lengths: list[int], length: int):
             return torch.cat([_pad_to(v, (1,), length) for v in values])  # (1, n, ...) per position
         return torch.cat(values)  # (1, ...) per protein: pooled output, sequence-level logits
 
+    if not hasattr(rows[0], "keys"):
+        raise ScilmError("int8 inference: the model returned a tuple; one protein at a time needs model outputs")
     fields = {key: stack(key, [row[key] for row in rows]) for key in rows[0].keys()}
     return type(rows[0])(**fields)
 
@@ -540,7 +551,8 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     encoded = tokenizer(probe, padding=True, return_tensors="pt").to(device)
     batch, length = encoded["input_ids"].shape
     key = probe_key(model, device, batch, length, candidates)
-    cached = read_cache(key) if use_cache and precision == "auto" else None
+    cacheable = use_cache and (precision == "auto" or (precision == "fp32" and quantize == "int8"))  # no guard owed
+    cached = read_cache(key) if cacheable else None
     seconds: dict[str, float | None] = {}
     build: dict[str, float] = {}
     built: dict[str, Any] = {}  # each mode's model as guarded: the chosen one is used, not built again
@@ -548,12 +560,17 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     agree: dict[str, bool] = {}
 
     def cost(mode: str) -> float | None:
-        """Seconds per probe pass; or, for a job of known size, its estimated seconds with the build."""
+        """Seconds per probe pass; or, for a job of known size, its estimated seconds, the build included
+        unless this call has already built the mode (then it is paid)."""
         if seconds.get(mode) is None:
             return None
         if job_residues is None:
             return seconds[mode]
-        return build.get(mode, 0.0) + job_residues * seconds[mode] / probe_residues
+        return (0.0 if mode in built else build.get(mode, 0.0)) + job_residues * seconds[mode] / probe_residues
+
+    def rank(mode: str) -> float:
+        """The cached path's order: an int8 mode must win by INT8_MIN_GAIN, so it is built only if it can."""
+        return cost(mode) * (INT8_MIN_GAIN if mode in INT8_MODES else 1.0)
 
     def make(mode: str):
         start = _clock()
@@ -566,7 +583,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     reference = _forward(model, contextlib.nullcontext, encoded)
     if cached is not None:
         seconds, build = cached[0], dict(cached[1])
-        order = sorted((m for m in candidates if cost(m) is not None), key=cost)
+        order = sorted((m for m in candidates if cost(m) is not None), key=rank)
         for mode in order:  # check the guard on these weights, fastest first, until one passes
             if mode == "fp32":
                 break
@@ -612,6 +629,8 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
             seconds[mode] = first  # an explicit mode needs only the guard; or clearly slower than the best
             if timed and (best is None or first <= ABANDON_FACTOR * best):
                 pending[mode] = lambda runner=runner, context=context: _timed_forward(runner, context, encoded)
+            elif timed and mode != precision:
+                del built[mode]  # clearly slower: never chosen, its copy freed now
             best = first if best is None else min(best, first)
             del runner
         # Round-robin, best of PROBE_REPEATS each: a burst of other work on a shared machine then slows
@@ -623,7 +642,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
                 timings[mode].append(_time_forward(mode, run, 1))
         seconds.update({mode: min(times) for mode, times in timings.items()})
         del pending
-        if precision == "auto" and use_cache:
+        if cacheable:
             write_cache(key, {m: seconds.get(m) for m in candidates}, {m: build[m] for m in build if m in candidates})
     ok = {m: passes(cosine[m], agree[m]) for m in cosine}  # a mode not checked on these weights is not used
     ok["fp32"] = True

@@ -206,7 +206,8 @@ class ServedClassifier:
 
     @torch.inference_mode()
     def run_batch(self, group: Hashable, sequences: list[str], control: Control | None = None) -> list[list[float]]:
-        """Logits per sequence; a micro-batch is at most max_batch_size, so usually one forward.
+        """Logits per sequence: one forward per batch of :func:`scilm.inference.batching.tight_batches`
+        (2,048 padded residues on a CPU, under 10 % padding), so a micro-batch may take several.
 
         Between forwards ``control`` is checked: past its deadline TimeLimit, all inputs abandoned
         Cancelled (a forward itself is bounded by :func:`scilm.inference.batching.forward_tokens`).
