@@ -256,7 +256,7 @@ def one_protein_at_a_time(model):
         rows = [forward(input_ids=input_ids[i:i + 1, :n], attention_mask=mask[i:i + 1, :n],
                         **{k: (v[i:i + 1, :n] if k in per_position else v) for k, v in kwargs.items()})
                 for i, n in enumerate(lengths)]
-        return _restack(rows, lengths, length)
+        return _restack(rows, length)
 
     return wrap_forward(model, run)
 
@@ -278,7 +278,7 @@ def wrap_forward(model, wrapper: Callable[..., Any]):
     return model
 
 
-def _restack(rows: list, lengths: list[int], length: int):
+def _restack(rows: list, length: int):
     """One batched model output from per-protein outputs (see :func:`one_protein_at_a_time`)."""
     def stack(key: str, values: list):
         first = values[0]
@@ -288,7 +288,7 @@ def _restack(rows: list, lengths: list[int], length: int):
             return tuple(stack(key, [v[k] for v in values]) for k in range(len(first)))
         if not isinstance(first, torch.Tensor):
             raise ScilmError(f"int8 inference: cannot restack the model output {key!r}")
-        if key == "attentions" or (first.dim() == 4 and first.shape[-1] == first.shape[-2] == lengths[0]):
+        if key == "attentions":
             return torch.cat([_pad_to(v, (2, 3), length) for v in values])  # (1, heads, n, n)
         if first.dim() >= 3 or key == "last_hidden_state":
             return torch.cat([_pad_to(v, (1,), length) for v in values])  # (1, n, ...) per position
@@ -587,10 +587,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         for mode in order:  # check the guard on these weights, fastest first, until one passes
             if mode == "fp32":
                 break
-            cached_build = build.get(mode)
             runner, context = make(mode)
-            if cached_build is not None:
-                build[mode] = cached_build  # the ranking's figure, as the ranking was made with it
             cosine[mode], agree[mode] = guard(reference, _forward(runner, context, encoded))
             if passes(cosine[mode], agree[mode]):
                 break
