@@ -86,26 +86,38 @@ def test_no_esm_cpp_interpreter_is_said(monkeypatch):
 
 
 def test_label_agreement_counts_against_fp32(tmp_path, monkeypatch):
-    """The arithmetic of the 99.5 % label guard: 1 changed label in 200 is 99.5 % (meets it), 2 are not."""
+    """The arithmetic of the 99.5 % label guard: 1 changed label in 200 is 99.5 % (meets it), 2 are not;
+    a label changed near the decision boundary (within 4x the probe's logit change) is answered in fp32."""
+    import torch
+
     from scilm.bench.serve import save_random_classifier
+    from scilm.inference import precision as precision_module
     from scilm.inference import predict as predict_module
 
     save_random_classifier(tmp_path / "clf", preset="esm2-tiny")
     fasta = tmp_path / "p.fasta"
     fasta.write_text("".join(f">p{i}\nMKTAYIAKQR\n" for i in range(200)))
-    flips = {"fp32": 0, "bf16": 1, "bf16-weights": 2, "int8": 0, "int8-fbgemm": 0}
+    flips = {"fp32": 0, "bf16": 1, "bf16-weights": 2, "int8": 0, "int8-fbgemm": 2}
+    near = {"int8-fbgemm"}  # its flips sit 0.01 from the boundary; the others' 0.5
 
-    def fake(model, tokenizer, sequences, batch_size=32, **_):
+    def fake(model, tokenizer, sequences, policy, batch_size=32, control=None):
         mode = getattr(model, "scilm_inference_mode", "fp32")
-        rows = [{"membrane": 0.9, "soluble": 0.1} for _ in sequences]
-        for i in range(flips[mode]):
-            rows[i] = {"membrane": 0.3, "soluble": 0.7}
-        return rows
+        logits = torch.tensor([[2.0, 0.0]] * len(sequences))
+        logits[: flips[mode]] = torch.tensor([0.49, 0.51] if mode in near else [0.0, 1.0])
+        return logits
 
-    monkeypatch.setattr(predict_module, "predict_proteins", fake)
+    monkeypatch.setattr(predict_module, "policy_logits", fake)
+    monkeypatch.setattr(precision_module, "probe_logit_change", lambda *a: 0.01)  # margin 0.04
+    monkeypatch.setattr(precision_module, "fbgemm_available", lambda: True)
     rows = {r["mode"]: r for r in B.label_agreement(tmp_path / "clf", fasta)}
-    assert rows["bf16"]["labels_identical_percent"] == 99.5 and rows["bf16"]["meets_guard"]
-    assert rows["bf16-weights"]["labels_identical_percent"] == 99.0 and not rows["bf16-weights"]["meets_guard"]
-    assert rows["bf16"]["max_probability_change"] == pytest.approx(0.6) and rows["bf16"]["n_proteins"] == 200
+    assert rows["bf16"]["labels_identical_percent"] == rows["bf16"]["answered_identical_percent"] == 99.5
+    assert rows["bf16"]["meets_guard"] and rows["bf16"]["recomputed_percent"] == 0
+    assert rows["bf16-weights"]["answered_identical_percent"] == 99.0 and not rows["bf16-weights"]["meets_guard"]
+    fbgemm = rows["int8-fbgemm"]
+    assert fbgemm["labels_identical_percent"] == 99.0 and fbgemm["answered_identical_percent"] == 100.0
+    assert fbgemm["recomputed_percent"] == 1.0 and fbgemm["meets_guard"] and fbgemm["fallback_delta"] == 0.01
+    moved = float((torch.tensor([0.0, 1.0]).softmax(0) - torch.tensor([2.0, 0.0]).softmax(0)).abs().max())
+    assert rows["bf16"]["max_probability_change"] == pytest.approx(moved) and rows["bf16"]["n_proteins"] == 200
     table = B.agreement_table(list(rows.values()), "clf")
-    assert "| bf16 | 99.50 | 0.6000 | yes |" in table and "| bf16-weights | 99.00 | 0.6000 | no |" in table
+    assert f"| bf16 | 99.50 | 99.50 | 0.0 | {moved:.4f} | yes |" in table
+    assert "| bf16-weights | 99.00 | 99.00 | 0.0 |" in table and "| int8-fbgemm | 99.00 | 100.00 | 1.0 |" in table

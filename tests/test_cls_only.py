@@ -134,6 +134,7 @@ def test_through_a_peft_wrapper(batch, method):
 def test_served_logits_equal_the_full_layers(monkeypatch, tmp_path):
     import contextlib
 
+    from scilm.inference import predict
     from scilm.serving import models as served_models
 
     model = classifier().eval()
@@ -141,7 +142,7 @@ def test_served_logits_equal_the_full_layers(monkeypatch, tmp_path):
     used = cls_only_calls(monkeypatch)
     with_it = served.run_batch(None, SEQUENCES)
     assert used
-    monkeypatch.setattr(served_models, "cls_only_last_layer", contextlib.nullcontext)
+    monkeypatch.setattr(predict, "cls_only_last_layer", contextlib.nullcontext)  # the server runs predict's forward
     without = served.run_batch(None, SEQUENCES)
     torch.testing.assert_close(torch.tensor(with_it), torch.tensor(without), rtol=1e-5, atol=1e-6)
 

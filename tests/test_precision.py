@@ -493,10 +493,11 @@ def test_the_guard_judges_the_labels_predict_reports(monkeypatch, proteins):
     used = []
     forward = ClsOnlyEsmLayer.forward
     monkeypatch.setattr(ClsOnlyEsmLayer, "forward", lambda self, *a, **k: used.append(1) or forward(self, *a, **k))
-    pooled, answers = P._forward(model, contextlib.nullcontext, encoded)
+    pooled, answers, logits = P._forward(model, contextlib.nullcontext, encoded)
     assert used and answers.shape == (3,)
     with torch.no_grad():
-        assert torch.equal(answers, model(**encoded).logits.argmax(-1))
+        torch.testing.assert_close(logits, model(**encoded).logits, rtol=0, atol=1e-6)
+        assert torch.equal(answers, logits.argmax(-1))
         hidden = model.esm(**encoded).last_hidden_state  # the embeddings: the full layer's (B, T, H)
     assert pooled.shape == (3, hidden.shape[-1])
 
@@ -601,3 +602,119 @@ def test_the_one_protein_pass_refuses_what_it_cannot_split(proteins):
             wrapped(inputs_embeds=torch.zeros(1, 4, 128))
         with pytest.raises(ScilmError, match="return_dict"):
             wrapped(**encoded, return_dict=False)
+
+
+# ------------------------------------------------------------------ fp32 answers near a decision boundary
+
+
+def test_decision_margin_is_the_smallest_logit_move_that_changes_an_answer():
+    from types import SimpleNamespace
+
+    single = SimpleNamespace(problem_type="single_label_classification", num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.5, 0.4, -1.0]])
+    assert P.decision_margin(single, logits).tolist() == pytest.approx([1.0, 0.05])  # half the top-2 gap
+    per_residue = torch.stack([logits, logits.flip(0)])  # (2, T=2, 3)
+    torch.testing.assert_close(P.decision_margin(single, per_residue), torch.tensor([[1.0, 0.05], [0.05, 1.0]]))
+    multi = SimpleNamespace(problem_type="multi_label_classification", num_labels=2, id2label={0: "a", 1: "b"},
+                            scilm_thresholds={"a": 0.5, "b": 0.8})  # threshold logits 0 and log(4)
+    assert P.decision_margin(multi, torch.tensor([[0.1, 2.0], [-3.0, 1.3]])).tolist() == pytest.approx(
+        [0.1, abs(1.3 - np.log(4.0))], rel=1e-5)
+    regression = SimpleNamespace(problem_type="regression", num_labels=1, id2label={0: "y"})
+    assert P.decision_margin(regression, torch.zeros(2, 1)) is None
+    one_class = SimpleNamespace(problem_type=None, num_labels=1, id2label={0: "a"})
+    assert torch.isinf(P.decision_margin(one_class, torch.zeros(2, 1))).all()
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])  # <cls> r r <eos> pad / <cls> r <eos> pad pad
+    assert P.residue_positions(mask).tolist() == [[False, True, True, False, False], [False, True, False, False, False]]
+
+
+def shifted(model, shift: float):
+    """A stand-in for a reduced precision: ``model``'s weights, its class-1 logit moved by ``shift``."""
+    def run(forward, *args, **kwargs):
+        output = forward(*args, **kwargs)
+        output.logits[..., 1] += shift
+        return output
+
+    return P.wrap_forward(copy.copy(model), run)
+
+
+def test_answers_near_a_boundary_are_recomputed_in_fp32_and_only_those(proteins):
+    """A mode moving class 1's logit by 0.02 flips exactly the proteins whose fp32 gap is under 0.02; with
+    the fallback (delta 0.02 measured on the probe, margin 0.08) every label is fp32's, and only proteins
+    within the margin were run again, in fp32 (their logits are fp32's; the others keep the mode's)."""
+    from transformers import EsmForSequenceClassification
+
+    from scilm.inference.policy import head_policy
+    from scilm.inference.predict import policy_logits
+
+    torch.manual_seed(0)
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=2)).eval()
+    tokenizer, policy = esm2_tokenizer(), head_policy(40)
+    fp32 = policy_logits(model, tokenizer, proteins, policy)
+    gap = fp32[:, 0] - fp32[:, 1]
+    with torch.no_grad():  # centre the gaps on 0: some proteins within 0.02 of the boundary, some far
+        model.classifier.out_proj.bias[1] += float(gap.median()) + 0.005
+    fp32 = policy_logits(model, tokenizer, proteins, policy)
+    gap = fp32[:, 0] - fp32[:, 1]
+    mode = shifted(model, 0.02)
+    bare = policy_logits(mode, tokenizer, proteins, policy)
+    flipped = (bare.argmax(1) != fp32.argmax(1))
+    assert flipped.any() and flipped.tolist() == ((gap > 0) & (gap < 0.02)).tolist()  # the test can fail
+    delta = P.probe_logit_change(mode, model, tokenizer, proteins)
+    assert delta == pytest.approx(0.02, abs=1e-5)
+    P.with_fp32_fallback(mode, model, delta)
+    answered = policy_logits(mode, tokenizer, proteins, policy)
+    assert torch.equal(answered.argmax(1), fp32.argmax(1))
+    near = (bare[:, 0] - bare[:, 1]).abs() / 2 <= 4 * delta
+    assert mode.scilm_fp32_fallback.recomputed == int(near.sum()) > int(flipped.sum())
+    torch.testing.assert_close(answered[near], fp32[near], rtol=0, atol=1e-5)  # fp32's, to batch rounding
+    assert torch.equal(answered[~near], bare[~near])  # the mode's elsewhere
+
+
+def test_per_residue_answers_near_a_boundary_are_fp32s(proteins):
+    """The same for a per-residue model: a protein with any residue near the boundary is rerun whole."""
+    from transformers import EsmForTokenClassification
+
+    from scilm.inference.residue import predict_residues
+
+    torch.manual_seed(0)
+    model = EsmForTokenClassification(esm2_config("esm2-tiny", num_labels=2, id2label={0: "H", 1: "C"})).eval()
+    tokenizer = esm2_tokenizer()
+    encoded = tokenizer(proteins, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**encoded).logits
+        gap = (logits[..., 0] - logits[..., 1])[P.residue_positions(encoded["attention_mask"])]
+        model.classifier.bias[1] += float(gap.median())
+    fp32 = predict_residues(model, tokenizer, proteins, policy=None, truncate=40)
+    mode = shifted(model, 0.05)
+    bare = predict_residues(mode, tokenizer, proteins, truncate=40)
+    assert bare != fp32  # some residue flipped: the test can fail
+    P.with_fp32_fallback(mode, model, P.probe_logit_change(mode, model, tokenizer, proteins))
+    assert predict_residues(mode, tokenizer, proteins, truncate=40) == fp32
+    assert 0 < mode.scilm_fp32_fallback.recomputed <= len(proteins)
+
+
+@pytest.mark.parametrize("precision,quantize", [("bf16-weights", "none"), ("fp32", "int8")])
+def test_prepared_classifier_answers_fp32_labels(monkeypatch, proteins, precision, quantize):
+    """prepare_for_inference attaches the fallback to a classifier in a reduced mode, with the probe's
+    largest logit change and the untouched fp32 model as reference, and predict's labels are fp32's."""
+    from transformers import EsmForSequenceClassification
+
+    from scilm.inference.predict import predict_proteins
+
+    if quantize == "int8":
+        pytest.importorskip("torchao")
+    fixed_timer(monkeypatch, {"fp32": 1.0, "bf16-weights": 0.5, "int8": 0.5, "int8-fbgemm": 0.4})
+    torch.manual_seed(0)
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=3)).eval()
+    tokenizer = esm2_tokenizer()
+    expected = [max(r, key=r.get) for r in predict_proteins(model, tokenizer, proteins, truncate=40)]
+    ready, plan = P.prepare_for_inference(model, tokenizer, proteins, precision, quantize)
+    assert plan.mode != "fp32" and ready is not model
+    fallback = ready.scilm_fp32_fallback
+    assert fallback.reference is model and fallback.delta == plan.fallback_delta > 0
+    assert next(model.parameters()).dtype == torch.float32 and not hasattr(model, "scilm_fp32_fallback")
+    assert "recomputed in fp32" in plan.summary()
+    assert [max(r, key=r.get) for r in predict_proteins(ready, tokenizer, proteins, truncate=40)] == expected
+    encoder, _ = tiny()  # an encoder has no decision: nothing attached, nothing kept
+    ready, plan = P.prepare_for_inference(encoder, tokenizer, proteins, precision, quantize)
+    assert plan.fallback_delta is None and not hasattr(ready, "scilm_fp32_fallback")

@@ -685,8 +685,6 @@ def test_served_answers_are_predicts_for_regression_and_multilabel_models(classi
 def test_served_in_a_precision_mode_answers_what_predict_answers_in_it(classifier_dir, monkeypatch):
     """``scilm serve --precision/--quantize``: the mode is chosen by predict's probe and guard, and a served
     protein's logits are exactly ``predict``'s in that mode (the same weights, kernels and batching)."""
-    import copy
-
     from scilm.inference import precision as P
     from scilm.inference.predict import policy_logits
     from scilm.models.protein import load_trained_classifier
@@ -697,8 +695,11 @@ def test_served_in_a_precision_mode_answers_what_predict_answers_in_it(classifie
     served = load_served_model(classifier_dir, precision="bf16-weights")
     net, tokenizer = load_trained_classifier(str(classifier_dir))
     mode = getattr(served.model, "scilm_inference_mode", "fp32")  # fp32 only if the guard refused bf16 here
-    expected = policy_logits(P.apply_mode(copy.deepcopy(net), mode), tokenizer, [PROTEIN], served.policy)
-    assert served.run_batch(None, [PROTEIN]) == expected.tolist()
+    same = P.apply_mode(net, mode)
+    if mode != "fp32":  # with predict's fp32 answers near a decision boundary, the probe's delta
+        P.with_fp32_fallback(same, net, served.model.scilm_fp32_fallback.delta)
+    expected = policy_logits(same, tokenizer, [PROTEIN, PROTEIN[:30]], served.policy)
+    assert served.run_batch(None, [PROTEIN, PROTEIN[:30]]) == expected.tolist()
     if mode == "bf16-weights":
         assert next(served.model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ScilmError, match="precision must be one of"):

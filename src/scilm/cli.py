@@ -175,12 +175,22 @@ def predict(
         report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
         typer.echo(f"wrote {n} per-residue predictions to {out}{_cut_note(len(cut), n, policy, report)} "
                    "('.' marks residues not predicted)")
+        _fallback_note(net)
         return
     n, cut = predict_file(net, tokenizer, data, out, policy=policy, batch_size=batch_size,
                           sequence_column=sequence_column, id_column=id_column, progress=progress,
                           n_records=scan.n_records)
     report = write_cut_report(out, policy, n, [row for row, _ in cut], [i for _, i in cut], [data])
     typer.echo(f"wrote {n} predictions to {out}{_cut_note(len(cut), n, policy, report)}")
+    _fallback_note(net)
+
+
+def _fallback_note(net) -> None:
+    """How many proteins a reduced precision answered in fp32 (near a decision boundary), on stderr."""
+    fallback = getattr(net, "scilm_fp32_fallback", None)
+    if fallback is not None and fallback.proteins:
+        typer.echo(f"note: {fallback.recomputed} of {fallback.proteins} proteins were near a decision boundary "
+                   f"and recomputed in fp32, so every label is fp32's", err=True)
 
 
 def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column):

@@ -154,51 +154,69 @@ def label_agreement(model_dir: str | Path, data: str | Path = DEEPLOC_VALID, bat
     """For a trained single-label classifier, each mode's predicted labels against fp32's on ``data``.
 
     One row per mode of :data:`SCILM_MODES` that runs here: ``labels_identical_percent`` (proteins whose
-    argmax label equals fp32's), ``max_probability_change`` (largest absolute change of any class
-    probability), ``meets_guard`` (at least :data:`AGREEMENT_GUARD` percent). Proteins are fed under the
-    model's own policy and length, as ``scilm predict`` does. Raises ScilmError for a model that is not a
-    single-label classifier.
+    argmax label in the bare mode equals fp32's), ``answered_identical_percent`` (the same, as ``predict``
+    and ``serve`` answer: the proteins near a decision boundary recomputed in fp32,
+    :class:`~scilm.inference.precision.Fp32Fallback`, its delta measured on the probe batch as
+    :func:`~scilm.inference.precision.prepare_for_inference` does), ``recomputed_percent`` (proteins
+    recomputed), ``max_probability_change`` (largest absolute change of any class probability, bare mode),
+    ``meets_guard`` (answered labels identical on at least :data:`AGREEMENT_GUARD` percent). Proteins are
+    fed under the model's own policy and length, as ``scilm predict`` does. Raises ScilmError for a model
+    that is not a single-label classifier.
     """
-    import copy
+    from importlib.util import find_spec
 
     from scilm.data.protein import read_proteins
     from scilm.errors import ScilmError
-    from scilm.inference.precision import apply_mode, fbgemm_available
-    from scilm.inference.predict import is_regression, multilabel_thresholds, predict_proteins
+    from scilm.inference import predict as P
+    from scilm.inference.policy import model_policy
+    from scilm.inference.precision import (apply_mode, fbgemm_available, fp32_near_boundary, probe_logit_change,
+                                           with_fp32_fallback)
     from scilm.models.protein import is_per_residue, load_trained_classifier
 
     net, tokenizer = load_trained_classifier(str(model_dir))
-    if is_regression(net.config) or multilabel_thresholds(net.config) or is_per_residue(net.config):
+    if P.is_regression(net.config) or P.multilabel_thresholds(net.config) or is_per_residue(net.config):
         raise ScilmError(f"guard model {model_dir}: label agreement needs a single-label classifier")
     sequences = [r.sequence for r in read_proteins(data, task=None, label_column=None, unique_ids=False)]
+    policy = model_policy(net.config, tokenizer)
 
-    def predicted(model) -> tuple[np.ndarray, np.ndarray]:
-        rows = predict_proteins(model, tokenizer, sequences, batch_size)
-        probabilities = np.array([list(r.values()) for r in rows], dtype=np.float64)
-        return probabilities.argmax(1), probabilities
+    def logits_of(model, rows=None):  # (N or len(rows), C) float32
+        chosen = sequences if rows is None else [sequences[i] for i in rows]
+        return P.policy_logits(model, tokenizer, chosen, policy, batch_size)
 
-    labels, probabilities = predicted(net)
-    from importlib.util import find_spec
-
+    reference = logits_of(net)
+    labels, probabilities = reference.argmax(1), reference.softmax(1)
     rows = []
     for mode in SCILM_MODES[1:]:
         if (mode == "int8" and not find_spec("torchao")) or (mode == "int8-fbgemm" and not fbgemm_available()):
             continue
-        mode_labels, mode_probabilities = predicted(apply_mode(copy.deepcopy(net), mode))
-        percent = 100.0 * float((mode_labels == labels).mean())
+        model = apply_mode(net, mode)  # a copy or wrapper: net stays fp32
+        bare = logits_of(model)
+        delta = probe_logit_change(model, net, tokenizer, [s[: policy.max_residues] for s in sequences])
+        fallback = with_fp32_fallback(model, net, delta).scilm_fp32_fallback
+        answered = fp32_near_boundary(model, bare, lambda reference_model, rows: logits_of(reference_model, rows))
+        percent = 100.0 * int((bare.argmax(1) == labels).sum()) / len(sequences)  # exact: 199/200 is 99.5
+        answered_percent = 100.0 * int((answered.argmax(1) == labels).sum()) / len(sequences)
         rows.append({"mode": mode, "labels_identical_percent": percent, "n_proteins": len(sequences),
-                     "max_probability_change": float(np.abs(mode_probabilities - probabilities).max()),
-                     "meets_guard": percent >= AGREEMENT_GUARD})
+                     "answered_identical_percent": answered_percent, "fallback_delta": delta,
+                     "recomputed_percent": 100.0 * fallback.recomputed / max(1, len(sequences)),
+                     "max_probability_change": float((bare.softmax(1) - probabilities).abs().max()),
+                     "meets_guard": answered_percent >= AGREEMENT_GUARD})
+        del model
     return rows
 
 
 def agreement_table(rows: list[dict[str, Any]], model_dir: str | Path) -> str:
     """Markdown table of :func:`label_agreement` rows."""
-    body = [[r["mode"], f"{r['labels_identical_percent']:.2f}", f"{r['max_probability_change']:.4f}",
+    body = [[r["mode"], f"{r['labels_identical_percent']:.2f}", f"{r['answered_identical_percent']:.2f}",
+             f"{r['recomputed_percent']:.1f}", f"{r['max_probability_change']:.4f}",
              "yes" if r["meets_guard"] else "no"] for r in rows]
     return (f"Predicted labels against fp32, {rows[0]['n_proteins'] if rows else 0} DeepLoc-1 validation proteins, "
-            f"model {model_dir}:\n\n" + markdown_table(["mode", "labels identical (%)", "largest probability change",
-                                                          f">= {AGREEMENT_GUARD} %"], body) + "\n")
+            f"model {model_dir}. Bare mode: every protein in the mode; as answered: what `predict` and `serve` "
+            "write, the proteins near a decision boundary recomputed in fp32 (margin 4x the largest logit change "
+            "on the probe batch):\n\n"
+            + markdown_table(["mode", "labels identical, bare mode (%)", "labels identical, as answered (%)",
+                              "recomputed in fp32 (%)", "largest probability change (bare)",
+                              f">= {AGREEMENT_GUARD} % as answered"], body) + "\n")
 
 
 def esm_cpp_python(given: str | None = None) -> str | None:

@@ -60,9 +60,9 @@ def tight_batches(lengths: Sequence[int], max_padding: float = 0.1, max_tokens: 
     return batches
 
 
-def inference_batches(lengths: Sequence[int], batch_size: int, device) -> list[list[int]]:
-    """The batches ``embed`` and ``predict`` run: :func:`tight_batches` of at most ``batch_size``
-    sequences and :func:`forward_tokens` of ``device``; on a GPU without the padding bound (padding there
+def inference_batches(lengths: Sequence[int], batch_size: int | None, device) -> list[list[int]]:
+    """The batches ``embed``, ``predict`` and the server run: :func:`tight_batches` of at most ``batch_size``
+    sequences (None: no count bound) and :func:`forward_tokens` of ``device``; on a GPU without the padding bound (padding there
     costs idle lanes, not the whole step, and the CPU's measurement says nothing about it)."""
     cpu = torch.device(device).type == "cpu"
     return tight_batches(lengths, max_padding=0.1 if cpu else float("inf"), max_tokens=forward_tokens(device),

@@ -81,7 +81,9 @@ class InferencePlan:
     fp32; ``cached``: the speed ranking came from the cache; ``notes``: plain lines for the user;
     ``build_seconds``: seconds to make the mode's model (a quantised or cast copy; 0 for fp32 and
     autocast); ``probe_shape``: (proteins, residues each) of the probe batch; ``job_residues``: the
-    residues the job feeds, when known (the choice then weighs build seconds against the job's time).
+    residues the job feeds, when known (the choice then weighs build seconds against the job's time);
+    ``fallback_delta``: for a classifier in a reduced mode, the largest logit change on the probe
+    (:class:`Fp32Fallback`: answers within ``FALLBACK_SAFETY`` x of it from a boundary are fp32's).
     """
 
     mode: str
@@ -93,6 +95,7 @@ class InferencePlan:
     build_seconds: dict[str, float] = field(default_factory=dict)
     probe_shape: tuple[int, int] | None = None
     job_residues: int | None = None
+    fallback_delta: float | None = None
 
     def summary(self) -> str:
         """One line, e.g. ``precision bf16 (probe s/pass: fp32 0.52, bf16 0.31; guard cosine 0.99997)``."""
@@ -100,7 +103,9 @@ class InferencePlan:
         cos = self.cosine.get(self.mode)
         guard = f"; guard cosine {cos:.5f}" if cos is not None and self.mode != "fp32" else ""
         source = " cached ranking" if self.cached else ""
-        return f"precision {self.mode} (probe{source} s/pass: {times or 'not timed'}{guard})"
+        fallback = ("" if self.fallback_delta is None else
+                    f"; answers within {FALLBACK_SAFETY * self.fallback_delta:.3g} logits of a decision boundary recomputed in fp32")
+        return f"precision {self.mode} (probe{source} s/pass: {times or 'not timed'}{guard}{fallback})"
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -342,12 +347,13 @@ def variant(model, mode: str) -> tuple[Any, Callable[[], Any]]:
 
 
 def apply_mode(model, mode: str, prebuilt=None):
-    """``model`` made to run in ``mode`` for good (in place where possible); returns the model to use.
+    """``model`` made to run in ``mode`` for good; returns the model to use.
 
-    ``bf16`` wraps the instance's ``forward`` in ``torch.autocast`` (weights stay fp32), so callers such
-    as :func:`scilm.inference.embed_proteins` need no change; ``bf16-weights`` casts the weights;
-    ``int8`` returns a quantised copy. ``prebuilt``: the copy :func:`variant` already made for ``mode``
-    (the one the probe guarded), used instead of building another. The result carries
+    ``bf16`` returns a shallow copy (the same weights) whose ``forward`` runs in ``torch.autocast``, so
+    callers such as :func:`scilm.inference.embed_proteins` need no change; ``bf16-weights`` a bf16 copy;
+    ``int8`` a quantised copy. ``model`` itself is never changed (it stays the fp32 reference of
+    :class:`Fp32Fallback`). ``prebuilt``: the copy :func:`variant` already made for ``mode`` (the one the
+    probe guarded), used instead of building another. The result carries
     ``scilm_inference_mode`` (embed's resume fingerprint tells the modes apart: chunks of another mode
     are never reused).
     """
@@ -362,15 +368,9 @@ def apply_mode(model, mode: str, prebuilt=None):
             with _autocast(device):
                 return forward(*args, **kwargs)
 
-        wrap_forward(model, autocast)
-    elif mode == "bf16-weights":
-        model = model.to(torch.bfloat16)
-    elif mode == "int8":
-        model = int8_variant(model)
-    elif mode == "int8-fbgemm":
-        model = fbgemm_int8_variant(model)
+        model = wrap_forward(copy.copy(model), autocast)  # shares the weights; the original stays fp32
     else:
-        raise ScilmError(f"precision must be one of {', '.join(PRECISIONS)} (got {mode!r})")
+        model = variant(model, mode)[0]  # a copy; raises for an unknown mode
     model.scilm_inference_mode = mode
     return model
 
@@ -441,9 +441,10 @@ def _answers(model, logits: torch.Tensor | None) -> torch.Tensor | None:
 
 
 @torch.inference_mode()
-def _forward(model, context, encoded) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(pooled embeddings (B, H), answers) of one pass; a classifier's answers come from the forward predict
-    and serve run (its last layer at <cls> only where that applies), not from the hidden-states pass."""
+def _forward(model, context, encoded) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(pooled embeddings (B, H), answers, float32 logits (B, C) or (B, T, C) or None) of one pass; a
+    classifier's answers come from the forward predict and serve run (its last layer at <cls> only where
+    that applies), not from the hidden-states pass."""
     from scilm.models.cls_only import cls_only_last_layer
 
     with context():
@@ -453,7 +454,8 @@ def _forward(model, context, encoded) -> tuple[torch.Tensor, torch.Tensor | None
             with cls_only_last_layer(model) as applied:
                 if applied:
                     logits = model(**encoded).logits
-    return _pooled(output, encoded["attention_mask"]), _answers(model, logits)
+    logits = None if logits is None else logits.float()
+    return _pooled(output, encoded["attention_mask"]), _answers(model, logits), logits
 
 
 @torch.inference_mode()
@@ -500,6 +502,119 @@ def choose(seconds: dict[str, float | None], ok: dict[str, bool]) -> str:
     """The fastest mode that passed the guard (fp32 always passes); ties go to the earlier candidate."""
     fine = [m for m, s in seconds.items() if s is not None and ok.get(m, m == "fp32")]
     return min(fine, key=lambda m: seconds[m]) if fine else "fp32"
+
+
+# ------------------------------------------------------------------------------- fp32 near a boundary
+
+FALLBACK_SAFETY = 4.0  # the fallback margin: this many times the largest logit change measured on the probe
+
+
+def residue_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the residue tokens of a right-padded ESM batch (``<cls>``, ``<eos>`` and padding excluded)."""
+    residues = attention_mask.bool().clone()
+    residues[:, 0] = False
+    residues[torch.arange(len(residues)), attention_mask.sum(dim=1) - 1] = False
+    return residues
+
+
+def decision_margin(config, logits: torch.Tensor) -> torch.Tensor | None:
+    """How far each answer is from changing, as the smallest change of every logit that could change it:
+    (N,) for sequence logits (N, C), (N, T) for per-residue logits (N, T, C); None for a regression model
+    (its answer is the number itself, no decision).
+
+    Single-label (argmax): half the gap between the top two logits (each moving by d moves the gap by at
+    most 2d); one class: infinite. Multi-label: the smallest distance of a logit from its threshold's logit,
+    ``log(t / (1 - t))`` (:func:`scilm.inference.predict.multilabel_thresholds`).
+    """
+    from scilm.inference.predict import is_regression, multilabel_thresholds
+
+    if is_regression(config):
+        return None
+    logits = logits.float()
+    thresholds = multilabel_thresholds(config)
+    if thresholds:
+        t = torch.tensor([thresholds[config.id2label[i]] for i in range(config.num_labels)]).clamp(1e-6, 1 - 1e-6)
+        return (logits - torch.log(t / (1 - t))).abs().amin(dim=-1)
+    if logits.shape[-1] < 2:
+        return torch.full(logits.shape[:-1], float("inf"))
+    top = logits.topk(2, dim=-1).values
+    return (top[..., 0] - top[..., 1]) / 2
+
+
+def logit_change(reference: torch.Tensor, result: torch.Tensor, attention_mask: torch.Tensor | None = None) -> float:
+    """The largest absolute change of any logit, ``result`` against ``reference`` ((B, C), or (B, T, C) read at
+    the residue positions of ``attention_mask`` only)."""
+    change = (result.float() - reference.float()).abs()
+    if change.dim() == 3:
+        change = change[residue_positions(attention_mask)]
+    return float(change.max()) if change.numel() else 0.0
+
+
+@dataclass
+class Fp32Fallback:
+    """fp32's answer wherever a reduced precision could change it: issue 16's label guard, at run time.
+
+    bf16 and int8 move each logit of a protein by a small amount; a predicted label (argmax, or a
+    multi-label threshold) can change only where fp32's :func:`decision_margin` is smaller than that move.
+    ``delta`` is the largest logit change measured against fp32 on the probe batch (:func:`logit_change`);
+    an answer whose margin in the reduced precision is at most ``FALLBACK_SAFETY * delta`` is recomputed by
+    ``reference``, the fp32 model (:func:`fp32_near_boundary`). The probe sees a few proteins, so the
+    factor of 4 covers proteins that move more than the probe's did: on the demo model and the 1,678
+    DeepLoc-1 validation proteins no label differs from fp32's in any mode (``scilm bench inference
+    --guard-model``). Probabilities elsewhere stay the mode's (within its guard); regression outputs have
+    no decision and are not recomputed. ``proteins``/``recomputed`` count what was checked and rerun.
+    """
+
+    reference: Any
+    delta: float
+    proteins: int = 0
+    recomputed: int = 0
+
+    @property
+    def margin(self) -> float:
+        """Answers this close to their decision boundary (logit units, :func:`decision_margin`) are fp32's."""
+        return FALLBACK_SAFETY * self.delta
+
+
+def probe_logit_change(model, reference, tokenizer, sequences: Sequence[str]) -> float:
+    """The largest logit change of ``model`` against the fp32 ``reference`` on the probe batch of ``sequences``
+    (:func:`probe_sequences`; as the job feeds them): the ``delta`` :func:`prepare_for_inference` gives
+    :class:`Fp32Fallback`, for a model made outside it (``scilm bench inference``)."""
+    probe = probe_sequences(list(sequences))
+    encoded = tokenizer(probe, padding=True, return_tensors="pt").to(next(reference.parameters()).device)
+    expected = _forward(reference, contextlib.nullcontext, encoded)[2]
+    return logit_change(expected, _forward(model, contextlib.nullcontext, encoded)[2], encoded["attention_mask"])
+
+
+def with_fp32_fallback(model, reference, delta: float):
+    """``model`` (a reduced-precision copy or wrapper) whose answers near a decision boundary are ``reference``'s
+    (fp32; see :class:`Fp32Fallback`); returns ``model``. Read by :func:`fp32_near_boundary`."""
+    model.scilm_fp32_fallback = Fp32Fallback(reference, float(delta))
+    return model
+
+
+def fp32_near_boundary(model, logits: torch.Tensor, recompute: Callable[[Any, list[int]], torch.Tensor],
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``logits`` (N, C), or per-residue (N, T, C) with their ``attention_mask`` (N, T), with every row whose
+    answer lies within the model's :class:`Fp32Fallback` margin replaced by ``recompute(reference, rows)``:
+    the fp32 ``reference`` model's logits of those rows, the same shape per row. A model without a fallback (fp32) or without a
+    decision (regression) gets ``logits`` back unchanged. A per-residue row is recomputed whole when any of
+    its residues is near a boundary.
+    """
+    fallback = getattr(model, "scilm_fp32_fallback", None)
+    margin = None if fallback is None else decision_margin(model.config, logits)
+    if margin is None:
+        return logits
+    if margin.dim() == 2:
+        margin = margin.masked_fill(~residue_positions(attention_mask), float("inf")).amin(dim=1)
+    rows = (margin <= fallback.margin).nonzero().flatten().tolist()
+    fallback.proteins += len(logits)
+    fallback.recomputed += len(rows)
+    if not rows:
+        return logits
+    logits = logits.clone()
+    logits[rows] = recompute(fallback.reference, rows).to(logits.dtype)
+    return logits
 
 
 def check_modes(precision: str, quantize: str) -> None:
@@ -558,6 +673,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     built: dict[str, Any] = {}  # each mode's model as guarded: the chosen one is used, not built again
     cosine: dict[str, float] = {}
     agree: dict[str, bool] = {}
+    logits: dict[str, torch.Tensor | None] = {}  # each guarded mode's probe logits: the fallback's delta
 
     def cost(mode: str) -> float | None:
         """Seconds per probe pass; or, for a job of known size, its estimated seconds, the build included
@@ -588,7 +704,9 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
             if mode == "fp32":
                 break
             runner, context = make(mode)
-            cosine[mode], agree[mode] = guard(reference, _forward(runner, context, encoded))
+            result = _forward(runner, context, encoded)
+            cosine[mode], agree[mode] = guard(reference, result)
+            logits[mode] = result[2]
             if passes(cosine[mode], agree[mode]):
                 break
             del built[mode], runner
@@ -617,6 +735,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
             first = _clock() - first_start
             if mode != "fp32":
                 cosine[mode], agree[mode] = guard(reference, result)
+                logits[mode] = result[2]
                 if not passes(cosine[mode], agree[mode]):
                     seconds[mode] = None
                     notes.append(f"{mode}: fails the quality guard (embedding cosine {cosine[mode]:.5f}"
@@ -660,7 +779,11 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
                          build, (len(probe), max(len(s) for s in probe)), job_residues)
     for note in notes:
         log.warning(note)
-    return apply_mode(model, chosen, built.get(chosen)), plan
+    ready = apply_mode(model, chosen, built.get(chosen))
+    if chosen != "fp32" and reference[2] is not None and decision_margin(model.config, reference[2]) is not None:
+        plan.fallback_delta = logit_change(reference[2], logits[chosen], encoded["attention_mask"])
+        with_fp32_fallback(ready, model, plan.fallback_delta)  # labels near a boundary are fp32's
+    return ready, plan
 
 
 def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str, float],

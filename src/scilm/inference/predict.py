@@ -51,12 +51,21 @@ def predict_proteins(
 
 
 @torch.inference_mode()
-def policy_logits(model, tokenizer, sequences: list[str], policy: ResiduePolicy, batch_size: int = 32) -> torch.Tensor:
+def policy_logits(model, tokenizer, sequences: list[str], policy: ResiduePolicy, batch_size: int | None = 32,
+                  control=None) -> torch.Tensor:
     """Logits (N, num_labels) float32 of ``sequences`` under a long-protein ``policy``: each piece fed
     (:func:`scilm.inference.policy.split`) is run once, and a protein's logits are the mean of its
     pieces' logits (one piece: its logits unchanged; ``window``: the mean over its windows, before
     softmax/sigmoid/unscaling, so a regression model's value is the mean of the windows' values).
+
+    Pieces run in :func:`scilm.inference.batching.inference_batches` of at most ``batch_size`` (None: no
+    count bound). ``control`` (a server's, with ``check()``) is checked before each forward. A model in a
+    reduced precision with an :class:`~scilm.inference.precision.Fp32Fallback` answers fp32's logits for
+    the proteins whose mean logits lie near a decision boundary (:func:`~scilm.inference.precision
+    .fp32_near_boundary`), so its predicted labels are fp32's. The one path of ``predict`` and the server.
     """
+    from scilm.inference.precision import fp32_near_boundary
+
     device = next(model.parameters()).device
     owners: list[int] = []
     fed: list[str] = []
@@ -67,13 +76,17 @@ def policy_logits(model, tokenizer, sequences: list[str], policy: ResiduePolicy,
     total = torch.zeros(len(sequences), model.config.num_labels, dtype=torch.float64)
     count = torch.zeros(len(sequences), dtype=torch.float64)
     for batch in inference_batches([len(s) for s in fed], batch_size, device):
+        if control is not None:
+            control.check()
         encoded = encode_proteins(tokenizer, [fed[i] for i in batch]).to(device)
         with cls_only_last_layer(model):  # logits alone are read: the last layer at <cls> only
             logits = model(**encoded).logits.float().cpu()  # (B, num_labels)
         index = torch.tensor([owners[i] for i in batch])
         total.index_add_(0, index, logits.double())
         count.index_add_(0, index, torch.ones(len(batch), dtype=torch.float64))
-    return (total / count.clamp(min=1)[:, None]).float()
+    logits = (total / count.clamp(min=1)[:, None]).float()
+    return fp32_near_boundary(model, logits, lambda reference, rows: policy_logits(
+        reference, tokenizer, [sequences[i] for i in rows], policy, batch_size, control))
 
 
 def is_regression(config) -> bool:

@@ -43,11 +43,24 @@ def predict_residues(model, tokenizer, sequences: list[str], batch_size: int = 3
     results = [""] * len(sequences)
     for batch in inference_batches([len(s) for s in kept], batch_size, device):
         encoded = encode_proteins(tokenizer, [kept[i] for i in batch]).to(device)
-        ids = model(**encoded).logits.argmax(dim=-1).cpu()  # (B, T)
+        ids = residue_logits(model, encoded).argmax(dim=-1).cpu()  # (B, T)
         for row, i in enumerate(batch):
             predicted = "".join(labels[c] for c in ids[row, 1:len(kept[i]) + 1].tolist())
             results[i] = predicted + NOT_PREDICTED * (len(sequences[i]) - len(kept[i]))
     return results
+
+
+@torch.inference_mode()
+def residue_logits(model, encoded) -> torch.Tensor:
+    """Per-residue logits (B, T, C) float32 of one encoded batch (``input_ids``/``attention_mask`` (B, T)).
+    A model in a reduced precision with an :class:`~scilm.inference.precision.Fp32Fallback` answers fp32's
+    logits for each protein with a residue near a decision boundary (:func:`~scilm.inference.precision
+    .fp32_near_boundary`), so its labels are fp32's. The one forward of ``predict`` and the server."""
+    from scilm.inference.precision import fp32_near_boundary
+
+    logits = model(**encoded).logits.float()
+    return fp32_near_boundary(model, logits, lambda reference, rows: reference(
+        **{k: v[rows] for k, v in encoded.items()}).logits.float(), encoded["attention_mask"])
 
 
 def write_residue_predictions(records: list[ProteinRecord], predicted: list[str], out: Path,

@@ -31,10 +31,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from scilm.data.textchem import MOLECULE_TASKS, PROMPTS, task_of
 from scilm.errors import ScilmError
-from scilm.inference.batching import encode_proteins, forward_tokens, tight_batches
+from scilm.inference.batching import encode_proteins, inference_batches
 from scilm.inference.policy import WindowPolicy, split
-from scilm.models.cls_only import cls_only_last_layer
-from scilm.inference.predict import is_regression, multilabel_thresholds, output_function
+from scilm.inference.predict import is_regression, multilabel_thresholds, output_function, policy_logits
+from scilm.inference.residue import residue_logits
 from scilm.serving.batching import Control
 from scilm.serving.limits import RequestError, clean_protein, clean_source
 from scilm.serving.schema import (
@@ -206,29 +206,15 @@ class ServedClassifier:
 
     @torch.inference_mode()
     def run_batch(self, group: Hashable, sequences: list[str], control: Control | None = None) -> list[list[float]]:
-        """Logits per sequence: one forward per batch of :func:`scilm.inference.batching.tight_batches`
-        (2,048 padded residues on a CPU, under 10 % padding), so a micro-batch may take several.
+        """Logits per sequence, ``scilm predict``'s (:func:`scilm.inference.predict.policy_logits`): one forward
+        per batch of :func:`scilm.inference.batching.inference_batches` (2,048 padded residues on a CPU,
+        under 10 % padding), so a micro-batch may take several; fp32's near a decision boundary in a
+        reduced precision.
 
         Between forwards ``control`` is checked: past its deadline TimeLimit, all inputs abandoned
         Cancelled (a forward itself is bounded by :func:`scilm.inference.batching.forward_tokens`).
         """
-        owners, fed = [], []
-        for i, sequence in enumerate(sequences):  # one piece each, or a window policy's windows
-            pieces = split(self.policy, sequence)[0]
-            owners.extend([i] * len(pieces))
-            fed.extend(pieces)
-        total = torch.zeros(len(sequences), len(self.labels), dtype=torch.float64)
-        count = torch.zeros(len(sequences), dtype=torch.float64)
-        for batch in tight_batches([len(s) for s in fed], max_tokens=forward_tokens(self.model.device)):
-            if control is not None:
-                control.check()
-            encoded = encode_proteins(self.tokenizer, [fed[i] for i in batch])  # as predict/embed do
-            with cls_only_last_layer(self.model):  # as predict: the last layer at <cls> only
-                out = self.model(**encoded).logits.float()  # (B, num_labels)
-            index = torch.tensor([owners[i] for i in batch])
-            total.index_add_(0, index, out.double())
-            count.index_add_(0, index, torch.ones(len(batch), dtype=torch.float64))
-        return (total / count.clamp(min=1)[:, None]).float().tolist()  # predict's mean of the windows' logits
+        return policy_logits(self.model, self.tokenizer, sequences, self.policy, None, control).tolist()  # predict's
 
     def respond(self, payload: Payload, logits: list[list[float]]) -> list:
         """One list of ``{"label", "score"}`` per input, best first (the HF Inference API shape)."""
@@ -289,13 +275,13 @@ class ServedResidueClassifier(ServedClassifier):
         ``<cls>``), the argmax of the logits as :func:`scilm.inference.residue.predict_residues` takes it.
         ``control`` is checked between forwards (see :meth:`ServedClassifier.run_batch`)."""
         results: list[tuple[str, list[int], list[float]]] = [("", [], []) for _ in sequences]
-        for batch in tight_batches([len(s) for s in sequences], max_tokens=forward_tokens(self.model.device)):
+        for batch in inference_batches([len(s) for s in sequences], None, self.model.device):
             if control is not None:
                 control.check()
             encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])
-            logits = self.model(**encoded).logits  # (B, T, C)
+            logits = residue_logits(self.model, encoded)  # (B, T, C), predict's
             ids = logits.argmax(dim=-1)
-            scores = logits.float().softmax(dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            scores = logits.softmax(dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
             for row, i in enumerate(batch):
                 n = len(sequences[i])
                 results[i] = (sequences[i], ids[row, 1:n + 1].tolist(), scores[row, 1:n + 1].tolist())
