@@ -637,10 +637,12 @@ def shifted(model, shift: float):
     return P.wrap_forward(copy.copy(model), run)
 
 
-def test_answers_near_a_boundary_are_recomputed_in_fp32_and_only_those(proteins):
+def test_answers_near_a_boundary_are_recomputed_in_fp32_and_only_those(monkeypatch, proteins):
     """A mode moving class 1's logit by 0.02 flips exactly the proteins whose fp32 gap is under 0.02; with
-    the fallback (delta 0.02 measured on the probe, margin 0.08) every label is fp32's, and only proteins
-    within the margin were run again, in fp32 (their logits are fp32's; the others keep the mode's)."""
+    the fallback (delta 0.02 measured on the probe, margin 4x: 0.08) every label is fp32's, and only proteins
+    within the margin were run again, in fp32 (their logits are fp32's; the others keep the mode's). A delta
+    the probe underestimated grows to the change seen on the proteins recomputed."""
+    monkeypatch.setattr(P, "FALLBACK_SAFETY", 4.0)  # this test's gaps are spread for a 4x margin
     from transformers import EsmForSequenceClassification
 
     from scilm.inference.policy import head_policy
@@ -668,6 +670,9 @@ def test_answers_near_a_boundary_are_recomputed_in_fp32_and_only_those(proteins)
     assert mode.scilm_fp32_fallback.recomputed == int(near.sum()) > int(flipped.sum())
     torch.testing.assert_close(answered[near], fp32[near], rtol=0, atol=1e-5)  # fp32's, to batch rounding
     assert torch.equal(answered[~near], bare[~near])  # the mode's elsewhere
+    P.with_fp32_fallback(mode, model, 0.005)  # underestimated: margin 0.02 still holds the flipped proteins
+    assert torch.equal(policy_logits(mode, tokenizer, proteins, policy).argmax(1), fp32.argmax(1))
+    assert mode.scilm_fp32_fallback.delta == pytest.approx(0.02, abs=1e-5)
 
 
 def test_per_residue_answers_near_a_boundary_are_fp32s(proteins):
@@ -706,6 +711,8 @@ def test_prepared_classifier_answers_fp32_labels(monkeypatch, proteins, precisio
     fixed_timer(monkeypatch, {"fp32": 1.0, "bf16-weights": 0.5, "int8": 0.5, "int8-fbgemm": 0.4})
     torch.manual_seed(0)
     model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=3)).eval()
+    with torch.no_grad():  # two classes 0.5 apart, the third far: few answers near the boundary, so the mode is used
+        model.classifier.out_proj.bias.copy_(torch.tensor([1.0, 0.5, -3.0]))
     tokenizer = esm2_tokenizer()
     expected = [max(r, key=r.get) for r in predict_proteins(model, tokenizer, proteins, truncate=40)]
     ready, plan = P.prepare_for_inference(model, tokenizer, proteins, precision, quantize)
@@ -718,3 +725,22 @@ def test_prepared_classifier_answers_fp32_labels(monkeypatch, proteins, precisio
     encoder, _ = tiny()  # an encoder has no decision: nothing attached, nothing kept
     ready, plan = P.prepare_for_inference(encoder, tokenizer, proteins, precision, quantize)
     assert plan.fallback_delta is None and not hasattr(ready, "scilm_fp32_fallback")
+
+
+def test_the_fp32_reruns_count_in_the_choice(monkeypatch, proteins):
+    """A mode 2x faster per pass whose every probe answer sits on a decision boundary would rerun every
+    protein in fp32 (0.5 + 1.0 s > fp32's 1.0 s): fp32 is chosen. With answers far from it, the mode is."""
+    from transformers import EsmForSequenceClassification
+
+    fixed_timer(monkeypatch, {"fp32": 1.0, "bf16": 5.0, "bf16-weights": 0.5})
+    torch.manual_seed(0)
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=2)).eval()
+    with torch.no_grad():
+        model.classifier.out_proj.bias.copy_(torch.tensor([4.0, 0.0]))  # class 0 by 4 logits: far
+    _, plan = P.prepare_for_inference(copy.deepcopy(model), esm2_tokenizer(), proteins, precision="auto", use_cache=False)
+    assert plan.mode == "bf16-weights" and plan.fallback_share == 0.0
+    with torch.no_grad():
+        model.classifier.out_proj.weight.zero_()
+        model.classifier.out_proj.bias.zero_()  # every protein a tie: every answer on the boundary
+    _, plan = P.prepare_for_inference(model, esm2_tokenizer(), proteins, precision="auto", use_cache=False)
+    assert plan.mode == "fp32"

@@ -207,13 +207,15 @@ def label_agreement(model_dir: str | Path, data: str | Path = DEEPLOC_VALID, bat
 
 def agreement_table(rows: list[dict[str, Any]], model_dir: str | Path) -> str:
     """Markdown table of :func:`label_agreement` rows."""
+    from scilm.inference.precision import FALLBACK_SAFETY
+
     body = [[r["mode"], f"{r['labels_identical_percent']:.2f}", f"{r['answered_identical_percent']:.2f}",
              f"{r['recomputed_percent']:.1f}", f"{r['max_probability_change']:.4f}",
              "yes" if r["meets_guard"] else "no"] for r in rows]
     return (f"Predicted labels against fp32, {rows[0]['n_proteins'] if rows else 0} DeepLoc-1 validation proteins, "
             f"model {model_dir}. Bare mode: every protein in the mode; as answered: what `predict` and `serve` "
-            "write, the proteins near a decision boundary recomputed in fp32 (margin 4x the largest logit change "
-            "on the probe batch):\n\n"
+            f"write, the proteins near a decision boundary recomputed in fp32 (margin {FALLBACK_SAFETY:g}x the largest "
+            "logit change on the probe batch):\n\n"
             + markdown_table(["mode", "labels identical, bare mode (%)", "labels identical, as answered (%)",
                               "recomputed in fp32 (%)", "largest probability change (bare)",
                               f">= {AGREEMENT_GUARD} % as answered"], body) + "\n")
