@@ -640,8 +640,8 @@ def shifted(model, shift: float):
 def test_answers_near_a_boundary_are_recomputed_in_fp32_and_only_those(monkeypatch, proteins):
     """A mode moving class 1's logit by 0.02 flips exactly the proteins whose fp32 gap is under 0.02; with
     the fallback (delta 0.02 measured on the probe, margin 4x: 0.08) every label is fp32's, and only proteins
-    within the margin were run again, in fp32 (their logits are fp32's; the others keep the mode's). A delta
-    the probe underestimated grows to the change seen on the proteins recomputed."""
+    within the margin were run again, in fp32 (their logits are fp32's; the others keep the mode's), whatever
+    the order and batches."""
     monkeypatch.setattr(P, "FALLBACK_SAFETY", 4.0)  # this test's gaps are spread for a 4x margin
     from transformers import EsmForSequenceClassification
 
@@ -670,9 +670,9 @@ def test_answers_near_a_boundary_are_recomputed_in_fp32_and_only_those(monkeypat
     assert mode.scilm_fp32_fallback.recomputed == int(near.sum()) > int(flipped.sum())
     torch.testing.assert_close(answered[near], fp32[near], rtol=0, atol=1e-5)  # fp32's, to batch rounding
     assert torch.equal(answered[~near], bare[~near])  # the mode's elsewhere
-    P.with_fp32_fallback(mode, model, 0.005)  # underestimated: margin 0.02 still holds the flipped proteins
-    assert torch.equal(policy_logits(mode, tokenizer, proteins, policy).argmax(1), fp32.argmax(1))
-    assert mode.scilm_fp32_fallback.delta == pytest.approx(0.02, abs=1e-5)
+    reversed_order = policy_logits(mode, tokenizer, proteins[::-1], policy, batch_size=3).flip(0)
+    torch.testing.assert_close(reversed_order, answered, rtol=0, atol=1e-5)  # what ran before never matters
+    assert mode.scilm_fp32_fallback.delta == delta
 
 
 def test_per_residue_answers_near_a_boundary_are_fp32s(proteins):
@@ -744,3 +744,17 @@ def test_the_fp32_reruns_count_in_the_choice(monkeypatch, proteins):
         model.classifier.out_proj.bias.zero_()  # every protein a tie: every answer on the boundary
     _, plan = P.prepare_for_inference(model, esm2_tokenizer(), proteins, precision="auto", use_cache=False)
     assert plan.mode == "fp32"
+
+
+@pytest.mark.parametrize("mode", ["bf16", "bf16-weights", "int8-fbgemm"])
+def test_apply_mode_leaves_the_fp32_model_as_it_was(mode, proteins):
+    """The fp32 model stays the fallback's reference: a mode is a copy or a wrapper, never a change to it."""
+    if mode == "int8-fbgemm" and not P.fbgemm_available():
+        pytest.skip("no FBGEMM int8 kernels in this torch build")
+    model, tokenizer = tiny()
+    before = embed_proteins(model, tokenizer, proteins[:3], batch_size=3)
+    moded = P.apply_mode(model, mode)
+    assert moded is not model and "forward" not in vars(model) and not hasattr(model, "scilm_inference_mode")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    np.testing.assert_array_equal(embed_proteins(model, tokenizer, proteins[:3], batch_size=3), before)
+    assert not np.array_equal(embed_proteins(moded, tokenizer, proteins[:3], batch_size=3), before)

@@ -24,6 +24,12 @@ numbers never depend on its batch-mates, the batch size or the input order.
 The probe batch is :data:`PROBE_TOKENS` residues of the input's own proteins at their median length
 (:func:`probe_shape`); given the job's size, the choice weighs each mode's build seconds (a quantised
 copy) against the time it saves on the job.
+
+A classifier's labels stay fp32's (:class:`Fp32Fallback`): the probe measures the largest logit change
+of the chosen mode, and every protein whose answer lies within :data:`FALLBACK_SAFETY` times that of a
+decision boundary is recomputed by the fp32 model (:func:`fp32_near_boundary`, in predict's and the
+server's forward); the share it would recompute, measured on the input's first proteins
+(:data:`FALLBACK_SAMPLE_TOKENS`), is priced into the choice at fp32's speed.
 """
 
 from __future__ import annotations
@@ -512,7 +518,9 @@ def choose(seconds: dict[str, float | None], ok: dict[str, bool]) -> str:
 FALLBACK_SAFETY = 16.0  # the fallback margin: this many times the largest logit change measured on the probe.
 # The change is heavy-tailed across proteins: on the demo model and 1,678 DeepLoc-1 validation proteins the
 # largest was 9.4x (int8-fbgemm) and 10.1x (bf16-weights) the probe's, and labels changed at margins up to
-# 3.6x it (docs/bench/fallback.py), so 16x leaves 1.6x above the largest change seen
+# 3.6x it; bf16's largest was 12.5x (docs/bench/fallback.py)
+FALLBACK_SAMPLE_TOKENS = 4096  # residues of the input's proteins run in a chosen reduced mode to estimate the
+# share of a classifier's answers its fallback reruns in fp32 (a probe batch of 1-2 proteins cannot tell)
 
 
 def residue_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -571,11 +579,11 @@ class Fp32Fallback:
 
     bf16 and int8 move each logit of a protein by a small amount; a predicted label (argmax, or a
     multi-label threshold) can change only where fp32's :func:`decision_margin` is smaller than that move.
-    ``delta`` is the largest logit change measured against fp32 on the probe batch (:func:`logit_change`),
-    raised by every protein recomputed since (its change is seen then); an answer whose margin in the
-    reduced precision is at most ``FALLBACK_SAFETY * delta`` is recomputed by ``reference``, the fp32
-    model (:func:`fp32_near_boundary`). A statistical guard, not a proof: the probe sees a few proteins
-    and the change is heavy-tailed (see :data:`FALLBACK_SAFETY`); measured, on the demo model and the
+    ``delta`` is the largest logit change measured against fp32 on the probe batch (:func:`logit_change`);
+    an answer whose margin in the reduced precision is at most ``FALLBACK_SAFETY * delta`` is recomputed
+    by ``reference``, the fp32 model (:func:`fp32_near_boundary`). ``delta`` is fixed once chosen, so a
+    protein's answer depends on the protein and the probe alone, never on what ran before it. A
+    statistical guard, not a proof: the probe sees a few proteins and the change is heavy-tailed (see :data:`FALLBACK_SAFETY`); measured, on the demo model and the
     1,678 DeepLoc-1 validation proteins no label differs from fp32's in any mode (``scilm bench inference
     --guard-model``). Probabilities elsewhere stay the mode's (within its guard); regression outputs have
     no decision and are not recomputed. ``proteins``/``recomputed`` count what was checked and rerun.
@@ -639,11 +647,8 @@ def fp32_near_boundary(model, logits: torch.Tensor, recompute: Callable[[Any, li
     fallback.recomputed += len(rows)
     if not rows:
         return logits
-    exact = recompute(fallback.reference, rows).to(logits.dtype)
-    mask = None if attention_mask is None else attention_mask[rows]
-    fallback.delta = max(fallback.delta, logit_change(exact, logits[rows], mask))  # a larger change seen: wider margin
     logits = logits.clone()
-    logits[rows] = exact
+    logits[rows] = recompute(fallback.reference, rows).to(logits.dtype)
     return logits
 
 
@@ -701,6 +706,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     seconds: dict[str, float | None] = {}
     build: dict[str, float] = {}
     built: dict[str, Any] = {}  # each mode's model as guarded: the chosen one is used, not built again
+    contexts: dict[str, Callable[[], Any]] = {}
     cosine: dict[str, float] = {}
     agree: dict[str, bool] = {}
     fallback: dict[str, tuple[float, float]] = {}  # a classifier's (delta, share of the probe recomputed) by mode
@@ -727,6 +733,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     def make(mode: str):
         start = _clock()
         runner, context = variant(model, mode)
+        contexts[mode] = context
         build[mode] = 0.0 if mode in ("fp32", "bf16") else _clock() - start  # no copy made: nothing to build
         built[mode] = runner
         return runner, context
@@ -803,11 +810,26 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         chosen = precision
     else:
         chosen = choose(precision_modes, ok)
+    base = chosen  # the precision mode, before int8
     if quantize == "int8":
         unit = ("per probe pass" if job_residues is None else
                 f"estimated for the {job_residues:,} residues of this job, making the model included")
         chosen, int8_notes = _choose_int8(chosen, {m: cost(m) for m in seconds}, cosine, ok, unit)
         notes += int8_notes
+    sample, refined = _share_sample(sequences), set()
+    while chosen in fallback and chosen not in refined:  # the fp32 reruns priced on more proteins than the probe's
+        refined.add(chosen)
+        delta = fallback[chosen][0]
+        runner = built[chosen] if chosen in built else make(chosen)[0]
+        fallback[chosen] = (delta, _rerun_share(runner, contexts[chosen], tokenizer, sample, delta))
+        del runner
+        before = chosen
+        chosen = choose({m: cost(m) for m in seconds if m not in INT8_MODES}, ok) if precision == "auto" else base
+        if quantize == "int8":
+            chosen = _choose_int8(chosen, {m: cost(m) for m in seconds}, cosine, ok)[0]
+        if chosen != before:
+            notes.append(f"{before} would rerun {100 * fallback[before][1]:.0f} % of these proteins in fp32 "
+                         f"(answers near a decision boundary); {chosen} is faster")
     plan = InferencePlan(chosen, seconds, cosine, {m: a for m, a in agree.items()}, cached is not None, notes,
                          build, (len(probe), max(len(s) for s in probe)), job_residues)
     for note in notes:
@@ -817,6 +839,36 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         plan.fallback_delta, plan.fallback_share = fallback[chosen]
         with_fp32_fallback(ready, model, plan.fallback_delta)  # labels near a boundary are fp32's
     return ready, plan
+
+
+def _share_sample(sequences: Sequence[str]) -> list[str]:
+    """The input's first proteins (as the job feeds them) up to :data:`FALLBACK_SAMPLE_TOKENS` residues, at least one."""
+    sample: list[str] = []
+    total = 0
+    for sequence in sequences:
+        if sample and total + len(sequence) > FALLBACK_SAMPLE_TOKENS:
+            break
+        sample.append(sequence)
+        total += len(sequence)
+    return sample
+
+
+@torch.inference_mode()
+def _rerun_share(model, context, tokenizer, sequences: list[str], delta: float) -> float:
+    """The share of ``sequences`` whose answer in ``model`` (a reduced mode, run under ``context``) lies within
+    the fallback margin (``FALLBACK_SAFETY * delta``) of a decision boundary: what :class:`Fp32Fallback`
+    would rerun in fp32."""
+    from scilm.inference.batching import inference_batches
+    from scilm.models.cls_only import cls_only_last_layer
+
+    device = next(model.parameters()).device
+    near = 0
+    for batch in inference_batches([len(s) for s in sequences], None, device):
+        encoded = tokenizer([sequences[i] for i in batch], padding=True, return_tensors="pt").to(device)
+        with context(), cls_only_last_layer(model):
+            logits = model(**encoded).logits.float()
+        near += int((protein_margin(model.config, logits, encoded["attention_mask"]) <= FALLBACK_SAFETY * delta).sum())
+    return near / max(1, len(sequences))
 
 
 def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str, float],
