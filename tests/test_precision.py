@@ -758,3 +758,53 @@ def test_apply_mode_leaves_the_fp32_model_as_it_was(mode, proteins):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     np.testing.assert_array_equal(embed_proteins(model, tokenizer, proteins[:3], batch_size=3), before)
     assert not np.array_equal(embed_proteins(moded, tokenizer, proteins[:3], batch_size=3), before)
+
+
+def test_the_reruns_are_priced_on_more_proteins_than_the_probe(monkeypatch, proteins):
+    """The probe batch (1-2 proteins on real inputs) may see no answer near a boundary while the input's
+    first proteins do (the served random classifier: 0 % on the probe, 40 % on 4,096 residues). The share
+    measured on those decides: 80 % reruns at fp32's 1.0 s make a 0.5 s mode cost 1.3 s, so fp32 is chosen,
+    with a note; a named mode is the user's choice and is kept, its delta taken from the sample too."""
+    from transformers import EsmForSequenceClassification
+
+    fixed_timer(monkeypatch, {"fp32": 1.0, "bf16": 5.0, "bf16-weights": 0.5})
+    torch.manual_seed(0)
+    model = EsmForSequenceClassification(esm2_config("esm2-tiny", num_labels=2)).eval()
+    with torch.no_grad():
+        model.classifier.out_proj.bias.copy_(torch.tensor([4.0, 0.0]))  # the probe: far from the boundary
+    sampled = []
+    monkeypatch.setattr(P, "_sample_fallback", lambda runner, context, reference, tokenizer, sample, delta:
+                        sampled.append(sample) or (delta * 2, 0.8))
+    _, plan = P.prepare_for_inference(copy.deepcopy(model), esm2_tokenizer(), proteins, precision="auto", use_cache=False)
+    assert plan.mode == "fp32" and sampled == [proteins]  # 8 x 40 residues: all within 4,096
+    assert any("bf16-weights would rerun 80 % of these proteins in fp32" in note for note in plan.notes)
+    sampled.clear()
+    ready, plan = P.prepare_for_inference(copy.deepcopy(model), esm2_tokenizer(), proteins, precision="bf16-weights",
+                                          use_cache=False)
+    assert plan.mode == "bf16-weights" and len(sampled) == 1  # its delta still refined on the sample
+    assert ready.scilm_fp32_fallback.delta == plan.fallback_delta and plan.fallback_share == 0.8
+    assert P._share_sample(["A" * 3000, "C" * 1000, "D" * 97, "E"]) == ["A" * 3000, "C" * 1000]
+    assert P._share_sample(["A" * 5000, "C"]) == ["A" * 5000]
+
+
+def test_multilabel_sets_near_a_threshold_are_fp32s(proteins):
+    """Multi-label: a label whose logit sits within the margin of its threshold's logit is recomputed, so
+    every predicted label set is fp32's (the stand-in mode moves label 1's logit by 0.02)."""
+    from transformers import EsmForSequenceClassification
+
+    from scilm.inference.policy import head_policy
+    from scilm.inference.predict import policy_logits
+
+    torch.manual_seed(0)
+    config = esm2_config("esm2-tiny", num_labels=2, problem_type="multi_label_classification",
+                         scilm_thresholds={"LABEL_0": 0.5, "LABEL_1": 0.8})
+    model = EsmForSequenceClassification(config).eval()
+    tokenizer, policy = esm2_tokenizer(), head_policy(40)
+    with torch.no_grad():  # centre label 1's logits on its threshold's logit, log(4)
+        model.classifier.out_proj.bias[1] += float(np.log(4.0) - policy_logits(model, tokenizer, proteins, policy)[:, 1].median()) - 0.005
+    cut = torch.tensor([0.0, float(np.log(4.0))])
+    fp32 = policy_logits(model, tokenizer, proteins, policy) >= cut
+    mode = shifted(model, 0.02)
+    assert not torch.equal(policy_logits(mode, tokenizer, proteins, policy) >= cut, fp32)  # the test can fail
+    P.with_fp32_fallback(mode, model, P.probe_logit_change(mode, model, tokenizer, proteins))
+    assert torch.equal(policy_logits(mode, tokenizer, proteins, policy) >= cut, fp32)

@@ -39,7 +39,7 @@ def headroom(model_dir: str) -> list[dict]:
             print(f"{mode}: skipped ({exc})", file=sys.stderr)
             continue
         bare = policy_logits(model, tokenizer, sequences, policy)
-        delta = P.probe_logit_change(model, net, tokenizer, [s[: policy.max_residues] for s in sequences])
+        delta = P.probe_logit_change(model, net, tokenizer, [s[: policy.max_residues] for s in sequences[: P.PROBE_POOL]])
         change = (bare - reference).abs().amax(1)
         changed = bare.argmax(1) != reference.argmax(1)
         margin = P.decision_margin(net.config, bare)

@@ -190,7 +190,7 @@ def _fallback_note(net) -> None:
     fallback = getattr(net, "scilm_fp32_fallback", None)
     if fallback is not None and fallback.proteins:
         typer.echo(f"note: {fallback.recomputed} of {fallback.proteins} proteins were near a decision boundary "
-                   f"and recomputed in fp32, so every label is fp32's", err=True)
+                   f"and recomputed in fp32 (the measured label guard; see README 'Labels stay fp32's')", err=True)
 
 
 def _predict_residues(net, tokenizer, data, out, policy, batch_size, sequence_column, id_column):

@@ -156,8 +156,8 @@ def label_agreement(model_dir: str | Path, data: str | Path = DEEPLOC_VALID, bat
     One row per mode of :data:`SCILM_MODES` that runs here: ``labels_identical_percent`` (proteins whose
     argmax label in the bare mode equals fp32's), ``answered_identical_percent`` (the same, as ``predict``
     and ``serve`` answer: the proteins near a decision boundary recomputed in fp32,
-    :class:`~scilm.inference.precision.Fp32Fallback`, its delta measured on the probe batch as
-    :func:`~scilm.inference.precision.prepare_for_inference` does), ``recomputed_percent`` (proteins
+    :class:`~scilm.inference.precision.Fp32Fallback`, its delta measured on the probe batch of the first
+    ``PROBE_POOL`` proteins, as :func:`~scilm.inference.precision.prepare_for_inference` does for predict), ``recomputed_percent`` (proteins
     recomputed), ``max_probability_change`` (largest absolute change of any class probability, bare mode),
     ``meets_guard`` (answered labels identical on at least :data:`AGREEMENT_GUARD` percent). Proteins are
     fed under the model's own policy and length, as ``scilm predict`` does. Raises ScilmError for a model
@@ -169,8 +169,8 @@ def label_agreement(model_dir: str | Path, data: str | Path = DEEPLOC_VALID, bat
     from scilm.errors import ScilmError
     from scilm.inference import predict as P
     from scilm.inference.policy import model_policy
-    from scilm.inference.precision import (apply_mode, fbgemm_available, fp32_near_boundary, probe_logit_change,
-                                           with_fp32_fallback)
+    from scilm.inference.precision import (PROBE_POOL, apply_mode, fbgemm_available, fp32_near_boundary,
+                                           probe_logit_change, with_fp32_fallback)
     from scilm.models.protein import is_per_residue, load_trained_classifier
 
     net, tokenizer = load_trained_classifier(str(model_dir))
@@ -191,7 +191,7 @@ def label_agreement(model_dir: str | Path, data: str | Path = DEEPLOC_VALID, bat
             continue
         model = apply_mode(net, mode)  # a copy or wrapper: net stays fp32
         bare = logits_of(model)
-        delta = probe_logit_change(model, net, tokenizer, [s[: policy.max_residues] for s in sequences])
+        delta = probe_logit_change(model, net, tokenizer, [s[: policy.max_residues] for s in sequences[:PROBE_POOL]])
         fallback = with_fp32_fallback(model, net, delta).scilm_fp32_fallback
         answered = fp32_near_boundary(model, bare, lambda reference_model, rows: logits_of(reference_model, rows))
         percent = 100.0 * int((bare.argmax(1) == labels).sum()) / len(sequences)  # exact: 199/200 is 99.5

@@ -90,7 +90,9 @@ class InferencePlan:
     residues the job feeds, when known (the choice then weighs build seconds against the job's time);
     ``fallback_delta``: for a classifier in a reduced mode, the largest logit change on the probe
     (:class:`Fp32Fallback`: answers within ``FALLBACK_SAFETY`` x of it from a boundary are fp32's);
-    ``fallback_share``: the share of probe proteins that fallback reran (its cost is in the choice).
+    ``fallback_share``: the share of the input's first proteins (:data:`FALLBACK_SAMPLE_TOKENS`; the probe's
+    when a mode was named) that fallback would rerun (its cost is in the choice); ``fallback_mb``: the
+    fp32 weights kept for it (MB).
     """
 
     mode: str
@@ -104,6 +106,7 @@ class InferencePlan:
     job_residues: int | None = None
     fallback_delta: float | None = None
     fallback_share: float | None = None
+    fallback_mb: float | None = None
 
     def summary(self) -> str:
         """One line, e.g. ``precision bf16 (probe s/pass: fp32 0.52, bf16 0.31; guard cosine 0.99997)``."""
@@ -113,7 +116,8 @@ class InferencePlan:
         source = " cached ranking" if self.cached else ""
         fallback = ("" if self.fallback_delta is None else
                     f"; answers within {FALLBACK_SAFETY * self.fallback_delta:.3g} logits of a decision boundary "
-                    f"recomputed in fp32: {100 * (self.fallback_share or 0):.0f} % of the probe")
+                    f"recomputed in fp32: {100 * (self.fallback_share or 0):.0f} % of the first proteins; fp32 "
+                    f"weights kept: {self.fallback_mb or 0:,.0f} MB")
         return f"precision {self.mode} (probe{source} s/pass: {times or 'not timed'}{guard}{fallback})"
 
 
@@ -519,8 +523,8 @@ FALLBACK_SAFETY = 16.0  # the fallback margin: this many times the largest logit
 # The change is heavy-tailed across proteins: on the demo model and 1,678 DeepLoc-1 validation proteins the
 # largest was 9.4x (int8-fbgemm) and 10.1x (bf16-weights) the probe's, and labels changed at margins up to
 # 3.6x it; bf16's largest was 12.5x (docs/bench/fallback.py)
-FALLBACK_SAMPLE_TOKENS = 4096  # residues of the input's proteins run in a chosen reduced mode to estimate the
-# share of a classifier's answers its fallback reruns in fp32 (a probe batch of 1-2 proteins cannot tell)
+FALLBACK_SAMPLE_TOKENS = 4096  # residues of the input's first proteins run in fp32 and the chosen reduced mode:
+# the fallback's delta and the share of answers it reruns in fp32 (a probe batch of 1-2 proteins cannot tell)
 
 
 def residue_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -602,12 +606,14 @@ class Fp32Fallback:
 
 def probe_logit_change(model, reference, tokenizer, sequences: Sequence[str]) -> float:
     """The largest logit change of ``model`` against the fp32 ``reference`` on the probe batch of ``sequences``
-    (:func:`probe_sequences`; as the job feeds them): the ``delta`` :func:`prepare_for_inference` gives
-    :class:`Fp32Fallback`, for a model made outside it (``scilm bench inference``)."""
+    (:func:`probe_sequences`; as the job feeds them) and on their first :data:`FALLBACK_SAMPLE_TOKENS`
+    residues: the ``delta`` :func:`prepare_for_inference` gives :class:`Fp32Fallback`, for a model made
+    outside it (``scilm bench inference``)."""
     probe = probe_sequences(list(sequences))
     encoded = tokenizer(probe, padding=True, return_tensors="pt").to(next(reference.parameters()).device)
     expected = _forward(reference, contextlib.nullcontext, encoded)[2]
-    return logit_change(expected, _forward(model, contextlib.nullcontext, encoded)[2], encoded["attention_mask"])
+    delta = logit_change(expected, _forward(model, contextlib.nullcontext, encoded)[2], encoded["attention_mask"])
+    return _sample_fallback(model, contextlib.nullcontext, reference, tokenizer, _share_sample(sequences), delta)[0]
 
 
 def fallback_share(config, reference: torch.Tensor, logits: torch.Tensor, attention_mask: torch.Tensor
@@ -817,12 +823,13 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
         chosen, int8_notes = _choose_int8(chosen, {m: cost(m) for m in seconds}, cosine, ok, unit)
         notes += int8_notes
     sample, refined = _share_sample(sequences), set()
-    while chosen in fallback and chosen not in refined:  # the fp32 reruns priced on more proteins than the probe's
+    while chosen in fallback and chosen not in refined:  # delta and the fp32 reruns, on more proteins than the probe's
         refined.add(chosen)
-        delta = fallback[chosen][0]
         runner = built[chosen] if chosen in built else make(chosen)[0]
-        fallback[chosen] = (delta, _rerun_share(runner, contexts[chosen], tokenizer, sample, delta))
+        fallback[chosen] = _sample_fallback(runner, contexts[chosen], model, tokenizer, sample, fallback[chosen][0])
         del runner
+        if precision != "auto" and quantize != "int8":
+            break  # a named mode is the user's choice: only its delta is refined
         before = chosen
         chosen = choose({m: cost(m) for m in seconds if m not in INT8_MODES}, ok) if precision == "auto" else base
         if quantize == "int8":
@@ -837,6 +844,7 @@ def prepare_for_inference(model, tokenizer, sequences: Sequence[str], precision:
     ready = apply_mode(model, chosen, built.get(chosen))
     if chosen in fallback:
         plan.fallback_delta, plan.fallback_share = fallback[chosen]
+        plan.fallback_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
         with_fp32_fallback(ready, model, plan.fallback_delta)  # labels near a boundary are fp32's
     return ready, plan
 
@@ -854,21 +862,28 @@ def _share_sample(sequences: Sequence[str]) -> list[str]:
 
 
 @torch.inference_mode()
-def _rerun_share(model, context, tokenizer, sequences: list[str], delta: float) -> float:
-    """The share of ``sequences`` whose answer in ``model`` (a reduced mode, run under ``context``) lies within
-    the fallback margin (``FALLBACK_SAFETY * delta``) of a decision boundary: what :class:`Fp32Fallback`
-    would rerun in fp32."""
+def _sample_fallback(model, context, reference, tokenizer, sequences: list[str], delta: float) -> tuple[float, float]:
+    """(delta, share) of :class:`Fp32Fallback` for ``model`` (a reduced mode, run under ``context``) on
+    ``sequences`` (:func:`_share_sample`): ``delta`` raised to the largest logit change against the fp32
+    ``reference`` seen on them (a 1-2 protein probe batch underestimates a heavy-tailed change: on the demo
+    model the probe's delta varied 25x with the proteins picked), and the share of them whose answer lies
+    within the fallback margin of a decision boundary: what the fallback would rerun in fp32."""
     from scilm.inference.batching import inference_batches
     from scilm.models.cls_only import cls_only_last_layer
 
     device = next(model.parameters()).device
-    near = 0
+    margins = []
     for batch in inference_batches([len(s) for s in sequences], None, device):
         encoded = tokenizer([sequences[i] for i in batch], padding=True, return_tensors="pt").to(device)
+        with cls_only_last_layer(reference):
+            expected = reference(**encoded).logits.float()
         with context(), cls_only_last_layer(model):
             logits = model(**encoded).logits.float()
-        near += int((protein_margin(model.config, logits, encoded["attention_mask"]) <= FALLBACK_SAFETY * delta).sum())
-    return near / max(1, len(sequences))
+        delta = max(delta, logit_change(expected, logits, encoded["attention_mask"]))
+        margins.append(protein_margin(model.config, logits, encoded["attention_mask"]))
+    if not margins:
+        return delta, 0.0
+    return delta, float((torch.cat(margins) <= FALLBACK_SAFETY * delta).float().mean())
 
 
 def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str, float],

@@ -51,16 +51,20 @@ def predict_residues(model, tokenizer, sequences: list[str], batch_size: int = 3
 
 
 @torch.inference_mode()
-def residue_logits(model, encoded) -> torch.Tensor:
+def residue_logits(model, encoded, control=None) -> torch.Tensor:
     """Per-residue logits (B, T, C) float32 of one encoded batch (``input_ids``/``attention_mask`` (B, T)).
     A model in a reduced precision with an :class:`~scilm.inference.precision.Fp32Fallback` answers fp32's
     logits for each protein with a residue near a decision boundary (:func:`~scilm.inference.precision
-    .fp32_near_boundary`), so its labels are fp32's. The one forward of ``predict`` and the server."""
+    .fp32_near_boundary`), so its labels are fp32's. ``control`` (a server's) is checked before that
+    second forward. The one forward of ``predict`` and the server."""
     from scilm.inference.precision import fp32_near_boundary
 
-    logits = model(**encoded).logits.float()
-    return fp32_near_boundary(model, logits, lambda reference, rows: reference(
-        **{k: v[rows] for k, v in encoded.items()}).logits.float(), encoded["attention_mask"])
+    def rerun(reference, rows: list[int]) -> torch.Tensor:
+        if control is not None:
+            control.check()
+        return reference(**{k: v[rows] for k, v in encoded.items()}).logits.float()
+
+    return fp32_near_boundary(model, model(**encoded).logits.float(), rerun, encoded["attention_mask"])
 
 
 def write_residue_predictions(records: list[ProteinRecord], predicted: list[str], out: Path,

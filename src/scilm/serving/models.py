@@ -279,7 +279,7 @@ class ServedResidueClassifier(ServedClassifier):
             if control is not None:
                 control.check()
             encoded = encode_proteins(self.tokenizer, [sequences[i] for i in batch])
-            logits = residue_logits(self.model, encoded)  # (B, T, C), predict's
+            logits = residue_logits(self.model, encoded, control)  # (B, T, C), predict's
             ids = logits.argmax(dim=-1)
             scores = logits.softmax(dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
             for row, i in enumerate(batch):
