@@ -413,6 +413,7 @@ def test_embed_predict_and_score_variants_draw_a_bar_on_a_terminal_unless_no_pro
                 assert "\r" not in shown and rate not in shown
 
 
+@pytest.mark.slow  # ~30 s; the quick loop keeps predict's in-memory equalities
 def test_predict_streams_the_same_rows_as_in_memory(run_cli, tmp_path, proteins):
     from scilm.inference import predict_proteins
     from scilm.models.protein import esm2_tokenizer

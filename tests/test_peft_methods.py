@@ -58,7 +58,7 @@ def captured_logits(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "freeze"])
+@pytest.mark.parametrize("method", ["lora", pytest.param("dora", marks=pytest.mark.slow), "ia3", "freeze"])
 def test_each_method_trains_saves_and_predict_reproduces_the_runs_validation(
         method, tiny_fastas, run_cli, tmp_path, captured_logits):
     from peft import PeftModel

@@ -67,6 +67,7 @@ def test_a_foreign_directory_is_refused_and_never_emptied(run_cli, data, tmp_pat
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "notes.txt"]
 
 
+@pytest.mark.slow  # ~7 s: two training runs
 def test_a_file_dropped_into_a_scilm_run_survives_overwrite(run_cli, data, tmp_path):
     out = tmp_path / "run"
     assert run_cli(*args(data, out)).exit_code == 0
@@ -118,6 +119,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow  # ~10 s: two live processes
 def test_a_second_run_on_the_same_out_is_refused_while_the_first_lives(run_cli, data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -9,7 +9,8 @@ import pytest
 FAST = ["--model", "esm2-tiny", "--batch-size", "8", "--truncate", "48", "--no-progress", "--seed", "3"]
 
 
-@pytest.mark.parametrize("policy", ["relative", "reuse", "random"])
+@pytest.mark.parametrize("policy", [pytest.param("relative", marks=pytest.mark.slow),  # ~12 s each; the quick
+                                    pytest.param("reuse", marks=pytest.mark.slow), "random"])  # loop keeps one
 def test_sifted_training_runs_its_epochs(run_cli, tiny_fastas, tmp_path, policy):
     train_fasta, valid_fasta = tiny_fastas
     out = tmp_path / policy
