@@ -69,6 +69,7 @@ def classifier_client(classifier_dir):  # noqa: F811
         yield c
 
 
+@pytest.mark.slow  # ~6 s; the quick loop keeps the classifier's and /draw's fuzzing
 @FUZZ
 @given(body=bodies(GenerationParameters))
 def test_fuzz_seq2seq_predict(t5_client, body):
