@@ -16,6 +16,7 @@ from scilm.bench import throughput as B
 from scilm.bench.runner import BUNDLED
 
 
+@pytest.mark.slow  # ~5 s: both rows' tokenizers over the data
 def test_useful_tokens_equal_a_recount_by_both_rows_tokenizers(tmp_path):
     from scilm.models.protein import esm2_tokenizer
     from scilm.training.recipes.protein import encode_records

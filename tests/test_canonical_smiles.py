@@ -193,6 +193,7 @@ def assert_idempotent(smiles_list: list[str]) -> None:
                 assert canonical_smiles(rdkit_canon(piece)) == piece, smiles
 
 
+@pytest.mark.slow  # ~4 s over 1,640 SMILES; the quick loop keeps the RDKit round-trip tests above
 def test_canonical_is_idempotent_over_the_fixture_smiles():
     smiles = fixture_smiles()
     assert len(smiles) >= 40 + 400 + 2 * 600  # the bundled slices are in

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "sifting"
 
 
-@pytest.mark.parametrize("name", ["plain_pytorch.py", pytest.param("hf_trainer.py", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", [pytest.param("plain_pytorch.py", marks=pytest.mark.slow),  # ~7 s each: CI runs them
+                                  pytest.param("hf_trainer.py", marks=pytest.mark.slow),
                                   pytest.param("lightning.py", marks=pytest.mark.slow),
                                   pytest.param("original_api.py", marks=pytest.mark.slow)])
 def test_example_runs(name):
