@@ -425,10 +425,7 @@ def _pooled(output, mask: torch.Tensor) -> torch.Tensor:
     """(B, H) float32 mean over residues of the last hidden layer (<cls>, <eos>, padding excluded)."""
     hidden = output.hidden_states[-1] if getattr(output, "hidden_states", None) else output.last_hidden_state
     hidden = hidden.float()
-    residues = mask.clone()
-    residues[:, 0] = 0
-    residues[torch.arange(len(mask)), mask.sum(dim=1) - 1] = 0
-    weights = residues.unsqueeze(-1).float()
+    weights = residue_positions(mask).unsqueeze(-1).float()
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
@@ -448,8 +445,7 @@ def _answers(model, logits: torch.Tensor | None) -> torch.Tensor | None:
         return logits  # in target SDs (the stored standardisation), compared with REGRESSION_TOLERANCE
     thresholds = multilabel_thresholds(config) if config is not None else None
     if thresholds:
-        cut = torch.tensor([thresholds[config.id2label[i]] for i in range(config.num_labels)])
-        return torch.sigmoid(logits) >= cut
+        return torch.sigmoid(logits) >= _threshold_tensor(config, thresholds)
     return logits.argmax(-1)
 
 
@@ -519,10 +515,10 @@ def choose(seconds: dict[str, float | None], ok: dict[str, bool]) -> str:
 
 # ------------------------------------------------------------------------------- fp32 near a boundary
 
-FALLBACK_SAFETY = 16.0  # the fallback margin: this many times the largest logit change measured on the probe.
+FALLBACK_SAFETY = 16.0  # the fallback margin: this many times the largest logit change measured (probe + sample).
 # The change is heavy-tailed across proteins: on the demo model and 1,678 DeepLoc-1 validation proteins the
-# largest was 9.4x (int8-fbgemm) and 10.1x (bf16-weights) the probe's, and labels changed at margins up to
-# 3.6x it; bf16's largest was 12.5x (docs/bench/fallback.py)
+# largest was 5.6-13.8x that delta by mode, and the labels that changed sat within 4.2x it of the boundary
+# (docs/bench/fallback)
 FALLBACK_SAMPLE_TOKENS = 4096  # residues of the input's first proteins run in fp32 and the chosen reduced mode:
 # the fallback's delta and the share of answers it reruns in fp32 (a probe batch of 1-2 proteins cannot tell)
 
@@ -533,6 +529,11 @@ def residue_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     residues[:, 0] = False
     residues[torch.arange(len(residues)), attention_mask.sum(dim=1) - 1] = False
     return residues
+
+
+def _threshold_tensor(config, thresholds: dict[str, float]) -> torch.Tensor:
+    """(C,) a multi-label model's thresholds in class order (``thresholds``: by label name)."""
+    return torch.tensor([thresholds[config.id2label[i]] for i in range(config.num_labels)])
 
 
 def decision_margin(config, logits: torch.Tensor) -> torch.Tensor | None:
@@ -551,7 +552,7 @@ def decision_margin(config, logits: torch.Tensor) -> torch.Tensor | None:
     logits = logits.float()
     thresholds = multilabel_thresholds(config)
     if thresholds:
-        t = torch.tensor([thresholds[config.id2label[i]] for i in range(config.num_labels)]).clamp(1e-6, 1 - 1e-6)
+        t = _threshold_tensor(config, thresholds).clamp(1e-6, 1 - 1e-6)
         return (logits - torch.log(t / (1 - t))).abs().amin(dim=-1)
     if logits.shape[-1] < 2:
         return torch.full(logits.shape[:-1], float("inf"))
@@ -622,11 +623,16 @@ def fallback_share(config, reference: torch.Tensor, logits: torch.Tensor, attent
     (:func:`logit_change`), and the share of its proteins :class:`Fp32Fallback` would recompute in fp32
     with that delta. The share's fp32 passes are part of a mode's cost when the mode is chosen.
     Raises ScilmError for a model without a decision (regression)."""
-    margin = protein_margin(config, logits, attention_mask)
+    margin = protein_margin(config, logits, attention_mask)  # (N,)
     if margin is None:
         raise ScilmError("a regression model has no decision boundary to fall back near")
     delta = logit_change(reference, logits, attention_mask)
-    return delta, float((margin <= FALLBACK_SAFETY * delta).float().mean()) if len(margin) else 0.0
+    return delta, _near_share(margin, delta)
+
+
+def _near_share(margin: torch.Tensor, delta: float) -> float:
+    """The share of proteins whose (N,) :func:`protein_margin` is within the fallback margin of ``delta``."""
+    return float((margin <= FALLBACK_SAFETY * delta).float().mean()) if len(margin) else 0.0
 
 
 def with_fp32_fallback(model, reference, delta: float):
@@ -881,9 +887,7 @@ def _sample_fallback(model, context, reference, tokenizer, sequences: list[str],
             logits = model(**encoded).logits.float()
         delta = max(delta, logit_change(expected, logits, encoded["attention_mask"]))
         margins.append(protein_margin(model.config, logits, encoded["attention_mask"]))
-    if not margins:
-        return delta, 0.0
-    return delta, float((torch.cat(margins) <= FALLBACK_SAFETY * delta).float().mean())
+    return delta, _near_share(torch.cat(margins), delta) if margins else 0.0
 
 
 def _choose_int8(chosen: str, seconds: dict[str, float | None], cosine: dict[str, float],
